@@ -87,7 +87,13 @@ class ProtocolViolation:
 
 
 TelephonyEvent = (
-    StreamConnected | CallStarted | MediaReceived | MarkPlayed | DtmfReceived | CallStopped | ProtocolViolation
+    StreamConnected
+    | CallStarted
+    | MediaReceived
+    | MarkPlayed
+    | DtmfReceived
+    | CallStopped
+    | ProtocolViolation
 )
 
 

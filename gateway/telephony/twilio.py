@@ -1,0 +1,312 @@
+"""Twilio Media Streams (bidirectional `<Connect><Stream>`), sans-I/O.
+
+`TwilioDialect` turns each WebSocket text message Twilio sends into one provider-neutral event from
+`gateway.telephony.events`, and each command into the JSON text to send back. It owns no socket: the
+caller reads frames, feeds them in, and writes out what `send` returns.
+
+Peer garbage never raises: it comes back as `ProtocolViolation(reason, fatal)`. The policy:
+
+* fatal (end the call): text that is not a JSON object; a binary frame; `media`/`mark`/`dtmf` before
+  `start` (no streamSid yet, so nothing can be answered); a `start` that is malformed or names an
+  encoding we cannot size; a second `start`.
+* not fatal (drop that one message and go on): a missing, non-string or unknown `event` (Twilio may add
+  events); malformed fields, bad base64 or a partial sample in one `media`; a `streamSid` that differs
+  from the one in `start`; a duplicate `connected`; anything after `stop` (the call is over anyway).
+
+`connected` may be missing in some providers' replays, so `start` is accepted first. A `stop` before
+`start` (the caller hung up during set-up) ends the stream normally.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from enum import Enum, auto
+from typing import Any, Final, assert_never
+
+from gateway.errors import LocalProtocolError
+from gateway.telephony.events import (
+    CallStarted,
+    CallStopped,
+    ClearPlayback,
+    DtmfReceived,
+    MarkPlayed,
+    MediaReceived,
+    ProtocolViolation,
+    SendMark,
+    SendMedia,
+    StreamConnected,
+    TelephonyCommand,
+    TelephonyEvent,
+)
+
+__all__ = ["BYTES_PER_SAMPLE", "ENCODING", "SAMPLE_RATE", "StreamState", "TwilioDialect"]
+
+SAMPLE_RATE: Final = 8000
+ENCODING: Final = "audio/x-mulaw"
+# Bytes per sample of each encoding a Media Streams-like peer may announce in start.mediaFormat.
+BYTES_PER_SAMPLE: Final[Mapping[str, int]] = {"audio/x-mulaw": 1, "audio/x-alaw": 1, "audio/x-l16": 2}
+# Python refuses int() on very long digit strings (and they are never real counters).
+_MAX_COUNTER_DIGITS: Final = 18
+
+
+class StreamState(Enum):
+    """Where the stream is in its life: set-up, streaming media, or over."""
+
+    AWAITING_CONNECTED = auto()
+    AWAITING_START = auto()
+    STREAMING = auto()
+    STOPPED = auto()
+
+
+_S = StreamState
+# Every legal (state, inbound event) pair and the state it leads to. Any other pair is a violation.
+_TRANSITIONS: Final[Mapping[tuple[StreamState, str], StreamState]] = {
+    (_S.AWAITING_CONNECTED, "connected"): _S.AWAITING_START,
+    (_S.AWAITING_CONNECTED, "start"): _S.STREAMING,
+    (_S.AWAITING_CONNECTED, "stop"): _S.STOPPED,
+    (_S.AWAITING_START, "start"): _S.STREAMING,
+    (_S.AWAITING_START, "stop"): _S.STOPPED,
+    (_S.STREAMING, "media"): _S.STREAMING,
+    (_S.STREAMING, "mark"): _S.STREAMING,
+    (_S.STREAMING, "dtmf"): _S.STREAMING,
+    (_S.STREAMING, "stop"): _S.STOPPED,
+}
+
+
+class _ViolationError(Exception):
+    """Internal: raised while parsing one message, turned into a ProtocolViolation before returning."""
+
+    def __init__(self, reason: str, *, fatal: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fatal = fatal
+
+
+def _object(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if not isinstance(value, dict):
+        raise _ViolationError(f"'{key}' must be an object")
+    return value
+
+
+def _string(parent: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+    value = parent.get(key, default)
+    if not isinstance(value, str):
+        raise _ViolationError(f"{where}.{key} must be a string")
+    return value
+
+
+def _counter(parent: Mapping[str, Any], key: str, where: str) -> int:
+    """Parse a non-negative counter that Twilio sends as a string (plain ints are accepted too)."""
+    value = parent.get(key)
+    if type(value) is int and value >= 0:
+        return value
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= _MAX_COUNTER_DIGITS
+        and value.isascii()
+        and value.isdigit()
+    ):
+        return int(value)
+    raise _ViolationError(f"{where}.{key} must be a non-negative integer string")
+
+
+def _parse_connected(msg: Mapping[str, Any]) -> StreamConnected:
+    return StreamConnected(
+        protocol=_string(msg, "protocol", "connected", "Call"),
+        version=_string(msg, "version", "connected", ""),
+    )
+
+
+def _parse_start(msg: Mapping[str, Any]) -> CallStarted:
+    start = _object(msg, "start")
+    stream_id = _string(start, "streamSid", "start")
+    if not stream_id:
+        raise _ViolationError("start.streamSid is empty")
+    tracks = start.get("tracks", ["inbound"])
+    if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+        raise _ViolationError("start.tracks must be a list of strings")
+    params = start.get("customParameters", {})
+    if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
+        raise _ViolationError("start.customParameters must map names to strings")
+    fmt = start.get("mediaFormat", {})
+    if not isinstance(fmt, dict):
+        raise _ViolationError("start.mediaFormat must be an object")
+    encoding = _string(fmt, "encoding", "start.mediaFormat", ENCODING)
+    if encoding not in BYTES_PER_SAMPLE:
+        raise _ViolationError(f"unsupported encoding {encoding[:40]!r}")
+    rate = _counter(fmt, "sampleRate", "start.mediaFormat") if "sampleRate" in fmt else SAMPLE_RATE
+    channels = _counter(fmt, "channels", "start.mediaFormat") if "channels" in fmt else 1
+    if rate == 0 or channels == 0:
+        raise _ViolationError("start.mediaFormat sampleRate and channels must be positive")
+    return CallStarted(
+        stream_id=stream_id,
+        call_id=_string(start, "callSid", "start", ""),
+        account_id=_string(start, "accountSid", "start", ""),
+        tracks=tuple(tracks),
+        custom_parameters=dict(params),
+        encoding=encoding,
+        sample_rate=rate,
+        channels=channels,
+    )
+
+
+def _parse_mark(msg: Mapping[str, Any]) -> MarkPlayed:
+    return MarkPlayed(name=_string(_object(msg, "mark"), "name", "mark"))
+
+
+def _parse_dtmf(msg: Mapping[str, Any]) -> DtmfReceived:
+    digit = _string(_object(msg, "dtmf"), "digit", "dtmf")
+    if not digit:
+        raise _ViolationError("dtmf.digit is empty")
+    return DtmfReceived(digit=digit)
+
+
+def _parse_stop(msg: Mapping[str, Any]) -> CallStopped:
+    return CallStopped()
+
+
+_KNOWN_EVENTS: Final = frozenset({"connected", "start", "media", "mark", "dtmf", "stop"})
+_SIMPLE_PARSERS: Final[Mapping[str, Callable[[Mapping[str, Any]], TelephonyEvent]]] = {
+    "connected": _parse_connected,
+    "start": _parse_start,
+    "mark": _parse_mark,
+    "dtmf": _parse_dtmf,
+    "stop": _parse_stop,
+}
+
+
+def _unexpected(state: StreamState, name: str) -> _ViolationError:
+    """Explain why `name` is not allowed in `state` (the pair is missing from _TRANSITIONS)."""
+    if state is StreamState.STOPPED:
+        return _ViolationError(f"'{name}' after stop")
+    if name == "connected":
+        return _ViolationError("duplicate 'connected'")
+    if name == "start":
+        return _ViolationError("second 'start' on one stream", fatal=True)
+    return _ViolationError(f"'{name}' before start", fatal=True)
+
+
+class TwilioDialect:
+    """One Media Streams connection's protocol state: feed it every text frame, send what it returns."""
+
+    __slots__ = ("_call", "_clear_json", "_frame_bytes", "_sid_json", "_state")
+
+    def __init__(self) -> None:
+        self._state = StreamState.AWAITING_CONNECTED
+        self._call: CallStarted | None = None
+        self._sid_json = ""
+        self._clear_json = ""
+        self._frame_bytes = 1
+
+    @property
+    def state(self) -> StreamState:
+        """The current state of the stream."""
+        return self._state
+
+    @property
+    def call(self) -> CallStarted | None:
+        """The `start` metadata once it has arrived, else None."""
+        return self._call
+
+    @property
+    def can_send(self) -> bool:
+        """True while `send` may be called: after `start` and before `stop`."""
+        return self._state is StreamState.STREAMING
+
+    def receive_text(self, text: str) -> TelephonyEvent:
+        """Parse one text frame. A `ProtocolViolation` with `fatal=True` means: close the socket."""
+        try:
+            return self._receive(text)
+        except _ViolationError as violation:
+            return ProtocolViolation(reason=violation.reason, fatal=violation.fatal)
+
+    def receive_bytes(self, data: bytes) -> ProtocolViolation:
+        """Media Streams never sends binary frames; the caller hands them here and closes the socket."""
+        return ProtocolViolation(reason=f"unexpected binary frame ({len(data)} bytes)", fatal=True)
+
+    def send(self, command: TelephonyCommand) -> str:
+        """Serialize a command; raises LocalProtocolError unless `can_send` (that is our bug)."""
+        if self._state is not StreamState.STREAMING:
+            raise LocalProtocolError(f"cannot send to a Twilio stream in state {self._state.name}")
+        if isinstance(command, SendMedia):
+            if len(command.payload) % self._frame_bytes:
+                raise LocalProtocolError(
+                    f"media payload of {len(command.payload)} bytes is not whole samples"
+                )
+            payload = base64.b64encode(command.payload).decode("ascii")
+            return f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{payload}"}}}}'
+        if isinstance(command, SendMark):
+            name = json.dumps(command.name, ensure_ascii=False)
+            return f'{{"event":"mark","streamSid":{self._sid_json},"mark":{{"name":{name}}}}}'
+        if isinstance(command, ClearPlayback):
+            return self._clear_json
+        assert_never(command)
+
+    def _receive(self, text: str) -> TelephonyEvent:
+        msg = self._load(text)
+        name = msg.get("event")
+        if not isinstance(name, str):
+            raise _ViolationError("missing or non-string 'event'")
+        if name not in _KNOWN_EVENTS:
+            raise _ViolationError(f"unknown event {name[:40]!r}")
+        next_state = _TRANSITIONS.get((self._state, name))
+        if next_state is None:
+            raise _unexpected(self._state, name)
+        if self._state is StreamState.STREAMING:
+            self._check_stream_sid(msg, name)
+        event = self._parse(msg, name)
+        self._state = next_state
+        return event
+
+    def _parse(self, msg: Mapping[str, Any], name: str) -> TelephonyEvent:
+        if name == "media":
+            return self._parse_media(msg)
+        try:
+            event = _SIMPLE_PARSERS[name](msg)
+        except _ViolationError as violation:
+            # Without a usable start there is no stream to talk to.
+            raise _ViolationError(violation.reason, fatal=name == "start") from None
+        if isinstance(event, CallStarted):
+            self._begin(event)
+        return event
+
+    def _begin(self, call: CallStarted) -> None:
+        self._call = call
+        self._sid_json = json.dumps(call.stream_id, ensure_ascii=False)
+        self._clear_json = f'{{"event":"clear","streamSid":{self._sid_json}}}'
+        self._frame_bytes = BYTES_PER_SAMPLE[call.encoding] * call.channels
+
+    def _parse_media(self, msg: Mapping[str, Any]) -> MediaReceived:
+        media = _object(msg, "media")
+        encoded = _string(media, "payload", "media")
+        try:
+            payload = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise _ViolationError("media.payload is not valid base64") from None
+        if len(payload) % self._frame_bytes:
+            raise _ViolationError(f"media.payload of {len(payload)} bytes is not a whole number of samples")
+        return MediaReceived(
+            payload=payload,
+            timestamp_ms=_counter(media, "timestamp", "media"),
+            chunk=_counter(media, "chunk", "media"),
+            track=_string(media, "track", "media", "inbound"),
+        )
+
+    def _check_stream_sid(self, msg: Mapping[str, Any], name: str) -> None:
+        sid = msg.get("streamSid")
+        if sid is not None and (self._call is None or sid != self._call.stream_id):
+            raise _ViolationError(f"'{name}' for another streamSid")
+
+    @staticmethod
+    def _load(text: str) -> Mapping[str, Any]:
+        try:
+            msg = json.loads(text)
+        except (ValueError, RecursionError):
+            raise _ViolationError("text frame is not JSON", fatal=True) from None
+        if not isinstance(msg, dict):
+            raise _ViolationError("text frame is not a JSON object", fatal=True)
+        return msg

@@ -1,0 +1,90 @@
+"""The protocol cores stay sans-I/O: no asyncio, aiohttp or websockets, directly or via our own imports."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import telcodec
+
+CORES = [
+    "gateway.telephony.twilio",
+    "gateway.telephony.signature",
+    "gateway.telephony.twiml",
+    "gateway.telephony.events",
+    "gateway.realtime.session",
+    "gateway.realtime.codec",
+    "gateway.realtime.endpoint",
+    "gateway.realtime.events",
+    "gateway.telephony.streamtoken",
+    "gateway.call.playback",
+    "gateway.call.bargein",
+    "gateway.call.localvad",
+    "gateway.emulator.session",
+    "gateway.emulator.vad",
+    "gateway.emulator.voice",
+    "gateway.loadtest.playout",
+    "telcodec",
+    # The codec core is pure computation throughout: every module of it is checked.
+    *(info.name for info in pkgutil.iter_modules(telcodec.__path__, "telcodec.")),
+]
+# Cores take time as an argument, so a clock module is as foreign to them as a socket.
+FORBIDDEN = {"asyncio", "aiohttp", "websockets", "trio", "anyio", "socket", "time"}
+# Our own modules a core may import: other cores and the error tree.
+ALLOWED_INTERNAL = {
+    *CORES,
+    "gateway",
+    "gateway.errors",
+    "gateway.telephony",
+    "gateway.realtime",
+    "gateway.call",
+    "gateway.emulator",
+    "gateway.loadtest",
+}
+
+
+def _imports(module: str) -> set[str]:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None
+    assert spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("module", CORES)
+def test_core_imports_no_io_library(module: str) -> None:
+    """The module's AST imports none of the I/O libraries, at any depth of its dotted names."""
+    roots = {name.split(".")[0] for name in _imports(module)}
+    assert roots.isdisjoint(FORBIDDEN), sorted(roots & FORBIDDEN)
+
+
+def _is_module(name: str) -> bool:
+    """True if `name` is an importable module (not a name imported from one)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("module", CORES)
+def test_core_imports_only_other_cores(module: str) -> None:
+    """Its gateway imports are other cores or the error tree, so no I/O can arrive transitively."""
+    internal = {name for name in _imports(module) if name.split(".")[0] in ("gateway", "telcodec")}
+    modules = {name for name in internal if _is_module(name)}
+    assert modules <= ALLOWED_INTERNAL, sorted(modules - ALLOWED_INTERNAL)
+
+
+def test_the_check_sees_imports() -> None:
+    """The AST walk does find imports (it reports the auth module's asyncio), so the checks above can fail."""
+    assert "asyncio" in _imports("gateway.realtime.auth")
