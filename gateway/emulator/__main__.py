@@ -1,0 +1,100 @@
+"""Run the realtime-API emulator standalone: `python -m gateway.emulator --host 127.0.0.1 --port 8765`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import signal
+from collections.abc import Sequence
+
+import structlog
+
+from gateway.emulator.server import EmulatorServer
+from gateway.emulator.session import EmulatorConfig
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+API_KEY_ENV = "EMULATOR_API_KEY"
+
+log = structlog.get_logger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m gateway.emulator` (and `python -m gateway emulator`)."""
+    parser = argparse.ArgumentParser(
+        prog="gateway.emulator", description="Realtime-API emulator (GA and preview)."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--api-key", default=None, help=f"require this key (default: ${API_KEY_ENV}; unset = open)"
+    )
+    parser.add_argument("--reply-ms", type=int, default=2500, help="length of each bot reply")
+    parser.add_argument("--delta-ms", type=int, nargs=2, default=(40, 240), metavar=("MIN", "MAX"))
+    parser.add_argument(
+        "--realtime-factor", type=float, default=4.0, help="send audio this much faster (0: at once)"
+    )
+    parser.add_argument("--response-delay-ms", type=int, default=0)
+    parser.add_argument("--response-jitter-ms", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--session-expires-s", type=int, default=1800)
+    parser.add_argument(
+        "--drop-after-ms", type=int, default=None, help="fault: drop each socket this long after connect"
+    )
+    parser.add_argument(
+        "--drop-after-responses", type=int, default=None, help="fault: drop after N responses"
+    )
+    parser.add_argument(
+        "--error-after-responses", type=int, default=None, help="fault: send an error after N"
+    )
+    parser.add_argument(
+        "--refuse-status", type=int, default=None, help="fault: refuse every handshake (401/403/429)"
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    """Turn parsed arguments into an `EmulatorConfig`."""
+    return EmulatorConfig(
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        reply_ms=args.reply_ms,
+        delta_ms=(args.delta_ms[0], args.delta_ms[1]),
+        realtime_factor=args.realtime_factor if args.realtime_factor > 0 else math.inf,
+        response_delay_ms=args.response_delay_ms,
+        response_jitter_ms=args.response_jitter_ms,
+        seed=args.seed,
+        session_expires_s=args.session_expires_s,
+        drop_after_ms=args.drop_after_ms,
+        drop_after_responses=args.drop_after_responses,
+        error_after_responses=args.error_after_responses,
+        refuse_status=args.refuse_status,
+    )
+
+
+async def _serve(server: EmulatorServer) -> None:
+    await server.start()
+    print(f"realtime emulator on {server.url} (GA: {server.ga_url()}, preview: {server.preview_url()})")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator until SIGINT/SIGTERM; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    server = EmulatorServer(config_from_args(args), host=args.host, port=args.port)
+    asyncio.run(_serve(server))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
