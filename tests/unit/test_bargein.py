@@ -386,18 +386,3 @@ def test_benign_errors_are_counted() -> None:
     assert ctl.on_error(ErrorReported("server_error", "boom")) == "other"
     stats = ctl.stats()
     assert (stats.benign_cancel_errors, stats.benign_truncate_errors) == (1, 1)
-
-
-def test_cores_import_no_io() -> None:
-    """The playback, barge-in and local VAD cores import no asyncio, aiohttp or websockets."""
-    import ast
-    from pathlib import Path
-
-    import gateway.call
-
-    root = Path(gateway.call.__file__).parent
-    for name in ("playback.py", "bargein.py", "localvad.py"):
-        tree = ast.parse((root / name).read_text())
-        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert not {m.split(".")[0] for m in imported} & {"asyncio", "aiohttp", "websockets", "time"}, name

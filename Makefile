@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make run` (the gateway on :8080) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run emulator test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## the gateway on GATEWAY_PORT (8080); the embedded emulator when no backend is configured
+	$(PY) -m gateway serve
+
+emulator: install  ## the realtime emulator on its own (port 9090)
+	$(PY) -m gateway emulator --port 9090
+
+test: install  ## the whole test suite
+	$(PY) -m pytest
+
+lint: install  ## ruff (lint + format check) and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cd typings && ../$(VENV)/bin/mypy --config-file ../pyproject.toml
+
+bench: install  ## codec benchmark: microseconds per frame and quality, printed as a table
+	$(PY) -m bench.codec
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache bench/out

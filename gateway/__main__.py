@@ -1,0 +1,62 @@
+"""Command line: `python -m gateway serve` (the gateway) and `python -m gateway emulator` (the emulator)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["main"]
+
+
+def _serve(argv: list[str]) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.config import describe_settings, load_settings
+    from gateway.errors import ConfigError
+    from gateway.logging import configure_logging
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway serve",
+        description="Run the voice gateway. Every setting comes from an environment variable.",
+        epilog=describe_settings(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args(argv)
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=10,
+        handle_signals=True,
+    )
+    return 0
+
+
+def _emulator(argv: list[str]) -> int:
+    from gateway.emulator.__main__ import main as emulator_main
+
+    return emulator_main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand; returns the process exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    commands = {"serve": _serve, "emulator": _emulator}
+    if not args or args[0] not in commands:
+        print("usage: python -m gateway {serve,emulator} [--help]", file=sys.stderr)
+        return 2
+    return commands[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

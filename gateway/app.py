@@ -1,0 +1,168 @@
+"""The aiohttp application: routes, start-up and shutdown.
+
+Routes: `POST /twiml` (Twilio's voice webhook), `GET /media` (the Media Streams WebSocket),
+`GET /healthz`, `GET /readyz`, `GET /metrics`. Shared objects live on the app under `web.AppKey`s; the
+upstream (a configured realtime endpoint, or the embedded emulator) is set up in `cleanup_ctx`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gateway.call.bridge import CallBridge
+from gateway.config import Settings
+from gateway.metrics import GatewayMetrics
+from gateway.realtime.upstream import Upstream, open_upstream
+from gateway.telephony.signature import SIGNATURE_HEADER, validate_signature
+from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, issue_stream_token
+from gateway.telephony.twiml import connect_stream_twiml
+
+__all__ = ["STATE_KEY", "GatewayState", "create_app"]
+
+log = structlog.get_logger(__name__)
+
+MEDIA_PATH = "/media"
+TWIML_PATH = "/twiml"
+MAX_MESSAGE_BYTES = 64 * 1024  # a 20 ms frame is ~300 bytes of JSON; anything near this is hostile
+# Webhook form fields echoed into the stream's customParameters (the bot may use them, logs show them).
+FORWARDED_CALL_FIELDS = ("CallSid", "From", "To", "Direction")
+
+
+@dataclass(slots=True)
+class GatewayState:
+    """What the handlers share: settings, metrics, the upstream, the calls in progress."""
+
+    settings: Settings
+    metrics: GatewayMetrics
+    upstream: Upstream | None = None
+    calls: set[asyncio.Task[None]] = field(default_factory=set)
+    draining: bool = False
+
+
+STATE_KEY = web.AppKey("gateway_state", GatewayState)
+
+
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
+    """Build the application; the upstream is opened when the app starts and closed when it stops."""
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
+    app[STATE_KEY] = GatewayState(settings=settings, metrics=GatewayMetrics(registry))
+    app.router.add_post(TWIML_PATH, handle_twiml)
+    app.router.add_get(MEDIA_PATH, handle_media)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
+    app.cleanup_ctx.append(_upstream_ctx)
+    app.on_shutdown.append(_close_calls)
+    return app
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE_KEY]
+    async with open_upstream(state.settings) as upstream:
+        state.upstream = upstream
+        if state.settings.twilio_auth_token is None:
+            log.warning("twilio_signature_check_disabled", hint="set TWILIO_AUTH_TOKEN in production")
+        log.info("gateway_ready", upstream=upstream.describe())
+        yield
+        state.upstream = None
+
+
+async def _close_calls(app: web.Application) -> None:
+    state = app[STATE_KEY]
+    state.draining = True
+    for task in list(state.calls):
+        task.cancel()
+    if state.calls:
+        await asyncio.wait(state.calls, timeout=5)
+
+
+def _public_base(request: web.Request, settings: Settings) -> str:
+    """The https base URL Twilio used to reach us: the configured one, else the request's own host."""
+    if settings.public_url:
+        return settings.public_url
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme)
+    host = request.headers.get("X-Forwarded-Host", request.host)
+    return f"{'https' if proto in ('https', 'wss') else 'http'}://{host}"
+
+
+def _ws_url(base: str, path: str) -> str:
+    scheme, rest = base.split("://", 1)
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{path}"
+
+
+def _reject(state: GatewayState, route: str, reason: str, status: int = 403) -> web.Response:
+    state.metrics.rejected_requests.labels(route=route, reason=reason).inc()
+    log.warning("request_rejected", route=route, reason=reason)
+    return web.Response(status=status, text=f"{reason}\n")
+
+
+async def handle_twiml(request: web.Request) -> web.Response:
+    """Answer Twilio's voice webhook with `<Connect><Stream>` to our /media, after checking its signature."""
+    state = request.app[STATE_KEY]
+    form = await request.post()
+    params = {k: str(v) for k, v in form.items()}
+    token = state.settings.twilio_auth_token
+    base = _public_base(request, state.settings)
+    if token is not None:
+        url = base + TWIML_PATH + (f"?{request.query_string}" if request.query_string else "")
+        if not validate_signature(token, url, params, request.headers.get(SIGNATURE_HEADER, "")):
+            return _reject(state, "twiml", "invalid signature")
+    if state.draining:
+        return _reject(state, "twiml", "draining", status=503)
+    parameters = {k: params[k] for k in FORWARDED_CALL_FIELDS if k in params}
+    if token is not None:
+        parameters[STREAM_TOKEN_PARAMETER] = issue_stream_token(token, params.get("CallSid", ""), time.time())
+    # Twilio only accepts wss:// stream URLs, so the TwiML says wss even when we sit behind plain http.
+    stream_url = "wss://" + base.split("://", 1)[1] + MEDIA_PATH
+    body = connect_stream_twiml(stream_url, parameters)
+    return web.Response(text=body, content_type="text/xml")
+
+
+async def handle_media(request: web.Request) -> web.StreamResponse:
+    """Accept a Media Streams WebSocket (signature checked first) and run the call until it ends."""
+    state = request.app[STATE_KEY]
+    token = state.settings.twilio_auth_token
+    if token is not None:
+        url = _ws_url(_public_base(request, state.settings), MEDIA_PATH).replace("ws://", "wss://", 1)
+        if not validate_signature(token, url, {}, request.headers.get(SIGNATURE_HEADER, "")):
+            return _reject(state, "media", "invalid signature")
+    if state.draining or state.upstream is None:
+        return _reject(state, "media", "not ready", status=503)
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=None, autoping=True)
+    await ws.prepare(request)
+    bridge = CallBridge(ws, state.settings, state.metrics, state.upstream)
+    task = asyncio.current_task()
+    assert task is not None
+    state.calls.add(task)
+    try:
+        await bridge.run()
+    finally:
+        state.calls.discard(task)
+    return ws
+
+
+async def handle_healthz(_request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.Response(text="ok\n")
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """Readiness: 200 while the gateway accepts calls; 503 before start-up completes and while draining."""
+    state = request.app[STATE_KEY]
+    if state.draining or state.upstream is None:
+        return web.Response(status=503, text="not ready\n")
+    return web.Response(text="ready\n")
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of this application's registry."""
+    state = request.app[STATE_KEY]
+    body = generate_latest(state.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,437 @@
+"""One call: the provider's WebSocket bridged to one realtime session.
+
+The only module (with the app) that awaits. Everything it decides comes from sans-I/O cores: the
+Twilio dialect parses and serializes, the realtime codec encodes and decodes, the playback tracker
+and barge-in controller decide what was heard and what to send on an interruption, `CallAudio`
+converts audio. The bridge moves bytes between sockets, stamps time, and counts.
+
+Lifecycle: wait for `start` (bounded), check the per-call stream token when signatures are on, dial
+the realtime session, then run both directions in one TaskGroup. Whichever direction ends first
+(caller hang-up, upstream close, fatal protocol violation) records the outcome and closes the other
+side's socket, so the other direction ends too; an unexpected exception cancels the group. Either way
+both sockets are closed and one summary line is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+from websockets.exceptions import ConnectionClosed
+
+from gateway.call.audio import PROVIDER_RATE, CallAudio
+from gateway.call.bargein import BargeInController, BargeInMode, CancelPolicy, SpeechDecision, Verdict
+from gateway.call.playback import PlaybackTracker
+from gateway.config import Settings
+from gateway.errors import AuthError
+from gateway.metrics import GatewayMetrics
+from gateway.realtime.events import (
+    AppendAudio,
+    AudioDelta,
+    AudioDone,
+    CancelResponse,
+    CreateResponse,
+    ErrorReported,
+    MalformedEvent,
+    RealtimeCommand,
+    RealtimeEvent,
+    ResponseCreated,
+    ResponseDone,
+    SessionCreated,
+    SessionUpdated,
+    SpeechStarted,
+    SpeechStopped,
+    TruncateItem,
+    UpdateSession,
+)
+from gateway.realtime.upstream import RealtimeConnection, Upstream, UpstreamConnectError
+from gateway.telephony.events import (
+    CallStarted,
+    CallStopped,
+    ClearPlayback,
+    DtmfReceived,
+    MarkPlayed,
+    MediaReceived,
+    ProtocolViolation,
+    SendMedia,
+    StreamConnected,
+    TelephonyCommand,
+    TelephonyEvent,
+)
+from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, verify_stream_token
+from gateway.telephony.twilio import TwilioDialect
+
+__all__ = ["CallBridge", "CallSummary"]
+
+log = structlog.get_logger(__name__)
+
+FRAME_MS = 20
+PROVIDER_BYTES_PER_MS = PROVIDER_RATE // 1000  # mu-law: one byte per sample
+
+
+def now_ms() -> int:
+    """Monotonic milliseconds: the clock every core in a call is fed."""
+    return time.monotonic_ns() // 1_000_000
+
+
+class _CallEnded(Exception):  # noqa: N818 - ends a call on purpose; not an error
+    """Raised inside the call to end it on purpose; `outcome` is the metric label."""
+
+    def __init__(self, outcome: str, detail: str = "") -> None:
+        super().__init__(outcome, detail)
+        self.outcome = outcome
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class CallSummary:
+    """What the per-call summary line reports."""
+
+    outcome: str = "completed"
+    detail: str = ""
+    frames_in: int = 0
+    media_out: int = 0
+    bot_audio_bytes: int = 0
+    barge_ins: int = 0
+    dtmf: list[str] = field(default_factory=list)
+    upstream_connect_ms: float | None = None
+    setup_ms: float | None = None
+    response_latencies_ms: list[float] = field(default_factory=list)
+    upstream_errors: int = 0
+
+
+class CallBridge:
+    """Runs one call from the provider's WebSocket; construct after `prepare`, then await `run()`."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, settings: Settings, metrics: GatewayMetrics, upstream: Upstream
+    ) -> None:
+        self.ws = ws
+        self.settings = settings
+        self.metrics = metrics
+        self.upstream = upstream
+        self.dialect = TwilioDialect()
+        self.audio = CallAudio(upstream.session.input_format)
+        self.tracker = PlaybackTracker(PROVIDER_RATE)
+        self.bargein = BargeInController(
+            self.tracker,
+            mode=BargeInMode(settings.barge_in),
+            cancel_policy=CancelPolicy(settings.cancel_policy),
+            server_interrupts=settings.vad_interrupt_response,
+        )
+        self.summary = CallSummary()
+        self._conn: RealtimeConnection | None = None
+        self._opened_at = time.perf_counter()
+        self._append_bytes = upstream.session.input_format.bytes_per_ms * settings.append_ms
+        self._append_buffer = bytearray()
+        self._chunk_bytes = PROVIDER_BYTES_PER_MS * settings.playout_chunk_ms
+        self._speech_stopped_at: float | None = None
+        self._current_item: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the call to its end; never raises except CancelledError (shutdown), which it re-raises."""
+        self.metrics.active_calls.inc()
+        try:
+            await self._run()
+        except _CallEnded as end:
+            self._end(end.outcome, end.detail)
+        except asyncio.CancelledError:
+            self._end("shutdown")
+            raise
+        except Exception as exc:  # a bug must end this call cleanly, never the process
+            log.exception("call_failed")
+            self._end("error", type(exc).__name__)
+        finally:
+            await self._close_all()
+            self.metrics.active_calls.dec()
+            duration = time.perf_counter() - self._opened_at
+            self.metrics.calls.labels(outcome=self.summary.outcome).inc()
+            self.metrics.call_duration.observe(duration)
+            self._log_summary(duration)
+            structlog.contextvars.unbind_contextvars("call_sid", "stream_sid")
+
+    async def _run(self) -> None:
+        call = await self._await_start()
+        structlog.contextvars.bind_contextvars(call_sid=call.call_id, stream_sid=call.stream_id)
+        self._check_stream_token(call)
+        log.info("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
+        self._conn = await self._dial()
+        await self._send_upstream(UpdateSession())
+        if self.upstream.session.greeting:
+            await self._send_upstream(CreateResponse(instructions=self.upstream.session.greeting))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._caller_loop())
+                group.create_task(self._upstream_loop())
+        except* _CallEnded as ended:
+            first = ended.exceptions[0]
+            assert isinstance(first, _CallEnded)
+            raise first from None
+
+    def _end(self, outcome: str, detail: str = "") -> None:
+        """Record the first reason the call ended; later ones (the other side closing) do not overwrite it."""
+        if self.summary.outcome == "completed" and not self.summary.detail:
+            self.summary.outcome, self.summary.detail = outcome, detail
+
+    async def _await_start(self) -> CallStarted:
+        try:
+            async with asyncio.timeout(self.settings.start_timeout_s):
+                async for msg in self.ws:
+                    event = self._parse(msg)
+                    if isinstance(event, CallStarted):
+                        return event
+                    if isinstance(event, StreamConnected):
+                        continue
+                    if isinstance(event, CallStopped):
+                        raise _CallEnded("completed", "stopped before start")
+                    if isinstance(event, ProtocolViolation) and event.fatal:
+                        raise _CallEnded("protocol_error", event.reason)
+        except TimeoutError:
+            raise _CallEnded("start_timeout", f"no start within {self.settings.start_timeout_s}s") from None
+        raise _CallEnded("completed", "caller closed before start")
+
+    def _check_stream_token(self, call: CallStarted) -> None:
+        secret = self.settings.twilio_auth_token
+        if secret is None:
+            return
+        token = call.custom_parameters.get(STREAM_TOKEN_PARAMETER)
+        problem = verify_stream_token(secret, call.call_id, token, time.time())
+        if problem is not None:
+            self.metrics.rejected_requests.labels(route="media", reason="stream token").inc()
+            raise _CallEnded("rejected", problem)
+
+    async def _dial(self) -> RealtimeConnection:
+        try:
+            conn, elapsed = await self.upstream.connect()
+        except UpstreamConnectError as exc:
+            self.metrics.upstream_errors.labels(code=exc.code).inc()
+            raise _CallEnded("upstream_failed", str(exc)) from None
+        except AuthError as exc:
+            self.metrics.upstream_errors.labels(code="auth").inc()
+            raise _CallEnded("upstream_failed", str(exc)) from None
+        self.metrics.upstream_connect.observe(elapsed)
+        self.summary.upstream_connect_ms = round(elapsed * 1000, 1)
+        return conn
+
+    async def _close_all(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._conn.close()
+        if not self.ws.closed:
+            code = WSCloseCode.OK if self.summary.outcome == "completed" else WSCloseCode.INTERNAL_ERROR
+            if self.summary.outcome in ("protocol_error", "rejected"):
+                code = WSCloseCode.POLICY_VIOLATION
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self.ws.close(code=code, message=self.summary.outcome.encode())
+
+    def _log_summary(self, duration: float) -> None:
+        s = self.summary
+        latencies = s.response_latencies_ms
+        log.info(
+            "call_summary",
+            outcome=s.outcome,
+            detail=s.detail or None,
+            duration_s=round(duration, 3),
+            frames_in=s.frames_in,
+            media_out=s.media_out,
+            bot_audio_ms=s.bot_audio_bytes // PROVIDER_BYTES_PER_MS,
+            barge_ins=s.barge_ins,
+            dtmf="".join(s.dtmf) or None,
+            upstream_connect_ms=s.upstream_connect_ms,
+            setup_ms=s.setup_ms,
+            responses=len(latencies),
+            response_latency_ms_avg=round(sum(latencies) / len(latencies), 1) if latencies else None,
+            upstream_errors=s.upstream_errors,
+        )
+
+    # -- caller -> upstream --------------------------------------------------------------------------
+
+    def _parse(self, msg: object) -> TelephonyEvent | None:
+        kind = getattr(msg, "type", None)
+        if kind is WSMsgType.TEXT:
+            return self.dialect.receive_text(msg.data)  # type: ignore[attr-defined]
+        if kind is WSMsgType.BINARY:
+            return self.dialect.receive_bytes(msg.data)  # type: ignore[attr-defined]
+        return None
+
+    async def _caller_loop(self) -> None:
+        async for msg in self.ws:
+            event = self._parse(msg)
+            if event is not None:
+                await self._on_telephony(event)
+        raise _CallEnded("completed", f"caller closed the socket (code {self.ws.close_code})")
+
+    async def _on_telephony(self, event: TelephonyEvent) -> None:
+        match event:
+            case MediaReceived(payload=payload):
+                await self._on_caller_media(payload)
+            case MarkPlayed(name=name):
+                self.tracker.on_mark_played(name, now_ms())
+            case DtmfReceived(digit=digit):
+                self.summary.dtmf.append(digit)
+                self.metrics.dtmf.inc()
+                log.info("dtmf", digit=digit)
+            case CallStopped():
+                raise _CallEnded("completed", "caller hung up")
+            case ProtocolViolation(reason=reason, fatal=fatal):
+                self.metrics.protocol_violations.labels(peer="provider").inc()
+                log.warning("provider_protocol_violation", reason=reason, fatal=fatal)
+                if fatal:
+                    raise _CallEnded("protocol_error", reason)
+            case _:
+                pass
+
+    async def _on_caller_media(self, payload: bytes) -> None:
+        self.summary.frames_in += 1
+        self.metrics.frames_in.inc()
+        started = time.perf_counter()
+        converted = self.audio.caller_to_session(payload)
+        self.metrics.codec_time.labels(direction="caller").observe(time.perf_counter() - started)
+        self._append_buffer += converted
+        # Appends are whole multiples of APPEND_MS; the resampler's held-back delay waits for the next.
+        ready = len(self._append_buffer) - len(self._append_buffer) % self._append_bytes
+        if ready:
+            chunk = bytes(self._append_buffer[:ready])
+            del self._append_buffer[:ready]
+            await self._send_upstream(AppendAudio(chunk))
+
+    async def _send_upstream(self, command: RealtimeCommand) -> None:
+        assert self._conn is not None
+        try:
+            await self._conn.send(command)
+        except ConnectionClosed:
+            raise _CallEnded("upstream_closed", "realtime session closed") from None
+
+    # -- upstream -> caller --------------------------------------------------------------------------
+
+    async def _upstream_loop(self) -> None:
+        assert self._conn is not None
+        async for event in self._conn.events():
+            await self._on_realtime(event)
+        code = self._conn.close_code
+        raise _CallEnded("upstream_closed", f"realtime session closed (code {code})")
+
+    async def _on_realtime(self, event: RealtimeEvent) -> None:
+        now = now_ms()
+        match event:
+            case AudioDelta():
+                await self._on_audio_delta(event, now)
+            case AudioDone():
+                self.bargein.on_audio_done(event, now)
+                await self._send_bot_audio(event.item_id, self.audio.end_bot_item())
+            case SpeechStarted():
+                await self._on_speech_started(now)
+            case SpeechStopped():
+                self._speech_stopped_at = time.perf_counter()
+            case ResponseCreated():
+                self.bargein.on_response_created(event, now)
+            case ResponseDone():
+                self.bargein.on_response_done(event, now)
+                if event.status == "failed":
+                    self.metrics.upstream_errors.labels(code="response_failed").inc()
+                    log.warning("response_failed", response_id=event.response_id, reason=event.reason)
+            case ErrorReported():
+                self._on_error(event)
+            case SessionUpdated() | SessionCreated():
+                if self.summary.setup_ms is None and isinstance(event, SessionUpdated):
+                    self.summary.setup_ms = round((time.perf_counter() - self._opened_at) * 1000, 1)
+            case MalformedEvent(reason=reason):
+                self.metrics.protocol_violations.labels(peer="realtime").inc()
+                log.warning("realtime_malformed_event", reason=reason)
+            case _:
+                pass
+
+    async def _on_audio_delta(self, event: AudioDelta, now: int) -> None:
+        samples = self.audio.session_samples(event.audio)
+        if not self.bargein.on_audio_delta(event, samples, self.audio.session_rate, now):
+            self.metrics.dropped_deltas.inc()
+            return
+        if self._current_item not in (None, event.item_id):
+            # A new item without the previous one's audio.done: emit the old tail first.
+            await self._send_bot_audio(self._current_item, self.audio.end_bot_item())
+        self._current_item = event.item_id
+        started = time.perf_counter()
+        ulaw = self.audio.bot_to_provider(event.audio)
+        self.metrics.codec_time.labels(direction="bot").observe(time.perf_counter() - started)
+        await self._send_bot_audio(event.item_id, ulaw)
+
+    async def _send_bot_audio(self, item_id: str | None, ulaw: bytes) -> None:
+        """Send mu-law bot audio in chunks, each followed by the tracker's mark."""
+        if item_id is None or not ulaw:
+            return
+        if item_id == self._current_item and self._speech_stopped_at is not None:
+            latency = time.perf_counter() - self._speech_stopped_at
+            self._speech_stopped_at = None
+            self.metrics.response_latency.observe(latency)
+            self.summary.response_latencies_ms.append(round(latency * 1000, 1))
+        for start in range(0, len(ulaw), self._chunk_bytes):
+            chunk = ulaw[start : start + self._chunk_bytes]
+            await self._send_caller(SendMedia(chunk))
+            await self._send_caller(self.tracker.on_audio_sent(item_id, len(chunk), now_ms()))
+            self.summary.media_out += 1
+            self.summary.bot_audio_bytes += len(chunk)
+            self.metrics.frames_out.inc()
+
+    async def _send_caller(self, command: TelephonyCommand) -> None:
+        if not self.dialect.can_send:  # Twilio said stop: the stream is over, whatever the bot still says
+            raise _CallEnded("completed", "caller hung up")
+        try:
+            await self.ws.send_str(self.dialect.send(command))
+        except ConnectionResetError:
+            raise _CallEnded("completed", "caller went away") from None
+
+    async def _on_speech_started(self, now: int) -> None:
+        received = time.perf_counter()
+        decision = self.bargein.on_speech_started(now)
+        if decision.verdict is Verdict.BARGE_IN:
+            await self._apply_barge_in(decision, received)
+
+    async def _apply_barge_in(self, decision: SpeechDecision, received: float) -> None:
+        self.audio.drop_bot_audio()
+        self._current_item = None
+        for command in decision.commands:
+            if isinstance(command, ClearPlayback):
+                await self._send_caller(command)
+                self.metrics.barge_in_latency.observe(time.perf_counter() - received)
+            elif isinstance(command, CancelResponse):
+                await self._send_upstream(command)
+                self.metrics.cancels.inc()
+            elif isinstance(command, TruncateItem):
+                await self._send_upstream(command)
+                self.metrics.truncates.inc()
+        self.summary.barge_ins += 1
+        self.metrics.barge_ins.inc()
+        self.metrics.flushed_audio.inc(decision.flushed_ms / 1000)
+        log.info(
+            "barge_in",
+            source=decision.source,
+            flushed_ms=decision.flushed_ms,
+            truncate_ms=decision.truncated.audio_end_ms if decision.truncated else None,
+            cancelled=list(decision.cancelled_response_ids),
+        )
+
+    def _on_error(self, err: ErrorReported) -> None:
+        kind = self.bargein.on_error(err)
+        assert self._conn is not None
+        failed = self._conn.codec.sent_command(err.event_id)
+        if kind != "other":
+            self.metrics.benign_races.labels(kind=kind).inc()
+            log.debug("realtime_benign_race", kind=kind, code=err.code, message=err.message)
+            return
+        self.summary.upstream_errors += 1
+        self.metrics.upstream_errors.labels(code=err.code or err.error_type or "unknown").inc()
+        log.warning(
+            "realtime_error",
+            code=err.code,
+            error_type=err.error_type,
+            message=err.message,
+            failed_command=type(failed).__name__ if failed else None,
+        )

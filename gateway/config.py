@@ -1,0 +1,305 @@
+"""Settings, read once at start-up from environment variables.
+
+Every setting is declared once in `SETTINGS` (name, default, help, parser), which serves three purposes:
+parsing, `python -m gateway serve --help`, and the README's table. A bad value fails start-up with a
+`ConfigError` that names the variable; nothing is silently defaulted over a typo'd value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.errors import ConfigError
+
+__all__ = [
+    "SECRET_SETTINGS",
+    "SETTINGS",
+    "Setting",
+    "Settings",
+    "describe_settings",
+    "load_settings",
+]
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+def _opt_str(raw: str) -> str | None:
+    return raw or None
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true/false")
+
+
+def _int_in(lo: int, hi: int, multiple_of: int = 1) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        if value % multiple_of:
+            raise ValueError(f"must be a multiple of {multiple_of}")
+        return value
+
+    return parse
+
+
+def _float_in(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _opt_choice(*options: str) -> Callable[[str], str | None]:
+    pick = _choice(*options)
+    return lambda raw: pick(raw) if raw else None
+
+
+def _http_url(raw: str) -> str | None:
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("must be an absolute http(s):// URL, e.g. https://gw.example.com")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query string or fragment")
+    return raw.rstrip("/")
+
+
+def _ws_url(raw: str) -> str | None:
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in {"ws", "wss"} or not parts.netloc:
+        raise ValueError("must be a ws:// or wss:// URL")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One environment variable: its attribute name on `Settings`, default, parser and help text."""
+
+    env: str
+    attr: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("GATEWAY_HOST", "host", "0.0.0.0", _str, "address to listen on"),
+    Setting("GATEWAY_PORT", "port", "8080", _int_in(0, 65535), "port to listen on (0 = any free port)"),
+    Setting(
+        "GATEWAY_PUBLIC_URL",
+        "public_url",
+        "",
+        _http_url,
+        "public https:// base URL Twilio reaches (TwiML stream URL and signature checks); "
+        "default: taken from each request's Host",
+    ),
+    Setting(
+        "TWILIO_AUTH_TOKEN",
+        "twilio_auth_token",
+        "",
+        _opt_str,
+        "when set, /twiml and /media require a valid X-Twilio-Signature",
+        secret=True,
+    ),
+    Setting("REALTIME_URL", "realtime_url", "", _ws_url, "full ws(s):// realtime URL; overrides the rest"),
+    Setting(
+        "REALTIME_PROTOCOL",
+        "realtime_protocol",
+        "",
+        _opt_choice("ga", "preview"),
+        "ga|preview; default inferred from the URL",
+    ),
+    Setting("REALTIME_API_KEY", "realtime_api_key", "", _opt_str, "key for REALTIME_URL", secret=True),
+    Setting("AZURE_OPENAI_ENDPOINT", "azure_endpoint", "", _opt_str, "https://RESOURCE.openai.azure.com"),
+    Setting("AZURE_OPENAI_DEPLOYMENT", "azure_deployment", "", _opt_str, "realtime deployment name"),
+    Setting(
+        "AZURE_OPENAI_API_KEY",
+        "azure_api_key",
+        "",
+        _opt_str,
+        "Azure key; without it Microsoft Entra ID (DefaultAzureCredential) is used",
+        secret=True,
+    ),
+    Setting(
+        "AZURE_OPENAI_API_VERSION",
+        "azure_api_version",
+        "",
+        _opt_str,
+        "set only for the preview protocol, e.g. 2025-04-01-preview",
+    ),
+    Setting("OPENAI_API_KEY", "openai_api_key", "", _opt_str, "OpenAI key (api.openai.com)", secret=True),
+    Setting("OPENAI_MODEL", "openai_model", "gpt-realtime", _str, "OpenAI realtime model"),
+    Setting(
+        "BOT_INSTRUCTIONS",
+        "bot_instructions",
+        "You are a friendly, concise phone assistant. Keep answers short.",
+        _str,
+        "system instructions for the bot",
+    ),
+    Setting("BOT_VOICE", "bot_voice", "alloy", _str, "realtime voice"),
+    Setting(
+        "BOT_GREETING", "bot_greeting", "", _opt_str, "if set, the bot speaks first with these instructions"
+    ),
+    Setting(
+        "TRANSCRIPTION_MODEL",
+        "transcription_model",
+        "",
+        _opt_str,
+        "caller transcription model, e.g. whisper-1",
+    ),
+    Setting("VAD_THRESHOLD", "vad_threshold", "0.5", _float_in(0.0, 1.0), "server VAD threshold"),
+    Setting("VAD_PREFIX_PADDING_MS", "vad_prefix_padding_ms", "300", _int_in(0, 5000), "server VAD padding"),
+    Setting(
+        "VAD_SILENCE_DURATION_MS", "vad_silence_duration_ms", "500", _int_in(0, 10000), "server VAD silence"
+    ),
+    Setting(
+        "VAD_INTERRUPT_RESPONSE",
+        "vad_interrupt_response",
+        "true",
+        _bool,
+        "let the service cancel its own response when the caller talks",
+    ),
+    Setting(
+        "AUDIO_MODE",
+        "audio_mode",
+        "pcm16",
+        _choice("pcm16", "g711"),
+        "pcm16: transcode to 24 kHz PCM16; g711: mu-law both ways, no transcoding",
+    ),
+    Setting(
+        "APPEND_MS",
+        "append_ms",
+        "20",
+        _int_in(20, 100, multiple_of=20),
+        "caller audio per upstream append (20..100 ms, multiple of 20)",
+    ),
+    Setting(
+        "PLAYOUT_CHUNK_MS",
+        "playout_chunk_ms",
+        "40",
+        _int_in(20, 200, multiple_of=20),
+        "bot audio per Twilio media message (each followed by a mark)",
+    ),
+    Setting("BARGE_IN", "barge_in", "server", _choice("server", "local", "both"), "who detects barge-in"),
+    Setting(
+        "CANCEL_POLICY",
+        "cancel_policy",
+        "always",
+        _choice("always", "auto", "never"),
+        "send response.cancel on barge-in: always | auto (only if VAD does not interrupt) | never",
+    ),
+    Setting(
+        "UPSTREAM_CONNECT_TIMEOUT_S",
+        "upstream_connect_timeout_s",
+        "10",
+        _float_in(0.1, 120),
+        "realtime handshake timeout",
+    ),
+    Setting(
+        "START_TIMEOUT_S", "start_timeout_s", "10", _float_in(0.1, 120), "time allowed for Twilio's start"
+    ),
+    Setting("LOG_LEVEL", "log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
+    Setting("LOG_FORMAT", "log_format", "json", _choice("json", "console"), "log line format"),
+)
+
+SECRET_SETTINGS = frozenset(s.env for s in SETTINGS if s.secret)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The gateway's parsed settings. Build only with `load_settings` (defaults live in `SETTINGS`)."""
+
+    host: str
+    port: int
+    public_url: str | None
+    twilio_auth_token: str | None = field(repr=False)
+    realtime_url: str | None
+    realtime_protocol: str | None
+    realtime_api_key: str | None = field(repr=False)
+    azure_endpoint: str | None
+    azure_deployment: str | None
+    azure_api_key: str | None = field(repr=False)
+    azure_api_version: str | None
+    openai_api_key: str | None = field(repr=False)
+    openai_model: str
+    bot_instructions: str
+    bot_voice: str
+    bot_greeting: str | None
+    transcription_model: str | None
+    vad_threshold: float
+    vad_prefix_padding_ms: int
+    vad_silence_duration_ms: int
+    vad_interrupt_response: bool
+    audio_mode: str
+    append_ms: int
+    playout_chunk_ms: int
+    barge_in: str
+    cancel_policy: str
+    upstream_connect_timeout_s: float
+    start_timeout_s: float
+    log_level: str
+    log_format: str
+
+    @property
+    def uses_emulator(self) -> bool:
+        """True when no realtime backend is configured: the gateway then embeds the emulator."""
+        return not (self.realtime_url or self.azure_endpoint or self.openai_api_key)
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Parse every declared variable from `environ`; raise ConfigError naming the first bad one."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.env, setting.default).strip()
+        try:
+            values[setting.attr] = setting.parse(raw)
+        except ValueError as exc:
+            shown = "<redacted>" if setting.secret else repr(raw)
+            raise ConfigError(f"{setting.env}={shown} is invalid: {exc}") from None
+    settings = Settings(**values)
+    _check_combinations(settings)
+    return settings
+
+
+def _check_combinations(settings: Settings) -> None:
+    if settings.azure_endpoint and not settings.azure_deployment and not settings.realtime_url:
+        raise ConfigError("AZURE_OPENAI_DEPLOYMENT is required when AZURE_OPENAI_ENDPOINT is set")
+    if settings.azure_deployment and not settings.azure_endpoint and not settings.realtime_url:
+        raise ConfigError("AZURE_OPENAI_ENDPOINT is required when AZURE_OPENAI_DEPLOYMENT is set")
+
+
+def describe_settings() -> str:
+    """A help text listing every variable with its default, for `serve --help`."""
+    lines = ["environment variables:"]
+    for s in SETTINGS:
+        default = "(unset)" if not s.default else s.default
+        lines.append(f"  {s.env:<28} {s.help} [default: {default}]")
+    return "\n".join(lines)

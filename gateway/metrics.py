@@ -1,0 +1,80 @@
+"""Prometheus metrics of the gateway, all on one registry so tests (and workers) can own theirs."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["GatewayMetrics"]
+
+# Latency buckets in seconds: telephony cares about 10 ms steps up to a second, then coarser.
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+CODEC_BUCKETS = (2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
+CALL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports. One instance per application (pass a fresh registry in tests)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.active_calls = Gauge("gateway_active_calls", "Calls in progress", registry=r)
+        self.calls = Counter("gateway_calls", "Calls ended, by outcome", ["outcome"], registry=r)
+        self.call_duration = Histogram(
+            "gateway_call_duration_seconds", "Call duration", buckets=CALL_BUCKETS, registry=r
+        )
+        self.frames_in = Counter("gateway_frames_in", "Caller media frames received", registry=r)
+        self.frames_out = Counter("gateway_frames_out", "Bot media messages sent to the provider", registry=r)
+        self.upstream_connect = Histogram(
+            "gateway_upstream_connect_seconds",
+            "Realtime handshake time",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors", "Realtime error events and failures, by code", ["code"], registry=r
+        )
+        self.response_latency = Histogram(
+            "gateway_response_latency_seconds",
+            "Caller speech stopped -> first bot audio sent to the provider",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.barge_ins = Counter("gateway_barge_ins", "Caller interruptions of bot audio", registry=r)
+        self.barge_in_latency = Histogram(
+            "gateway_barge_in_clear_seconds",
+            "speech_started received -> clear sent to the provider",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+            registry=r,
+        )
+        self.truncates = Counter("gateway_truncates", "conversation.item.truncate sent", registry=r)
+        self.cancels = Counter("gateway_cancels", "response.cancel sent", registry=r)
+        self.benign_races = Counter(
+            "gateway_benign_races",
+            "Expected realtime races (cancel with no active response, truncate past the end)",
+            ["kind"],
+            registry=r,
+        )
+        self.flushed_audio = Counter(
+            "gateway_flushed_audio_seconds", "Bot audio discarded by clear (sent, not heard)", registry=r
+        )
+        self.dropped_deltas = Counter(
+            "gateway_dropped_deltas", "Bot audio deltas dropped after an interruption", registry=r
+        )
+        self.codec_time = Histogram(
+            "gateway_codec_seconds",
+            "Transcoding time per message, by direction",
+            ["direction"],
+            buckets=CODEC_BUCKETS,
+            registry=r,
+        )
+        self.protocol_violations = Counter(
+            "gateway_protocol_violations", "Unusable messages from a peer", ["peer"], registry=r
+        )
+        self.rejected_requests = Counter(
+            "gateway_rejected_requests",
+            "Requests refused (bad signature, not ready)",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.dtmf = Counter("gateway_dtmf", "DTMF digits received", registry=r)

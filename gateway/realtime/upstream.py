@@ -1,0 +1,197 @@
+"""The realtime side's I/O: which service to dial, with which credential, and one connection per call.
+
+`open_upstream(settings)` resolves the endpoint and credential once at start-up (or starts the embedded
+emulator when nothing is configured) and yields an `Upstream`; each call then `connect()`s its own
+`RealtimeConnection`, a thin asyncio layer over the sans-I/O `RealtimeCodec`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from gateway.config import Settings
+from gateway.errors import AuthError, UpstreamError
+from gateway.realtime.auth import Credential, EntraToken, StaticKey, azure_token_provider
+from gateway.realtime.codec import RealtimeCodec
+from gateway.realtime.endpoint import EndpointKind, RealtimeEndpoint, resolve_endpoint
+from gateway.realtime.events import RealtimeCommand, RealtimeEvent
+from gateway.realtime.session import AudioFormat, Protocol, SessionSettings, TurnDetection
+
+__all__ = ["RealtimeConnection", "Upstream", "UpstreamConnectError", "open_upstream", "session_settings_from"]
+
+log = structlog.get_logger(__name__)
+
+# Realtime deltas can be large (hundreds of ms of 24 kHz audio in base64), but not unbounded.
+MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024
+
+
+class UpstreamConnectError(UpstreamError):
+    """The realtime handshake failed; `code` is the HTTP status, "timeout" or "connect" (a metric label)."""
+
+    def __init__(self, message: str, code: int | str) -> None:
+        super().__init__(message)
+        self.code = str(code)
+
+
+def session_settings_from(settings: Settings) -> SessionSettings:
+    """The realtime session the gateway asks for, from its settings."""
+    audio = AudioFormat.G711_ULAW if settings.audio_mode == "g711" else AudioFormat.PCM16
+    return SessionSettings(
+        instructions=settings.bot_instructions,
+        voice=settings.bot_voice,
+        input_format=audio,
+        output_format=audio,
+        turn_detection=TurnDetection(
+            threshold=settings.vad_threshold,
+            prefix_padding_ms=settings.vad_prefix_padding_ms,
+            silence_duration_ms=settings.vad_silence_duration_ms,
+            interrupt_response=settings.vad_interrupt_response,
+        ),
+        transcription_model=settings.transcription_model,
+        greeting=settings.bot_greeting,
+    )
+
+
+class RealtimeConnection:
+    """One call's realtime session: `send` commands, iterate typed events, `close`."""
+
+    def __init__(self, ws: ClientConnection, codec: RealtimeCodec) -> None:
+        self._ws = ws
+        self.codec = codec
+
+    async def send(self, command: RealtimeCommand) -> None:
+        """Encode and send one command; raises ConnectionClosed if the service went away."""
+        await self._ws.send(self.codec.encode(command))
+
+    async def events(self) -> AsyncIterator[RealtimeEvent]:
+        """Decoded events until the service closes the socket (then the iteration just ends)."""
+        try:
+            async for message in self._ws:
+                yield self.codec.decode(message)
+        except ConnectionClosed:
+            return
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once closed (1000 = normal), else None."""
+        return self._ws.close_code
+
+    async def close(self) -> None:
+        """Close the socket (idempotent) and wait for the closing handshake, briefly."""
+        await self._ws.close()
+
+
+@dataclass(slots=True)
+class Upstream:
+    """A resolved realtime backend that every call dials on its own."""
+
+    endpoint: RealtimeEndpoint
+    credential: Credential | None
+    session: SessionSettings
+    connect_timeout_s: float
+    embedded_emulator: bool = False
+
+    @property
+    def protocol(self) -> Protocol:
+        """The realtime protocol of this endpoint."""
+        return self.endpoint.protocol
+
+    def describe(self) -> dict[str, Any]:
+        """What a log line may say about the backend: no secrets (query values named *key* dropped)."""
+        parts = urlsplit(self.endpoint.url)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if "key" not in k.lower()]
+        return {
+            "url": parts._replace(query=urlencode(query)).geturl(),
+            "protocol": self.protocol.value,
+            "kind": self.endpoint.kind.value,
+            "auth": type(self.credential).__name__ if self.credential else "none",
+            "embedded_emulator": self.embedded_emulator,
+        }
+
+    async def connect(self) -> tuple[RealtimeConnection, float]:
+        """Dial a session; returns it and the handshake seconds. Raises UpstreamConnectError, AuthError."""
+        headers = dict(self.endpoint.headers)
+        if self.credential is not None:
+            headers.update(await self.credential.handshake_headers())
+        started = time.perf_counter()
+        try:
+            ws = await connect(
+                self.endpoint.url,
+                additional_headers=headers,
+                open_timeout=self.connect_timeout_s,
+                max_size=MAX_UPSTREAM_MESSAGE,
+                compression=None,
+                ping_interval=20,
+                ping_timeout=20,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise UpstreamConnectError(f"realtime handshake refused with HTTP {status}", status) from None
+        except TimeoutError:
+            raise UpstreamConnectError("realtime handshake timed out", "timeout") from None
+        except (OSError, InvalidHandshake) as exc:
+            raise UpstreamConnectError(
+                f"realtime connect failed: {type(exc).__name__}: {exc}", "connect"
+            ) from None
+        elapsed = time.perf_counter() - started
+        return RealtimeConnection(ws, RealtimeCodec(self.protocol, self.session)), elapsed
+
+
+def _credential_for(settings: Settings, endpoint: RealtimeEndpoint) -> Credential | None:
+    if settings.realtime_url:
+        key = settings.realtime_api_key
+    elif endpoint.kind is EndpointKind.AZURE:
+        key = settings.azure_api_key
+    else:
+        key = settings.openai_api_key
+    if key:
+        return StaticKey(key, endpoint.auth_style)
+    if endpoint.kind is EndpointKind.AZURE:
+        # No key for Azure: Microsoft Entra ID through azure-identity's DefaultAzureCredential.
+        return EntraToken(azure_token_provider())
+    return None
+
+
+@asynccontextmanager
+async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
+    """Resolve the configured backend, or start the embedded emulator; clean up on exit."""
+    session = session_settings_from(settings)
+    if settings.uses_emulator:
+        from gateway.emulator import EmulatorServer  # imported lazily: production never loads it
+
+        async with EmulatorServer(host="127.0.0.1", port=0) as emulator:
+            endpoint = resolve_endpoint(realtime_url=emulator.url + "/v1/realtime?model=emulator")
+            assert endpoint is not None
+            yield Upstream(
+                endpoint, None, session, settings.upstream_connect_timeout_s, embedded_emulator=True
+            )
+        return
+    endpoint = resolve_endpoint(
+        realtime_url=settings.realtime_url,
+        protocol_override=settings.realtime_protocol,
+        azure_endpoint=settings.azure_endpoint,
+        azure_deployment=settings.azure_deployment,
+        azure_api_version=settings.azure_api_version,
+        openai_model=settings.openai_model,
+        openai_api_key=settings.openai_api_key,
+    )
+    assert endpoint is not None  # uses_emulator is False, so something is configured
+    credential = _credential_for(settings, endpoint)
+    try:
+        yield Upstream(endpoint, credential, session, settings.upstream_connect_timeout_s)
+    finally:
+        close = getattr(credential, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except AuthError:
+                log.warning("credential_close_failed")
