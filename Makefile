@@ -28,8 +28,9 @@ lint: install  ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff format --check .
 	cd typings && ../$(VENV)/bin/mypy --config-file ../pyproject.toml
 
-bench: install  ## codec benchmark: microseconds per frame and quality, printed as a table
+bench: install  ## benchmarks (printed tables): codec cost and quality, barge-in speed and truncate accuracy
 	$(PY) -m bench.codec
+	$(PY) -m bench.bargein
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache bench/out

@@ -55,6 +55,12 @@ class GatewayMetrics:
             ["kind"],
             registry=r,
         )
+        self.command_errors = Counter(
+            "gateway_realtime_command_errors",
+            "Realtime error events by the command that caused them (TruncateItem, CancelResponse, ...)",
+            ["command", "code"],
+            registry=r,
+        )
         self.flushed_audio = Counter(
             "gateway_flushed_audio_seconds", "Bot audio discarded by clear (sent, not heard)", registry=r
         )

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.call.audio import PROVIDER_RATE, CallAudio
 from gateway.call.bargein import BargeInController, BargeInMode, CancelPolicy, SpeechDecision, Verdict
+from gateway.call.localvad import LocalVad
 from gateway.call.playback import PlaybackTracker
 from gateway.config import Settings
 from gateway.errors import AuthError
@@ -64,6 +65,7 @@ from gateway.telephony.events import (
 )
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, verify_stream_token
 from gateway.telephony.twilio import TwilioDialect
+from telcodec import ulaw_decode
 
 __all__ = ["CallBridge", "CallSummary"]
 
@@ -130,6 +132,7 @@ class CallBridge:
         self._append_buffer = bytearray()
         self._chunk_bytes = PROVIDER_BYTES_PER_MS * settings.playout_chunk_ms
         self._speech_stopped_at: float | None = None
+        self._local_vad = LocalVad(PROVIDER_RATE) if settings.barge_in != "server" else None
         self._current_item: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -295,6 +298,8 @@ class CallBridge:
         started = time.perf_counter()
         converted = self.audio.caller_to_session(payload)
         self.metrics.codec_time.labels(direction="caller").observe(time.perf_counter() - started)
+        if self._local_vad is not None:
+            await self._detect_local_speech(payload)
         self._append_buffer += converted
         # Appends are whole multiples of APPEND_MS; the resampler's held-back delay waits for the next.
         ready = len(self._append_buffer) - len(self._append_buffer) % self._append_bytes
@@ -302,6 +307,14 @@ class CallBridge:
             chunk = bytes(self._append_buffer[:ready])
             del self._append_buffer[:ready]
             await self._send_upstream(AppendAudio(chunk))
+
+    async def _detect_local_speech(self, ulaw: bytes) -> None:
+        assert self._local_vad is not None
+        now = now_ms()
+        if self._local_vad.on_frame(ulaw_decode(ulaw), bot_audible=self.tracker.is_audible(now)):
+            decision = self.bargein.on_local_speech(now)
+            if decision.verdict is Verdict.BARGE_IN:
+                await self._apply_barge_in(decision, time.perf_counter())
 
     async def _send_upstream(self, command: RealtimeCommand) -> None:
         assert self._conn is not None
@@ -325,8 +338,11 @@ class CallBridge:
             case AudioDelta():
                 await self._on_audio_delta(event, now)
             case AudioDone():
+                generation = self.tracker.generation
                 self.bargein.on_audio_done(event, now)
-                await self._send_bot_audio(event.item_id, self.audio.end_bot_item())
+                if event.item_id == self._current_item:
+                    await self._send_bot_audio(event.item_id, self.audio.end_bot_item(), generation)
+                    self._current_item = None
             case SpeechStarted():
                 await self._on_speech_started(now)
             case SpeechStopped():
@@ -350,21 +366,27 @@ class CallBridge:
                 pass
 
     async def _on_audio_delta(self, event: AudioDelta, now: int) -> None:
+        generation = self.tracker.generation
         samples = self.audio.session_samples(event.audio)
         if not self.bargein.on_audio_delta(event, samples, self.audio.session_rate, now):
             self.metrics.dropped_deltas.inc()
             return
         if self._current_item not in (None, event.item_id):
             # A new item without the previous one's audio.done: emit the old tail first.
-            await self._send_bot_audio(self._current_item, self.audio.end_bot_item())
+            await self._send_bot_audio(self._current_item, self.audio.end_bot_item(), generation)
         self._current_item = event.item_id
         started = time.perf_counter()
         ulaw = self.audio.bot_to_provider(event.audio)
         self.metrics.codec_time.labels(direction="bot").observe(time.perf_counter() - started)
-        await self._send_bot_audio(event.item_id, ulaw)
+        await self._send_bot_audio(event.item_id, ulaw, generation)
 
-    async def _send_bot_audio(self, item_id: str | None, ulaw: bytes) -> None:
-        """Send mu-law bot audio in chunks, each followed by the tracker's mark."""
+    async def _send_bot_audio(self, item_id: str | None, ulaw: bytes, generation: int) -> None:
+        """Send mu-law bot audio in chunks, each followed by the tracker's mark.
+
+        `generation` is the tracker's generation when the audio was admitted: a barge-in handled by the
+        caller's task while this one waits on a send bumps it, and the rest of the audio is dropped.
+        Between the check and the media write nothing awaits, so no chunk can follow a clear.
+        """
         if item_id is None or not ulaw:
             return
         if item_id == self._current_item and self._speech_stopped_at is not None:
@@ -373,9 +395,13 @@ class CallBridge:
             self.metrics.response_latency.observe(latency)
             self.summary.response_latencies_ms.append(round(latency * 1000, 1))
         for start in range(0, len(ulaw), self._chunk_bytes):
+            if self.tracker.generation != generation:
+                self.metrics.dropped_deltas.inc()
+                return
             chunk = ulaw[start : start + self._chunk_bytes]
+            mark = self.tracker.on_audio_sent(item_id, len(chunk), now_ms())
             await self._send_caller(SendMedia(chunk))
-            await self._send_caller(self.tracker.on_audio_sent(item_id, len(chunk), now_ms()))
+            await self._send_caller(mark)
             self.summary.media_out += 1
             self.summary.bot_audio_bytes += len(chunk)
             self.metrics.frames_out.inc()
@@ -422,6 +448,8 @@ class CallBridge:
         kind = self.bargein.on_error(err)
         assert self._conn is not None
         failed = self._conn.codec.sent_command(err.event_id)
+        command = type(failed).__name__ if failed is not None else "unknown"
+        self.metrics.command_errors.labels(command=command, code=err.code or "none").inc()
         if kind != "other":
             self.metrics.benign_races.labels(kind=kind).inc()
             log.debug("realtime_benign_race", kind=kind, code=err.code, message=err.message)
@@ -433,5 +461,5 @@ class CallBridge:
             code=err.code,
             error_type=err.error_type,
             message=err.message,
-            failed_command=type(failed).__name__ if failed else None,
+            failed_command=command,
         )

@@ -37,10 +37,11 @@ def _monotonic_ms() -> float:
 
 @dataclass(slots=True)
 class ReceivedClear:
-    """A `clear` the gateway sent: when, and how much caller audio had been sent by then."""
+    """A `clear` the gateway sent: when, and how much caller and bot audio had gone by then."""
 
     at_ms: float
     caller_audio_sent_ms: float
+    played_ms: float  # bot audio the caller had heard when the clear arrived
 
 
 @dataclass(slots=True)
@@ -197,8 +198,9 @@ class TwilioCall:
             self.marks_sent.append(name)
             self._echo(self.playout.mark(name, now), now)
         elif event == "clear":
-            self.clears.append(ReceivedClear(now, self.caller_audio_sent_ms))
-            self._echo(self.playout.clear(now), now)
+            echoes = self.playout.clear(now)
+            self.clears.append(ReceivedClear(now, self.caller_audio_sent_ms, self.playout.played_ms))
+            self._echo(echoes, now)
         else:
             self.protocol_errors.append(f"unexpected event {event!r}")  # Twilio answers 31924
 

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from gateway.loadtest.client import TwilioCall
+from gateway.loadtest.scenarios import silence_ulaw, speech_ulaw
 from tests.conftest import scaled
-from tests.integration.test_gateway_call import silence_ulaw, speech_ulaw
 
 
 def free_port() -> int:

@@ -5,33 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import numpy as np
 import pytest
 
-import telcodec
 from gateway.emulator import EmulatorConfig, EmulatorServer
 from gateway.loadtest.client import TwilioCall
+from gateway.loadtest.scenarios import silence_ulaw, speech_ulaw
 from gateway.realtime.session import Protocol
 from telcodec.resample import BotPath, CallerPath
 from tests.conftest import RunningGateway, scaled, start_gateway
 from tests.sdk_models import BETA_CLIENT, GA_CLIENT, validate_event
 
 REPLY_MS = 1200
-
-
-def speech_ulaw(ms: int, *, f0: float = 140.0, seed: int = 1) -> bytes:
-    """Voice-like caller audio at 8 kHz as mu-law: harmonics of `f0` under a syllable envelope."""
-    t = np.arange(ms * 8) / 8000
-    rng = np.random.default_rng(seed)
-    voiced = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 12))
-    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t) ** 2
-    pcm = np.round(voiced * envelope * 6000).astype(np.int16)
-    return telcodec.ulaw_encode(pcm)
-
-
-def silence_ulaw(ms: int) -> bytes:
-    """Mu-law digital silence."""
-    return b"\xff" * (ms * 8)
 
 
 async def wait_for(predicate: object, timeout_s: float = 5.0) -> None:

@@ -12,10 +12,11 @@ from websockets.exceptions import InvalidStatus
 
 from gateway.emulator import EmulatorServer
 from gateway.loadtest.client import TwilioCall
+from gateway.loadtest.scenarios import silence_ulaw
 from gateway.telephony.signature import SIGNATURE_HEADER, compute_signature
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
 from tests.conftest import RunningGateway, scaled, start_gateway
-from tests.integration.test_gateway_call import silence_ulaw, wait_for
+from tests.integration.test_gateway_call import wait_for
 
 AUTH_TOKEN = "twilio-auth-token-for-tests"
 PUBLIC = "https://gw.example.com"
