@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.call.bridge import CallBridge
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
+from gateway.realtime.auth import TokenProvider
 from gateway.realtime.upstream import Upstream, open_upstream
 from gateway.telephony.signature import SIGNATURE_HEADER, validate_signature
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, issue_stream_token
@@ -41,6 +42,7 @@ class GatewayState:
 
     settings: Settings
     metrics: GatewayMetrics
+    token_provider: TokenProvider | None = None
     upstream: Upstream | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False
@@ -49,10 +51,19 @@ class GatewayState:
 STATE_KEY = web.AppKey("gateway_state", GatewayState)
 
 
-def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
-    """Build the application; the upstream is opened when the app starts and closed when it stops."""
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    token_provider: TokenProvider | None = None,
+) -> web.Application:
+    """Build the application; the upstream is opened when the app starts and closed when it stops.
+
+    `registry` isolates metrics (tests, workers); `token_provider` replaces azure-identity for Entra ID.
+    """
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
-    app[STATE_KEY] = GatewayState(settings=settings, metrics=GatewayMetrics(registry))
+    state = GatewayState(settings=settings, metrics=GatewayMetrics(registry), token_provider=token_provider)
+    app[STATE_KEY] = state
     app.router.add_post(TWIML_PATH, handle_twiml)
     app.router.add_get(MEDIA_PATH, handle_media)
     app.router.add_get("/healthz", handle_healthz)
@@ -65,7 +76,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE_KEY]
-    async with open_upstream(state.settings) as upstream:
+    async with open_upstream(state.settings, token_provider=state.token_provider) as upstream:
         state.upstream = upstream
         if state.settings.twilio_auth_token is None:
             log.warning("twilio_signature_check_disabled", hint="set TWILIO_AUTH_TOKEN in production")

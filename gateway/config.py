@@ -138,6 +138,13 @@ SETTINGS: tuple[Setting, ...] = (
         "ga|preview; default inferred from the URL",
     ),
     Setting("REALTIME_API_KEY", "realtime_api_key", "", _opt_str, "key for REALTIME_URL", secret=True),
+    Setting(
+        "REALTIME_AUTH",
+        "realtime_auth",
+        "auto",
+        _choice("auto", "key", "entra", "none"),
+        "auto: the key if set, else Entra ID for Azure hosts; entra: Entra ID even on a custom URL",
+    ),
     Setting("AZURE_OPENAI_ENDPOINT", "azure_endpoint", "", _opt_str, "https://RESOURCE.openai.azure.com"),
     Setting("AZURE_OPENAI_DEPLOYMENT", "azure_deployment", "", _opt_str, "realtime deployment name"),
     Setting(
@@ -244,6 +251,7 @@ class Settings:
     realtime_url: str | None
     realtime_protocol: str | None
     realtime_api_key: str | None = field(repr=False)
+    realtime_auth: str
     azure_endpoint: str | None
     azure_deployment: str | None
     azure_api_key: str | None = field(repr=False)
@@ -290,6 +298,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
 
 def _check_combinations(settings: Settings) -> None:
+    keys = (settings.realtime_api_key, settings.azure_api_key, settings.openai_api_key)
+    if settings.realtime_auth == "key" and not any(keys):
+        raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY, AZURE_OPENAI_API_KEY or OPENAI_API_KEY")
     if settings.azure_endpoint and not settings.azure_deployment and not settings.realtime_url:
         raise ConfigError("AZURE_OPENAI_DEPLOYMENT is required when AZURE_OPENAI_ENDPOINT is set")
     if settings.azure_deployment and not settings.azure_endpoint and not settings.realtime_url:

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import STATE_KEY, GatewayState, create_app
 from gateway.config import Settings, load_settings
 from gateway.emulator import EmulatorConfig, EmulatorServer
+from gateway.realtime.auth import TokenProvider
 
 # A slow machine slows the tests instead of failing them: every wait in the tests is multiplied by this.
 TIME_SCALE = float(os.environ.get("TEST_TIME_SCALE", "1"))
@@ -55,10 +56,12 @@ async def emulator() -> AsyncIterator[EmulatorServer]:
         yield server
 
 
-async def start_gateway(env: Mapping[str, str]) -> RunningGateway:
+async def start_gateway(
+    env: Mapping[str, str], token_provider: TokenProvider | None = None
+) -> RunningGateway:
     """Start a gateway with these settings (on a free port, fresh metrics registry)."""
     settings: Settings = load_settings({"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": "0", **env})
-    app = create_app(settings, registry=CollectorRegistry())
+    app = create_app(settings, registry=CollectorRegistry(), token_provider=token_provider)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -19,8 +19,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from gateway.config import Settings
-from gateway.errors import AuthError, UpstreamError
-from gateway.realtime.auth import Credential, EntraToken, StaticKey, azure_token_provider
+from gateway.errors import AuthError, ConfigError, UpstreamError
+from gateway.realtime.auth import Credential, EntraToken, StaticKey, TokenProvider, azure_token_provider
 from gateway.realtime.codec import RealtimeCodec
 from gateway.realtime.endpoint import EndpointKind, RealtimeEndpoint, resolve_endpoint
 from gateway.realtime.events import RealtimeCommand, RealtimeEvent
@@ -146,24 +146,38 @@ class Upstream:
         return RealtimeConnection(ws, RealtimeCodec(self.protocol, self.session)), elapsed
 
 
-def _credential_for(settings: Settings, endpoint: RealtimeEndpoint) -> Credential | None:
+def _credential_for(
+    settings: Settings, endpoint: RealtimeEndpoint, token_provider: TokenProvider | None
+) -> Credential | None:
+    """The handshake credential: a key if one is set (or REALTIME_AUTH=key), Entra ID for Azure hosts
+    without a key (or REALTIME_AUTH=entra), nothing otherwise (or REALTIME_AUTH=none)."""
     if settings.realtime_url:
         key = settings.realtime_api_key
     elif endpoint.kind is EndpointKind.AZURE:
         key = settings.azure_api_key
     else:
         key = settings.openai_api_key
-    if key:
+    mode = settings.realtime_auth
+    if mode == "auto":
+        mode = "key" if key else "entra" if endpoint.kind is EndpointKind.AZURE else "none"
+    if mode == "key":
+        if not key:
+            raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY (or the backend's own key setting)")
         return StaticKey(key, endpoint.auth_style)
-    if endpoint.kind is EndpointKind.AZURE:
-        # No key for Azure: Microsoft Entra ID through azure-identity's DefaultAzureCredential.
-        return EntraToken(azure_token_provider())
+    if mode == "entra":
+        # Microsoft Entra ID: azure-identity's DefaultAzureCredential unless a provider is injected.
+        return EntraToken(token_provider if token_provider is not None else azure_token_provider())
     return None
 
 
 @asynccontextmanager
-async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
-    """Resolve the configured backend, or start the embedded emulator; clean up on exit."""
+async def open_upstream(
+    settings: Settings, *, token_provider: TokenProvider | None = None
+) -> AsyncIterator[Upstream]:
+    """Resolve the configured backend, or start the embedded emulator; clean up on exit.
+
+    `token_provider` replaces azure-identity for Entra ID auth (the seam tests use to fake Azure's auth).
+    """
     session = session_settings_from(settings)
     if settings.uses_emulator:
         from gateway.emulator import EmulatorServer  # imported lazily: production never loads it
@@ -185,7 +199,7 @@ async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
         openai_api_key=settings.openai_api_key,
     )
     assert endpoint is not None  # uses_emulator is False, so something is configured
-    credential = _credential_for(settings, endpoint)
+    credential = _credential_for(settings, endpoint, token_provider)
     try:
         yield Upstream(endpoint, credential, session, settings.upstream_connect_timeout_s)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from gateway.emulator import EmulatorConfig, EmulatorServer
 from gateway.loadtest.client import TwilioCall
 from gateway.loadtest.scenarios import silence_ulaw, speech_ulaw
-from gateway.realtime.session import Protocol
+from gateway.realtime.session import AudioFormat, Protocol
 from telcodec.resample import BotPath, CallerPath
 from tests.conftest import RunningGateway, scaled, start_gateway
 from tests.sdk_models import BETA_CLIENT, GA_CLIENT, validate_event
@@ -161,3 +162,57 @@ async def test_non_json_frame_ends_call_with_policy_violation(gateway: RunningGa
         assert await call.wait_closed(timeout_s=scaled(5)) == 1008
     await wait_for(lambda: not gateway.state.calls)
     assert gateway.state.metrics.calls.labels(outcome="protocol_error")._value.get() == 1
+
+
+async def test_g711_passthrough_mode() -> None:
+    """AUDIO_MODE=g711 asks for mu-law both ways and forwards bytes untouched in both directions."""
+    async with EmulatorServer(EmulatorConfig(realtime_factor=10.0, reply_ms=600)) as emulator:
+        gateway = await start_gateway({"REALTIME_URL": emulator.ga_url(), "AUDIO_MODE": "g711"})
+        try:
+            caller = speech_ulaw(600) + silence_ulaw(800)
+            async with TwilioCall(gateway.media_url) as call:
+                await call.send_audio(caller, realtime=False)
+                await wait_for(lambda: len(call.received_media) == 600 * 8)
+                session = emulator.sessions[0]
+                item = session.items[session.responses[0].item_id]
+                assert session.input_format is AudioFormat.G711_ULAW
+                assert session.output_format is AudioFormat.G711_ULAW
+                assert b"".join(chunk.data for chunk in session.received_audio) == caller
+                assert bytes(call.received_media) == bytes(item.audio)
+        finally:
+            await gateway.runner.cleanup()
+
+
+async def test_greeting_makes_the_bot_speak_first() -> None:
+    """With BOT_GREETING the gateway asks for a response at once, so the caller hears the bot unprompted."""
+    async with EmulatorServer(EmulatorConfig(realtime_factor=10.0, reply_ms=400)) as emulator:
+        gateway = await start_gateway({"REALTIME_URL": emulator.ga_url(), "BOT_GREETING": "Say hello."})
+        try:
+            async with TwilioCall(gateway.media_url) as call:
+                await wait_for(lambda: len(call.received_media) == 400 * 8)
+            created = [e for e in emulator.sessions[0].client_events if e["type"] == "response.create"]
+            assert created[0]["response"]["instructions"] == "Say hello."
+        finally:
+            await gateway.runner.cleanup()
+
+
+async def test_entra_token_at_the_provider_seam() -> None:
+    """REALTIME_AUTH=entra presents a Bearer token from the token provider (Azure faked at that seam)."""
+    fetched: list[str] = []
+
+    async def provider(scope: str) -> tuple[str, int]:
+        fetched.append(scope)
+        return "entra-token-1", int(time.time()) + 3600
+
+    async with EmulatorServer(EmulatorConfig(accepted_tokens=frozenset({"entra-token-1"}))) as emulator:
+        env = {"REALTIME_URL": emulator.ga_url(), "REALTIME_AUTH": "entra"}
+        gateway = await start_gateway(env, token_provider=provider)
+        try:
+            for _ in range(2):
+                async with TwilioCall(gateway.media_url):
+                    await wait_for(lambda: emulator.sessions and not emulator.sessions[-1].closed)
+                await wait_for(lambda: not gateway.state.calls)
+            assert len(emulator.sessions) == 2
+            assert fetched == ["https://cognitiveservices.azure.com/.default"]  # cached for the second call
+        finally:
+            await gateway.runner.cleanup()

@@ -34,6 +34,8 @@ def test_defaults_use_the_emulator() -> None:
         ({"BARGE_IN": "always"}, "BARGE_IN"),
         ({"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"}, "AZURE_OPENAI_DEPLOYMENT"),
         ({"AZURE_OPENAI_DEPLOYMENT": "rt"}, "AZURE_OPENAI_ENDPOINT"),
+        ({"REALTIME_AUTH": "key"}, "REALTIME_AUTH"),
+        ({"REALTIME_AUTH": "cert"}, "REALTIME_AUTH"),
     ],
 )
 def test_bad_setting_names_the_variable(env: dict[str, str], name: str) -> None:
