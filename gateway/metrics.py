@@ -74,6 +74,14 @@ class GatewayMetrics:
             buckets=CODEC_BUCKETS,
             registry=r,
         )
+        self.added_latency = Histogram(
+            "gateway_added_latency_seconds",
+            "Time the gateway adds per message: caller frame in -> append out (caller), "
+            "realtime delta in -> first media out (bot)",
+            ["direction"],
+            buckets=(5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1),
+            registry=r,
+        )
         self.protocol_violations = Counter(
             "gateway_protocol_violations", "Unusable messages from a peer", ["peer"], registry=r
         )

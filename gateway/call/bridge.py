@@ -49,7 +49,7 @@ from gateway.realtime.events import (
     TruncateItem,
     UpdateSession,
 )
-from gateway.realtime.upstream import RealtimeConnection, Upstream, UpstreamConnectError
+from gateway.realtime.upstream import RealtimeConnection, Upstream, UpstreamConnectError, client_request_id
 from gateway.telephony.events import (
     CallStarted,
     CallStopped,
@@ -132,6 +132,8 @@ class CallBridge:
         self._append_buffer = bytearray()
         self._chunk_bytes = PROVIDER_BYTES_PER_MS * settings.playout_chunk_ms
         self._speech_stopped_at: float | None = None
+        # When the message being handled arrived, per direction: the start of the added-latency clock.
+        self._caller_msg_at = self._upstream_msg_at = 0.0
         self._local_vad = LocalVad(PROVIDER_RATE) if settings.barge_in != "server" else None
         self._current_item: str | None = None
 
@@ -157,14 +159,14 @@ class CallBridge:
             self.metrics.calls.labels(outcome=self.summary.outcome).inc()
             self.metrics.call_duration.observe(duration)
             self._log_summary(duration)
-            structlog.contextvars.unbind_contextvars("call_sid", "stream_sid")
+            structlog.contextvars.unbind_contextvars("call_sid", "stream_sid", "upstream_request_id")
 
     async def _run(self) -> None:
         call = await self._await_start()
         structlog.contextvars.bind_contextvars(call_sid=call.call_id, stream_sid=call.stream_id)
         self._check_stream_token(call)
         log.info("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
-        self._conn = await self._dial()
+        self._conn = await self._dial(call.call_id)
         await self._send_upstream(UpdateSession())
         if self.upstream.session.greeting:
             await self._send_upstream(CreateResponse(instructions=self.upstream.session.greeting))
@@ -209,9 +211,11 @@ class CallBridge:
             self.metrics.rejected_requests.labels(route="media", reason="stream token").inc()
             raise _CallEnded("rejected", problem)
 
-    async def _dial(self) -> RealtimeConnection:
+    async def _dial(self, call_id: str) -> RealtimeConnection:
+        request_id = client_request_id(call_id)
+        structlog.contextvars.bind_contextvars(upstream_request_id=request_id)
         try:
-            conn, elapsed = await self.upstream.connect()
+            conn, elapsed = await self.upstream.connect(request_id)
         except UpstreamConnectError as exc:
             self.metrics.upstream_errors.labels(code=exc.code).inc()
             raise _CallEnded("upstream_failed", str(exc)) from None
@@ -267,6 +271,7 @@ class CallBridge:
 
     async def _caller_loop(self) -> None:
         async for msg in self.ws:
+            self._caller_msg_at = time.perf_counter()
             event = self._parse(msg)
             if event is not None:
                 await self._on_telephony(event)
@@ -307,6 +312,9 @@ class CallBridge:
             chunk = bytes(self._append_buffer[:ready])
             del self._append_buffer[:ready]
             await self._send_upstream(AppendAudio(chunk))
+            self.metrics.added_latency.labels(direction="caller").observe(
+                time.perf_counter() - self._caller_msg_at
+            )
 
     async def _detect_local_speech(self, ulaw: bytes) -> None:
         assert self._local_vad is not None
@@ -328,6 +336,7 @@ class CallBridge:
     async def _upstream_loop(self) -> None:
         assert self._conn is not None
         async for event in self._conn.events():
+            self._upstream_msg_at = time.perf_counter()
             await self._on_realtime(event)
         code = self._conn.close_code
         raise _CallEnded("upstream_closed", f"realtime session closed (code {code})")
@@ -401,6 +410,9 @@ class CallBridge:
             chunk = ulaw[start : start + self._chunk_bytes]
             mark = self.tracker.on_audio_sent(item_id, len(chunk), now_ms())
             await self._send_caller(SendMedia(chunk))
+            if start == 0:
+                added = time.perf_counter() - self._upstream_msg_at
+                self.metrics.added_latency.labels(direction="bot").observe(added)
             await self._send_caller(mark)
             self.summary.media_out += 1
             self.summary.bot_audio_bytes += len(chunk)

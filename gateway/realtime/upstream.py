@@ -8,6 +8,7 @@ emulator when nothing is configured) and yields an `Upstream`; each call then `c
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,12 +27,21 @@ from gateway.realtime.endpoint import EndpointKind, RealtimeEndpoint, resolve_en
 from gateway.realtime.events import RealtimeCommand, RealtimeEvent
 from gateway.realtime.session import AudioFormat, Protocol, SessionSettings, TurnDetection
 
-__all__ = ["RealtimeConnection", "Upstream", "UpstreamConnectError", "open_upstream", "session_settings_from"]
+__all__ = [
+    "CLIENT_REQUEST_ID_HEADER",
+    "RealtimeConnection",
+    "Upstream",
+    "UpstreamConnectError",
+    "client_request_id",
+    "open_upstream",
+    "session_settings_from",
+]
 
 log = structlog.get_logger(__name__)
 
 # Realtime deltas can be large (hundreds of ms of 24 kHz audio in base64), but not unbounded.
 MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024
+CLIENT_REQUEST_ID_HEADER = "x-ms-client-request-id"  # Azure's correlation header; harmless elsewhere
 
 
 class UpstreamConnectError(UpstreamError):
@@ -40,6 +50,14 @@ class UpstreamConnectError(UpstreamError):
     def __init__(self, message: str, code: int | str) -> None:
         super().__init__(message)
         self.code = str(code)
+
+
+def client_request_id(call_id: str) -> str:
+    """A GUID for the upstream handshake: a Twilio CallSid ("CA" + 32 hex) is one; anything else is hashed."""
+    try:
+        return str(uuid.UUID(hex=call_id[2:]))
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "call:" + call_id))
 
 
 def session_settings_from(settings: Settings) -> SessionSettings:
@@ -117,9 +135,15 @@ class Upstream:
             "embedded_emulator": self.embedded_emulator,
         }
 
-    async def connect(self) -> tuple[RealtimeConnection, float]:
-        """Dial a session; returns it and the handshake seconds. Raises UpstreamConnectError, AuthError."""
+    async def connect(self, request_id: str | None = None) -> tuple[RealtimeConnection, float]:
+        """Dial a session; returns it and the handshake seconds. Raises UpstreamConnectError, AuthError.
+
+        `request_id` goes out as `x-ms-client-request-id`, so the service's logs (and the emulator's
+        records) can be matched to the call; `client_request_id` derives it from a CallSid.
+        """
         headers = dict(self.endpoint.headers)
+        if request_id is not None:
+            headers[CLIENT_REQUEST_ID_HEADER] = request_id
         if self.credential is not None:
             headers.update(await self.credential.handshake_headers())
         started = time.perf_counter()

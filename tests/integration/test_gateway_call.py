@@ -12,6 +12,7 @@ from gateway.emulator import EmulatorConfig, EmulatorServer
 from gateway.loadtest.client import TwilioCall
 from gateway.loadtest.scenarios import silence_ulaw, speech_ulaw
 from gateway.realtime.session import AudioFormat, Protocol
+from gateway.realtime.upstream import client_request_id
 from telcodec.resample import BotPath, CallerPath
 from tests.conftest import RunningGateway, scaled, start_gateway
 from tests.sdk_models import BETA_CLIENT, GA_CLIENT, validate_event
@@ -67,6 +68,7 @@ async def test_call_round_trip(bridged: tuple[RunningGateway, EmulatorServer]) -
         assert call.playout.played_ms == REPLY_MS
         assert [name for name, _ in call.marks_echoed] == call.marks_sent
         assert call.protocol_errors == []
+        assert session.headers["x-ms-client-request-id"] == client_request_id(call.call_sid)
 
 
 async def test_client_events_validate_against_sdk(bridged: tuple[RunningGateway, EmulatorServer]) -> None:
