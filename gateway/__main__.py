@@ -10,12 +10,10 @@ __all__ = ["main"]
 
 
 def _serve(argv: list[str]) -> int:
-    from aiohttp import web
-
-    from gateway.app import create_app
     from gateway.config import describe_settings, load_settings
     from gateway.errors import ConfigError
     from gateway.logging import configure_logging
+    from gateway.serve import run
 
     parser = argparse.ArgumentParser(
         prog="python -m gateway serve",
@@ -30,16 +28,7 @@ def _serve(argv: list[str]) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=10,
-        handle_signals=True,
-    )
-    return 0
+    return run(settings)
 
 
 def _emulator(argv: list[str]) -> int:

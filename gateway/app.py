@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import structlog
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.call.bridge import CallBridge
@@ -25,7 +25,7 @@ from gateway.telephony.signature import SIGNATURE_HEADER, validate_signature
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, issue_stream_token
 from gateway.telephony.twiml import connect_stream_twiml
 
-__all__ = ["STATE_KEY", "GatewayState", "create_app"]
+__all__ = ["STATE_KEY", "GatewayState", "create_app", "drain"]
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +63,7 @@ def create_app(
     """
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
     state = GatewayState(settings=settings, metrics=GatewayMetrics(registry), token_provider=token_provider)
+    state.metrics.max_calls.set(settings.max_calls)
     app[STATE_KEY] = state
     app.router.add_post(TWIML_PATH, handle_twiml)
     app.router.add_get(MEDIA_PATH, handle_media)
@@ -85,7 +86,24 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         state.upstream = None
 
 
+async def drain(app: web.Application, timeout_s: float) -> int:
+    """Stop taking calls (readiness turns 503 at once) and wait up to `timeout_s` for the active ones to
+    end by themselves; returns how many were still running (the shutdown then closes them)."""
+    state = app[STATE_KEY]
+    state.draining = True
+    log.info("drain_started", active_calls=len(state.calls), timeout_s=timeout_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while state.calls:
+                await asyncio.wait(set(state.calls))
+    except TimeoutError:
+        pass
+    log.info("drain_finished", still_active=len(state.calls))
+    return len(state.calls)
+
+
 async def _close_calls(app: web.Application) -> None:
+    """Shutdown: cancel what is left; each call closes both its sockets."""
     state = app[STATE_KEY]
     state.draining = True
     for task in list(state.calls):
@@ -146,9 +164,15 @@ async def handle_media(request: web.Request) -> web.StreamResponse:
             return _reject(state, "media", "invalid signature")
     if state.draining or state.upstream is None:
         return _reject(state, "media", "not ready", status=503)
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=None, autoping=True)
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, timeout=2.0, compress=False)
     await ws.prepare(request)
-    bridge = CallBridge(ws, state.settings, state.metrics, state.upstream)
+    if len(state.calls) >= state.settings.max_calls:
+        # Refused after the upgrade so the provider sees a close reason, not a bare HTTP error.
+        state.metrics.rejected_requests.labels(route="media", reason="capacity").inc()
+        log.warning("call_refused", reason="capacity", max_calls=state.settings.max_calls)
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"gateway at capacity")
+        return ws
+    bridge = CallBridge(ws, state.settings, state.metrics, state.upstream, request.transport)
     task = asyncio.current_task()
     assert task is not None
     state.calls.add(task)
@@ -175,5 +199,5 @@ async def handle_readyz(request: web.Request) -> web.Response:
 async def handle_metrics(request: web.Request) -> web.Response:
     """Prometheus exposition of this application's registry."""
     state = request.app[STATE_KEY]
-    body = generate_latest(state.metrics.registry)
+    body = generate_latest(state.metrics.exposition_registry())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -233,6 +233,50 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "START_TIMEOUT_S", "start_timeout_s", "10", _float_in(0.1, 120), "time allowed for Twilio's start"
     ),
+    Setting(
+        "CALLER_IDLE_TIMEOUT_S",
+        "caller_idle_timeout_s",
+        "10",
+        _float_in(0.1, 600),
+        "end a call when the provider sends nothing for this long (Twilio streams 50 frames a second)",
+    ),
+    Setting("MAX_CALL_S", "max_call_s", "7200", _float_in(1, 86400), "end any call after this long"),
+    Setting(
+        "SEND_TIMEOUT_S",
+        "send_timeout_s",
+        "5",
+        _float_in(0.1, 120),
+        "a peer that does not take a message for this long is dropped (bounded buffers)",
+    ),
+    Setting(
+        "UPSTREAM_MAX_RECONNECTS",
+        "upstream_max_reconnects",
+        "3",
+        _int_in(0, 100),
+        "realtime sessions replaced per call (drops, expiry) before the call ends",
+    ),
+    Setting(
+        "UPSTREAM_RENEW_MARGIN_S",
+        "upstream_renew_margin_s",
+        "60",
+        _float_in(0, 3600),
+        "replace a session this long before its expires_at, at a quiet moment",
+    ),
+    Setting(
+        "GATEWAY_MAX_CALLS",
+        "max_calls",
+        "500",
+        _int_in(1, 100000),
+        "concurrent calls per process; more are refused (close code 1013)",
+    ),
+    Setting(
+        "GATEWAY_DRAIN_TIMEOUT_S",
+        "drain_timeout_s",
+        "3600",
+        _float_in(0, 86400),
+        "on SIGTERM: how long active calls may go on before they are closed",
+    ),
+    Setting("GATEWAY_WORKERS", "workers", "1", _int_in(1, 256), "worker processes sharing the port"),
     Setting("LOG_LEVEL", "log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
     Setting("LOG_FORMAT", "log_format", "json", _choice("json", "console"), "log line format"),
 )
@@ -273,6 +317,14 @@ class Settings:
     cancel_policy: str
     upstream_connect_timeout_s: float
     start_timeout_s: float
+    caller_idle_timeout_s: float
+    max_call_s: float
+    send_timeout_s: float
+    upstream_max_reconnects: int
+    upstream_renew_margin_s: float
+    max_calls: int
+    drain_timeout_s: float
+    workers: int
     log_level: str
     log_format: str
 

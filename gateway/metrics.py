@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 __all__ = ["GatewayMetrics"]
 
@@ -18,7 +20,16 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.active_calls = Gauge("gateway_active_calls", "Calls in progress", registry=r)
+        # In multiprocess mode (several workers, PROMETHEUS_MULTIPROC_DIR set) gauges sum over live workers.
+        self.active_calls = Gauge(
+            "gateway_active_calls", "Calls in progress", registry=r, multiprocess_mode="livesum"
+        )
+        self.max_calls = Gauge(
+            "gateway_max_calls",
+            "Calls this instance accepts at once",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.calls = Counter("gateway_calls", "Calls ended, by outcome", ["outcome"], registry=r)
         self.call_duration = Histogram(
             "gateway_call_duration_seconds", "Call duration", buckets=CALL_BUCKETS, registry=r
@@ -82,6 +93,15 @@ class GatewayMetrics:
             buckets=(5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1),
             registry=r,
         )
+        self.upstream_reconnects = Counter(
+            "gateway_upstream_reconnects",
+            "Realtime sessions replaced mid-call, by reason (drop, expiry)",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped_frames = Counter(
+            "gateway_dropped_frames", "Caller frames dropped, by reason (flood)", ["reason"], registry=r
+        )
         self.protocol_violations = Counter(
             "gateway_protocol_violations", "Unusable messages from a peer", ["peer"], registry=r
         )
@@ -92,3 +112,11 @@ class GatewayMetrics:
             registry=r,
         )
         self.dtmf = Counter("gateway_dtmf", "DTMF digits received", registry=r)
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What /metrics serves: this registry, or with several workers the sum over all of them."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return merged

@@ -203,6 +203,7 @@ class BargeInController:
         self._finished: set[str] = set()
         self._interrupted_responses: set[str] = set()
         self._interrupted_items: set[str] = set()
+        self._foreign_items: set[str] = set()  # items of a realtime session that has been replaced
         self._items: dict[str, _ItemAudio] = {}
         self._barge_ins = 0
         self._speech_ignored = 0
@@ -283,6 +284,28 @@ class BargeInController:
         if was_active and not self._active:
             self._fire(_Trigger.LAST_RESPONSE_DONE)
 
+    def on_session_lost(self, now_ms: int) -> None:
+        """The realtime session was replaced: its responses are over, whatever they were doing."""
+        lost = list(self._active)
+        for response_id in lost:
+            self._finished.add(response_id)
+        for audio in self._items.values():
+            audio.done = True
+        # The new session has never heard of these items: they can be cleared from playback, not truncated.
+        self._foreign_items.update(self._items)
+        self._active.clear()
+        if lost and self._state is CallState.RESPONDING:
+            self._fire(_Trigger.LAST_RESPONSE_DONE)
+
+    def quiet(self, now_ms: int) -> bool:
+        """No response is running and no bot audio is queued or playing: a safe moment to swap sessions."""
+        return not self._active and not self._tracker.is_audible(now_ms)
+
+    def received_ms(self, item_id: str) -> int:
+        """Audio the service sent for `item_id`, in ms at its own rate (0 if unknown)."""
+        audio = self._items.get(item_id)
+        return audio.received_ms() if audio is not None else 0
+
     def on_error(self, err: ErrorReported) -> ErrorClass:
         """Classify an error event (see `classify_error`) and count the benign races."""
         kind = classify_error(err)
@@ -351,6 +374,8 @@ class BargeInController:
             # Nothing queued: only an item whose audio ran dry while more was coming is cut short.
             last = cleared.last_item_id
             item_id = last if last is not None and not self._audio_done(last) else None
+        if item_id in self._foreign_items:
+            return None
         figures = cleared.item(item_id) if item_id is not None else None
         audio = self._items.get(item_id) if item_id is not None else None
         if figures is None or audio is None or figures.heard_ms == 0:

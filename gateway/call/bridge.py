@@ -25,8 +25,11 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.call.audio import PROVIDER_RATE, CallAudio
 from gateway.call.bargein import BargeInController, BargeInMode, CancelPolicy, SpeechDecision, Verdict
+from gateway.call.link import SessionReconnected, UpstreamLink, UpstreamLostError
 from gateway.call.localvad import LocalVad
 from gateway.call.playback import PlaybackTracker
+from gateway.call.ratelimit import FrameBudget
+from gateway.call.transcript import Transcript
 from gateway.config import Settings
 from gateway.errors import AuthError
 from gateway.metrics import GatewayMetrics
@@ -46,10 +49,11 @@ from gateway.realtime.events import (
     SessionUpdated,
     SpeechStarted,
     SpeechStopped,
+    TranscriptDone,
     TruncateItem,
-    UpdateSession,
+    UserTranscript,
 )
-from gateway.realtime.upstream import RealtimeConnection, Upstream, UpstreamConnectError, client_request_id
+from gateway.realtime.upstream import Upstream, UpstreamConnectError, client_request_id
 from gateway.telephony.events import (
     CallStarted,
     CallStopped,
@@ -72,7 +76,24 @@ __all__ = ["CallBridge", "CallSummary"]
 log = structlog.get_logger(__name__)
 
 FRAME_MS = 20
+PROVIDER_CLOSE_TIMEOUT_S = 2.0
+FRAMES_PER_S = 1000 // FRAME_MS
+FLOOD_BURST_FRAMES = 3 * FRAMES_PER_S  # Twilio may deliver a few seconds of backlog after a stall
+FLOOD_LIMIT_FRAMES = 10 * FRAMES_PER_S  # dropping more than 10 s of excess audio: a hostile client
 PROVIDER_BYTES_PER_MS = PROVIDER_RATE // 1000  # mu-law: one byte per sample
+
+
+# How each outcome closes the provider's socket; anything else is 1011 (an error on our side or upstream).
+CLOSE_CODES = {
+    "completed": WSCloseCode.OK,
+    "max_duration": WSCloseCode.OK,
+    "caller_timeout": WSCloseCode.GOING_AWAY,
+    "shutdown": WSCloseCode.GOING_AWAY,
+    "protocol_error": WSCloseCode.POLICY_VIOLATION,
+    "start_timeout": WSCloseCode.POLICY_VIOLATION,
+    "rejected": WSCloseCode.POLICY_VIOLATION,
+    "flood": WSCloseCode.POLICY_VIOLATION,
+}
 
 
 def now_ms() -> int:
@@ -104,15 +125,23 @@ class CallSummary:
     setup_ms: float | None = None
     response_latencies_ms: list[float] = field(default_factory=list)
     upstream_errors: int = 0
+    reconnects: int = 0
+    flood_dropped: int = 0
 
 
 class CallBridge:
     """Runs one call from the provider's WebSocket; construct after `prepare`, then await `run()`."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, settings: Settings, metrics: GatewayMetrics, upstream: Upstream
+        self,
+        ws: web.WebSocketResponse,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        upstream: Upstream,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.ws = ws
+        self.transport = transport  # the provider's TCP connection, to abort when a close cannot finish
         self.settings = settings
         self.metrics = metrics
         self.upstream = upstream
@@ -126,7 +155,9 @@ class CallBridge:
             server_interrupts=settings.vad_interrupt_response,
         )
         self.summary = CallSummary()
-        self._conn: RealtimeConnection | None = None
+        self.transcript = Transcript()
+        self._link: UpstreamLink | None = None
+        self._budget = FrameBudget(FRAMES_PER_S, FLOOD_BURST_FRAMES)
         self._opened_at = time.perf_counter()
         self._append_bytes = upstream.session.input_format.bytes_per_ms * settings.append_ms
         self._append_buffer = bytearray()
@@ -166,18 +197,21 @@ class CallBridge:
         structlog.contextvars.bind_contextvars(call_sid=call.call_id, stream_sid=call.stream_id)
         self._check_stream_token(call)
         log.info("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
-        self._conn = await self._dial(call.call_id)
-        await self._send_upstream(UpdateSession())
+        self._link = await self._dial(call.call_id)
         if self.upstream.session.greeting:
             await self._send_upstream(CreateResponse(instructions=self.upstream.session.greeting))
         try:
-            async with asyncio.TaskGroup() as group:
+            async with asyncio.timeout(self.settings.max_call_s), asyncio.TaskGroup() as group:
                 group.create_task(self._caller_loop())
                 group.create_task(self._upstream_loop())
         except* _CallEnded as ended:
             first = ended.exceptions[0]
             assert isinstance(first, _CallEnded)
             raise first from None
+        except* TimeoutError:
+            raise _CallEnded(
+                "max_duration", f"call reached MAX_CALL_S={self.settings.max_call_s:g}"
+            ) from None
 
     def _end(self, outcome: str, detail: str = "") -> None:
         """Record the first reason the call ended; later ones (the other side closing) do not overwrite it."""
@@ -211,33 +245,47 @@ class CallBridge:
             self.metrics.rejected_requests.labels(route="media", reason="stream token").inc()
             raise _CallEnded("rejected", problem)
 
-    async def _dial(self, call_id: str) -> RealtimeConnection:
+    async def _dial(self, call_id: str) -> UpstreamLink:
         request_id = client_request_id(call_id)
         structlog.contextvars.bind_contextvars(upstream_request_id=request_id)
+        link = UpstreamLink(
+            self.upstream,
+            self.metrics,
+            self.transcript,
+            request_id=request_id,
+            max_reconnects=self.settings.upstream_max_reconnects,
+            renew_margin_s=self.settings.upstream_renew_margin_s,
+        )
         try:
-            conn, elapsed = await self.upstream.connect(request_id)
+            elapsed = await link.open()
         except UpstreamConnectError as exc:
-            self.metrics.upstream_errors.labels(code=exc.code).inc()
             raise _CallEnded("upstream_failed", str(exc)) from None
         except AuthError as exc:
             self.metrics.upstream_errors.labels(code="auth").inc()
             raise _CallEnded("upstream_failed", str(exc)) from None
-        self.metrics.upstream_connect.observe(elapsed)
+        except ConnectionClosed:
+            raise _CallEnded("upstream_failed", "realtime session closed during set-up") from None
         self.summary.upstream_connect_ms = round(elapsed * 1000, 1)
-        return conn
+        return link
 
     async def _close_all(self) -> None:
-        if self._conn is not None:
+        if self._link is not None:
+            self.summary.reconnects = self._link.reconnects
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self._conn.close()
+                await self._link.close()
         if not self.ws.closed:
-            code = WSCloseCode.OK if self.summary.outcome == "completed" else WSCloseCode.INTERNAL_ERROR
-            if self.summary.outcome in ("protocol_error", "rejected"):
-                code = WSCloseCode.POLICY_VIOLATION
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self.ws.close(code=code, message=self.summary.outcome.encode())
+            await self._close_provider(CLOSE_CODES.get(self.summary.outcome, WSCloseCode.INTERNAL_ERROR))
+
+    async def _close_provider(self, code: int) -> None:
+        """Close the provider's socket; a peer that does not read cannot hold the close: abort after 2 s."""
+        closing = asyncio.ensure_future(self.ws.close(code=code, message=self.summary.outcome.encode()))
+        done, _ = await asyncio.wait({closing}, timeout=PROVIDER_CLOSE_TIMEOUT_S)
+        if not done and self.transport is not None:
+            self.transport.abort()
+            done, _ = await asyncio.wait({closing}, timeout=PROVIDER_CLOSE_TIMEOUT_S)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: a failed close of a dead socket is not news
 
     def _log_summary(self, duration: float) -> None:
         s = self.summary
@@ -257,6 +305,8 @@ class CallBridge:
             responses=len(latencies),
             response_latency_ms_avg=round(sum(latencies) / len(latencies), 1) if latencies else None,
             upstream_errors=s.upstream_errors,
+            reconnects=s.reconnects,
+            flood_dropped=s.flood_dropped or None,
         )
 
     # -- caller -> upstream --------------------------------------------------------------------------
@@ -270,12 +320,20 @@ class CallBridge:
         return None
 
     async def _caller_loop(self) -> None:
-        async for msg in self.ws:
+        idle_s = self.settings.caller_idle_timeout_s
+        while True:
+            try:
+                msg = await self.ws.receive(timeout=idle_s)
+            except TimeoutError:
+                raise _CallEnded("caller_timeout", f"no message from the provider for {idle_s:g}s") from None
             self._caller_msg_at = time.perf_counter()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                raise _CallEnded("completed", f"caller closed the socket (code {self.ws.close_code})")
+            if msg.type is WSMsgType.ERROR:
+                raise _CallEnded("protocol_error", f"provider socket error: {self.ws.exception()}")
             event = self._parse(msg)
             if event is not None:
                 await self._on_telephony(event)
-        raise _CallEnded("completed", f"caller closed the socket (code {self.ws.close_code})")
 
     async def _on_telephony(self, event: TelephonyEvent) -> None:
         match event:
@@ -300,6 +358,14 @@ class CallBridge:
     async def _on_caller_media(self, payload: bytes) -> None:
         self.summary.frames_in += 1
         self.metrics.frames_in.inc()
+        now = now_ms()
+        if not self._budget.allow(now):
+            self.summary.flood_dropped += 1
+            self.metrics.dropped_frames.labels(reason="flood").inc()
+            if self._budget.dropped > FLOOD_LIMIT_FRAMES:
+                raise _CallEnded("flood", "caller audio far faster than real time")
+            return
+        await self._renew_if_due(now)
         started = time.perf_counter()
         converted = self.audio.caller_to_session(payload)
         self.metrics.codec_time.labels(direction="caller").observe(time.perf_counter() - started)
@@ -324,26 +390,41 @@ class CallBridge:
             if decision.verdict is Verdict.BARGE_IN:
                 await self._apply_barge_in(decision, time.perf_counter())
 
+    async def _renew_if_due(self, now: int) -> None:
+        """Replace a session about to expire while the bot is quiet, so no sentence is cut off."""
+        link = self._link
+        if link is not None and link.renewal_due(time.time()) and self.bargein.quiet(now):
+            log.info("upstream_renewing", expires_at=link.expires_at)
+            await link.renew()
+
     async def _send_upstream(self, command: RealtimeCommand) -> None:
-        assert self._conn is not None
+        assert self._link is not None
         try:
-            await self._conn.send(command)
-        except ConnectionClosed:
-            raise _CallEnded("upstream_closed", "realtime session closed") from None
+            async with asyncio.timeout(self.settings.send_timeout_s):
+                await self._link.send(command)
+        except TimeoutError:
+            raise _CallEnded("upstream_failed", "realtime session stopped reading") from None
 
     # -- upstream -> caller --------------------------------------------------------------------------
 
     async def _upstream_loop(self) -> None:
-        assert self._conn is not None
-        async for event in self._conn.events():
-            self._upstream_msg_at = time.perf_counter()
-            await self._on_realtime(event)
-        code = self._conn.close_code
-        raise _CallEnded("upstream_closed", f"realtime session closed (code {code})")
+        assert self._link is not None
+        try:
+            async for event in self._link.events():
+                self._upstream_msg_at = time.perf_counter()
+                await self._on_realtime(event)
+        except UpstreamLostError as lost:
+            raise _CallEnded("upstream_closed", str(lost)) from None
+        raise _CallEnded("upstream_closed", "realtime session ended")
 
-    async def _on_realtime(self, event: RealtimeEvent) -> None:
+    async def _on_realtime(self, event: RealtimeEvent | SessionReconnected) -> None:
         now = now_ms()
         match event:
+            case SessionReconnected():
+                # The old session's responses died with it; audio already queued at the provider plays on.
+                self.bargein.on_session_lost(now)
+                self.audio.drop_bot_audio()
+                self._current_item = None
             case AudioDelta():
                 await self._on_audio_delta(event, now)
             case AudioDone():
@@ -365,6 +446,10 @@ class CallBridge:
                     log.warning("response_failed", response_id=event.response_id, reason=event.reason)
             case ErrorReported():
                 self._on_error(event)
+            case TranscriptDone(item_id=item_id, transcript=text):
+                self.transcript.on_assistant(item_id, text)
+            case UserTranscript(item_id=item_id, transcript=text):
+                self.transcript.on_user(item_id, text)
             case SessionUpdated() | SessionCreated():
                 if self.summary.setup_ms is None and isinstance(event, SessionUpdated):
                     self.summary.setup_ms = round((time.perf_counter() - self._opened_at) * 1000, 1)
@@ -422,9 +507,12 @@ class CallBridge:
         if not self.dialect.can_send:  # Twilio said stop: the stream is over, whatever the bot still says
             raise _CallEnded("completed", "caller hung up")
         try:
-            await self.ws.send_str(self.dialect.send(command))
+            async with asyncio.timeout(self.settings.send_timeout_s):
+                await self.ws.send_str(self.dialect.send(command))
         except ConnectionResetError:
             raise _CallEnded("completed", "caller went away") from None
+        except TimeoutError:
+            raise _CallEnded("slow_consumer", "the provider stopped reading bot audio") from None
 
     async def _on_speech_started(self, now: int) -> None:
         received = time.perf_counter()
@@ -445,6 +533,8 @@ class CallBridge:
             elif isinstance(command, TruncateItem):
                 await self._send_upstream(command)
                 self.metrics.truncates.inc()
+                total = self.bargein.received_ms(command.item_id)
+                self.transcript.on_truncated(command.item_id, command.audio_end_ms, total)
         self.summary.barge_ins += 1
         self.metrics.barge_ins.inc()
         self.metrics.flushed_audio.inc(decision.flushed_ms / 1000)
@@ -458,8 +548,8 @@ class CallBridge:
 
     def _on_error(self, err: ErrorReported) -> None:
         kind = self.bargein.on_error(err)
-        assert self._conn is not None
-        failed = self._conn.codec.sent_command(err.event_id)
+        assert self._link is not None
+        failed = self._link.sent_command(err.event_id)
         command = type(failed).__name__ if failed is not None else "unknown"
         self.metrics.command_errors.labels(command=command, code=err.code or "none").inc()
         if kind != "other":

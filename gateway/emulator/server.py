@@ -61,6 +61,8 @@ class EmulatorServer:
         self.port = port
         self.sessions: list[EmulatorSession] = []
         self.rejections: list[HandshakeRejection] = []
+        self.handshakes = 0  # upgrade requests seen, accepted or not
+        self._accepted: dict[ServerConnection, Accepted] = {}
         self._server: Server | None = None
         self._t0 = 0.0
         self._changed: asyncio.Event | None = None
@@ -141,20 +143,23 @@ class EmulatorServer:
         return (asyncio.get_running_loop().time() - self._t0) * 1000.0
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        verdict = negotiate(request.path, dict(request.headers.raw_items()), self.config)
+        self.handshakes += 1
+        verdict = negotiate(
+            request.path, dict(request.headers.raw_items()), self.config, attempt=self.handshakes
+        )
         if isinstance(verdict, Rejected):
             path = request.path.split("?", 1)[0]
             self.rejections.append(HandshakeRejection(verdict.status, path, verdict.reason))
             log.info("emulator.handshake_rejected", status=verdict.status, path=path, reason=verdict.reason)
             self._notify()
             return connection.respond(verdict.status, verdict.reason + "\n")
+        self._accepted[connection] = verdict
         return None
 
     async def _handle(self, connection: ServerConnection) -> None:
         request = connection.request
         assert request is not None
-        verdict = negotiate(request.path, dict(request.headers.raw_items()), self.config)
-        assert isinstance(verdict, Accepted)
+        verdict = self._accepted.pop(connection)  # what process_request decided for this upgrade
         session = EmulatorSession(
             verdict, self.config, now_ms=self._now_ms(), epoch_s=time.time(), number=len(self.sessions)
         )

@@ -118,6 +118,7 @@ class EmulatorConfig:
     drop_close_code: int | None = None
     error_after_responses: int | None = None
     refuse_status: int | None = None
+    refuse_count: int | None = None  # refuse only the first N handshakes (None: all of them)
 
     def __post_init__(self) -> None:
         low, high = self.delta_ms
@@ -150,7 +151,9 @@ class Rejected:
     reason: str
 
 
-def negotiate(path: str, headers: Mapping[str, str], config: EmulatorConfig) -> Accepted | Rejected:
+def negotiate(
+    path: str, headers: Mapping[str, str], config: EmulatorConfig, *, attempt: int = 1
+) -> Accepted | Rejected:
     """Decide protocol, model and auth from the upgrade request, as the real endpoints do."""
     url = urlsplit(path)
     query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
@@ -168,7 +171,8 @@ def negotiate(path: str, headers: Mapping[str, str], config: EmulatorConfig) -> 
             return Rejected(400, "missing required query parameters: api-version and deployment")
     else:
         return Rejected(404, f"no realtime endpoint at {url.path}")
-    if config.refuse_status is not None:
+    refusing = config.refuse_count is None or attempt <= config.refuse_count
+    if config.refuse_status is not None and refusing:
         return Rejected(config.refuse_status, "refused by fault injection")
     auth = _authenticate(lower, query, config)
     if auth is None:

@@ -27,6 +27,7 @@ from gateway.realtime.events import (
     AudioDelta,
     AudioDone,
     CancelResponse,
+    CreateItem,
     CreateResponse,
     ErrorReported,
     IgnoredEvent,
@@ -264,6 +265,15 @@ class RealtimeCodec:
         if len(self._sent) > REMEMBERED_COMMANDS:
             self._sent.popitem(last=False)
 
+    def _message(self, command: CreateItem) -> dict[str, Any]:
+        """A message item: user/system text is input_text; assistant text is output_text (GA) or text."""
+        if command.role == "assistant":
+            kind = "output_text" if self.protocol is Protocol.GA else "text"
+        else:
+            kind = "input_text"
+        content = [{"type": kind, "text": command.text}]
+        return {"type": "message", "role": command.role, "content": content}
+
     def _event(self, event_id: str, command: RealtimeCommand) -> dict[str, Any]:
         head: dict[str, Any] = {"event_id": event_id}
         if isinstance(command, UpdateSession):
@@ -285,6 +295,8 @@ class RealtimeCodec:
                 "content_index": command.content_index,
                 "audio_end_ms": command.audio_end_ms,
             }
+        if isinstance(command, CreateItem):
+            return {"type": "conversation.item.create", **head, "item": self._message(command)}
         if isinstance(command, AppendAudio):
             raise AssertionError("appends are encoded on the fast path")
         assert_never(command)

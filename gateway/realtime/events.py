@@ -14,6 +14,7 @@ __all__ = [
     "AudioDelta",
     "AudioDone",
     "CancelResponse",
+    "CreateItem",
     "CreateResponse",
     "ErrorReported",
     "IgnoredEvent",
@@ -211,4 +212,12 @@ class TruncateItem:
     audio_end_ms: int
 
 
-RealtimeCommand = UpdateSession | AppendAudio | CreateResponse | CancelResponse | TruncateItem
+@dataclass(frozen=True, slots=True)
+class CreateItem:
+    """Add a text message to the conversation (e.g. replaying context into a new session)."""
+
+    role: str  # "user", "assistant" or "system"
+    text: str
+
+
+RealtimeCommand = UpdateSession | AppendAudio | CreateResponse | CancelResponse | TruncateItem | CreateItem

@@ -7,6 +7,7 @@ emulator when nothing is configured) and yields an `Upstream`; each call then `c
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -41,6 +42,7 @@ log = structlog.get_logger(__name__)
 
 # Realtime deltas can be large (hundreds of ms of 24 kHz audio in base64), but not unbounded.
 MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024
+CLOSE_TIMEOUT_S = 2.0
 CLIENT_REQUEST_ID_HEADER = "x-ms-client-request-id"  # Azure's correlation header; harmless elsewhere
 
 
@@ -104,8 +106,16 @@ class RealtimeConnection:
         return self._ws.close_code
 
     async def close(self) -> None:
-        """Close the socket (idempotent) and wait for the closing handshake, briefly."""
-        await self._ws.close()
+        """Close the socket (idempotent); if the closing handshake stalls, abort the connection.
+
+        A peer that has stopped reading can block the close frame forever, and websockets finishes its
+        close even when the awaiting task is cancelled, so the wait is bounded here instead.
+        """
+        closing = asyncio.ensure_future(self._ws.close())
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
+        if not done:
+            self._ws.transport.abort()
+            await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
 
 
 @dataclass(slots=True)
@@ -156,6 +166,7 @@ class Upstream:
                 compression=None,
                 ping_interval=20,
                 ping_timeout=20,
+                close_timeout=CLOSE_TIMEOUT_S,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code

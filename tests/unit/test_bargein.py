@@ -386,3 +386,19 @@ def test_benign_errors_are_counted() -> None:
     assert ctl.on_error(ErrorReported("server_error", "boom")) == "other"
     stats = ctl.stats()
     assert (stats.benign_cancel_errors, stats.benign_truncate_errors) == (1, 1)
+
+
+def test_items_of_a_replaced_session_are_cleared_but_not_truncated() -> None:
+    """After the realtime session is replaced, old audio still playing is cleared on barge-in, but its
+    item (unknown to the new session) is not truncated, and the old response is no longer active."""
+    tracker = PlaybackTracker()
+    ctl = BargeInController(tracker)
+    ctl.on_response_created(ResponseCreated("resp_old"), 0)
+    assert ctl.on_audio_delta(AudioDelta("resp_old", "item_old", 0, b"\x00" * 48_000), 24_000, 24_000, 0)
+    tracker.on_audio_sent("item_old", 8000, 0)
+    ctl.on_session_lost(100)
+    assert ctl.quiet(100) is False  # the old audio is still playing at the provider
+    decision = ctl.on_speech_started(500)
+    assert decision.verdict is Verdict.BARGE_IN
+    assert [type(c).__name__ for c in decision.commands] == ["ClearPlayback"]
+    assert decision.truncated is None

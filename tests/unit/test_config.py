@@ -71,4 +71,3 @@ def test_help_lists_every_variable() -> None:
     for setting in SETTINGS:
         assert setting.env in text
     assert "[default: 8080]" in text
-

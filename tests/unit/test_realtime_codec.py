@@ -15,6 +15,7 @@ from gateway.realtime.events import (
     AudioDelta,
     AudioDone,
     CancelResponse,
+    CreateItem,
     CreateResponse,
     ErrorReported,
     IgnoredEvent,
@@ -356,6 +357,9 @@ COMMANDS: list[RealtimeCommand] = [
     CancelResponse(),
     CancelResponse(response_id="resp_1"),
     TruncateItem(item_id="item_abc", content_index=0, audio_end_ms=1840),
+    CreateItem(role="user", text="I want to change my booking."),
+    CreateItem(role="assistant", text='Sure, "which" booking?'),
+    CreateItem(role="system", text="The call was reconnected."),
 ]
 
 
@@ -589,3 +593,13 @@ def test_the_sdk_check_can_fail() -> None:
             GA_CLIENT,
             {"type": "conversation.item.truncate", "item_id": "i", "content_index": 0, "audio_end_ms": "12"},
         )
+
+
+@pytest.mark.parametrize(("protocol", "kind"), [(Protocol.GA, "output_text"), (Protocol.PREVIEW, "text")])
+def test_assistant_text_items_use_each_protocols_content_type(protocol: Protocol, kind: str) -> None:
+    """Replayed assistant text is output_text in GA and text in preview; user text is input_text in both."""
+    codec = RealtimeCodec(protocol, SessionSettings())
+    bot = json.loads(codec.encode(CreateItem(role="assistant", text="hi")))
+    user = json.loads(codec.encode(CreateItem(role="user", text="yo")))
+    assert bot["item"]["content"] == [{"type": kind, "text": "hi"}]
+    assert user["item"]["content"] == [{"type": "input_text", "text": "yo"}]
