@@ -54,6 +54,7 @@ from gateway.realtime.events import (
     UserTranscript,
 )
 from gateway.realtime.upstream import Upstream, UpstreamConnectError, client_request_id
+from gateway.sockets import close_or_abort
 from gateway.telephony.events import (
     CallStarted,
     CallStopped,
@@ -278,14 +279,8 @@ class CallBridge:
 
     async def _close_provider(self, code: int) -> None:
         """Close the provider's socket; a peer that does not read cannot hold the close: abort after 2 s."""
-        closing = asyncio.ensure_future(self.ws.close(code=code, message=self.summary.outcome.encode()))
-        done, _ = await asyncio.wait({closing}, timeout=PROVIDER_CLOSE_TIMEOUT_S)
-        if not done and self.transport is not None:
-            self.transport.abort()
-            done, _ = await asyncio.wait({closing}, timeout=PROVIDER_CLOSE_TIMEOUT_S)
-        for task in done:
-            if not task.cancelled():
-                task.exception()  # retrieved: a failed close of a dead socket is not news
+        closing = self.ws.close(code=code, message=self.summary.outcome.encode())
+        await close_or_abort(closing, self.transport, PROVIDER_CLOSE_TIMEOUT_S)
 
     def _log_summary(self, duration: float) -> None:
         s = self.summary

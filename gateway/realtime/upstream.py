@@ -7,7 +7,6 @@ emulator when nothing is configured) and yields an `Upstream`; each call then `c
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from gateway.realtime.codec import RealtimeCodec
 from gateway.realtime.endpoint import EndpointKind, RealtimeEndpoint, resolve_endpoint
 from gateway.realtime.events import RealtimeCommand, RealtimeEvent
 from gateway.realtime.session import AudioFormat, Protocol, SessionSettings, TurnDetection
+from gateway.sockets import close_or_abort
 
 __all__ = [
     "CLIENT_REQUEST_ID_HEADER",
@@ -106,16 +106,8 @@ class RealtimeConnection:
         return self._ws.close_code
 
     async def close(self) -> None:
-        """Close the socket (idempotent); if the closing handshake stalls, abort the connection.
-
-        A peer that has stopped reading can block the close frame forever, and websockets finishes its
-        close even when the awaiting task is cancelled, so the wait is bounded here instead.
-        """
-        closing = asyncio.ensure_future(self._ws.close())
-        done, _ = await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
-        if not done:
-            self._ws.transport.abort()
-            await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
+        """Close the socket (idempotent); if the closing handshake stalls, abort the connection."""
+        await close_or_abort(self._ws.close(), self._ws.transport, CLOSE_TIMEOUT_S)
 
 
 @dataclass(slots=True)
