@@ -139,6 +139,11 @@ class EmulatorServer:
             self._changed.set()
             self._changed = asyncio.Event()
 
+    @property
+    def clock_origin_s(self) -> float:
+        """The event loop time (time.monotonic) that session times (`at_ms`) count from."""
+        return self._t0
+
     def _now_ms(self) -> float:
         return (asyncio.get_running_loop().time() - self._t0) * 1000.0
 

@@ -112,6 +112,7 @@ class EmulatorConfig:
     user_transcript: str = DEFAULT_USER_TRANSCRIPT
     send_rate_limits: bool = True
     record_client_events: bool = True
+    record_audio: bool = True  # keep received and sent audio bytes (off for long load tests)
     created_delay_ms: int = 0
     drop_after_ms: int | None = None
     drop_after_responses: int | None = None
@@ -227,7 +228,9 @@ class ReceivedAudio:
     """One input_audio_buffer.append, raw, with the input format in force when it arrived."""
 
     format: AudioFormat
-    data: bytes
+    data: bytes  # empty when the config does not record audio (load tests); `size` is always right
+    size: int = 0
+    at_ms: float = 0.0  # on the server's clock (`EmulatorServer.clock_origin_s` + at_ms / 1000)
 
 
 @dataclass(slots=True)
@@ -244,6 +247,7 @@ class ItemRecord:
     transcript: str = ""
     status: str = "in_progress"
     truncated_ms: int | None = None
+    deltas: list[tuple[float, int, int]] = field(default_factory=list)  # (at_ms, start_ms, size_ms) sent
 
 
 @dataclass(slots=True)
@@ -728,7 +732,8 @@ class EmulatorSession:
                 "Invalid 'audio'. Expected base64-encoded audio bytes.", "invalid_value", "audio"
             ) from None
         fmt = self.input_format
-        self.received_audio.append(ReceivedAudio(fmt, data))
+        kept = data if self.config.record_audio else b""
+        self.received_audio.append(ReceivedAudio(fmt, kept, len(data), now_ms))
         self.input_audio_ms += fmt.duration_ms(len(data))
         self._buffer_ms += fmt.duration_ms(len(data))
         if fmt is AudioFormat.PCM16:
@@ -950,20 +955,22 @@ class EmulatorSession:
 
     def _stream(self, response: ResponseRecord, now_ms: float) -> None:
         while response.next_chunk < len(response.chunks) and now_ms >= self._response_due(response):
-            self._send_chunk(response)
+            self._send_chunk(response, now_ms)
         if response.next_chunk == len(response.chunks) and now_ms >= self._response_due(response):
             self._finish(response, "completed", None, now_ms)
 
-    def _send_chunk(self, response: ResponseRecord) -> None:
+    def _send_chunk(self, response: ResponseRecord, now_ms: float) -> None:
         fmt = response.audio_format
         audio = reply_audio(self.config.reply_ms, fmt)
         start = response.sent_ms * fmt.bytes_per_ms
         size = response.chunks[response.next_chunk]
         data = audio[start : start + size * fmt.bytes_per_ms]
+        item = self.items[response.item_id]
+        item.deltas.append((now_ms, response.sent_ms, size))
         response.next_chunk += 1
         response.sent_ms += size
-        item = self.items[response.item_id]
-        item.audio += data
+        if self.config.record_audio:
+            item.audio += data
         item.audio_ms = response.sent_ms
         self._emit(
             self._name("response.audio.delta", "response.output_audio.delta"),
