@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run emulator test lint bench clean
+.PHONY: install run emulator test lint bench loadtest soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ lint: install  ## ruff (lint + format check) and mypy --strict
 bench: install  ## benchmarks (printed tables): codec cost and quality, barge-in speed and truncate accuracy
 	$(PY) -m bench.codec
 	$(PY) -m bench.bargein
+
+loadtest: install  ## replay recorded calls against `make run`'s gateway (python -m gateway.loadtest --help)
+	$(PY) -m gateway.loadtest --url ws://127.0.0.1:8080/media $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache bench/out

@@ -85,11 +85,11 @@ class _InterruptScript:
         if self.phase == "question":
             return self._take(self.question, "listen")
         if self.phase == "listen":
-            if self.call.playout.played_ms < self.interrupt_after_ms:
+            if self.call.played_ms < self.interrupt_after_ms:
                 return SILENCE
             self.phase = "interrupt"
             self.interrupt_at_ms = time.monotonic() * 1000
-            self.heard_at_interrupt_ms = self.call.playout.played_ms
+            self.heard_at_interrupt_ms = self.call.played_ms
         if self.phase == "interrupt":
             return self._take(self.interruption, "tail")
         self.tail_frames -= 1

@@ -1,0 +1,228 @@
+"""Command line: `python -m gateway.loadtest --url ws://HOST:PORT/media [options]`, or `--embedded`.
+
+Replays recorded calls against a gateway as Twilio would and reports what callers experienced. Exit
+status: 0 when every call completed, 1 when some failed, 2 on bad usage (options, scenario files,
+recordings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import math
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from gateway.emulator import EmulatorConfig
+from gateway.loadtest.recordings import Recording, RecordingError
+from gateway.loadtest.report import render_text, write_outputs
+from gateway.loadtest.runner import LiveStats, RunConfig, RunResult, embedded_target, run_load
+from gateway.loadtest.script import DEFAULT_SCENARIO_DIR, Scenario, ScenarioError, parse_mix, resolve_scenario
+
+__all__ = ["FAULTS", "build_parser", "main"]
+
+FAULTS = (
+    "drop_after_ms",
+    "drop_after_responses",
+    "drop_close_code",
+    "error_after_responses",
+    "refuse_status",
+    "created_delay_ms",
+)
+EXIT_OK, EXIT_FAILED_CALLS, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.loadtest",
+        description="Replay recorded calls against a gateway as Twilio would; measure and report.",
+    )
+    target = parser.add_argument_group("target")
+    target.add_argument("--url", help="the gateway's Media Streams WebSocket, e.g. ws://127.0.0.1:8080/media")
+    target.add_argument(
+        "--twilio-auth-token", help="sign /twiml and /media as Twilio does (the gateway's token)"
+    )
+    target.add_argument("--public-url", help="the https:// base Twilio would use (default: from --url)")
+    load = parser.add_argument_group("load")
+    load.add_argument("--calls", type=int, help="calls in total (default 10; unlimited with --duration)")
+    load.add_argument("--concurrency", type=int, default=10, help="calls at once (default 10)")
+    load.add_argument("--ramp-up", type=float, default=0.0, metavar="SECONDS", help="spread the first wave")
+    load.add_argument("--duration", type=float, metavar="SECONDS", help="stop starting calls after this")
+    load.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME[:WEIGHT]",
+        help="a scenario name (in --scenario-dir) or file, with an optional weight; repeatable "
+        "(default: question_answer)",
+    )
+    load.add_argument("--scenario-dir", type=Path, default=DEFAULT_SCENARIO_DIR, help="where names are found")
+    load.add_argument("--seed", type=int, default=0, help="CallSids and the emulator's randomness")
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--output", type=Path, default=Path("loadtest-out"), help="directory (default loadtest-out/)"
+    )
+    out.add_argument("--no-progress", action="store_true", help="no live progress display")
+    out.add_argument("--log-level", default="warning", help="log level of the embedded gateway and emulator")
+    emb = parser.add_argument_group("embedded (an in-process emulator and gateway on loopback)")
+    emb.add_argument(
+        "--embedded", action="store_true", help="start an emulator and a gateway in this process"
+    )
+    emb.add_argument("--reply-ms", type=int, default=2500, help="length of each bot reply")
+    emb.add_argument("--response-delay-ms", type=int, default=0, help="delay before a response's audio")
+    emb.add_argument("--response-jitter-ms", type=int, default=0, help="random extra delay, up to this")
+    emb.add_argument("--realtime-factor", type=float, default=4.0, help="bot audio speed (0: all at once)")
+    emb.add_argument("--delta-ms", type=int, nargs=2, default=(40, 240), metavar=("MIN", "MAX"))
+    emb.add_argument(
+        "--fault", action="append", default=[], metavar="NAME=VALUE", help=f"one of {', '.join(FAULTS)}"
+    )
+    emb.add_argument("--greeting", help="BOT_GREETING for the embedded gateway (the bot speaks first)")
+    emb.add_argument(
+        "--gateway-env", action="append", default=[], metavar="KEY=VALUE", help="gateway setting"
+    )
+    return parser
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def emulator_config(args: argparse.Namespace) -> EmulatorConfig:
+    """The embedded emulator's configuration from the options."""
+    faults: dict[str, int] = {}
+    for key, value in _pairs(args.fault, "--fault").items():
+        if key not in FAULTS:
+            raise ValueError(f"--fault {key}: unknown fault (one of {', '.join(FAULTS)})")
+        if not value.isdigit():
+            raise ValueError(f"--fault {key}={value}: the value must be a whole number")
+        faults[key] = int(value)
+    factor = args.realtime_factor if args.realtime_factor > 0 else math.inf
+    return EmulatorConfig(
+        reply_ms=args.reply_ms,
+        delta_ms=(args.delta_ms[0], args.delta_ms[1]),
+        realtime_factor=factor,
+        response_delay_ms=args.response_delay_ms,
+        response_jitter_ms=args.response_jitter_ms,
+        seed=args.seed,
+        **faults,  # type: ignore[arg-type]
+    )
+
+
+def _mix(args: argparse.Namespace) -> tuple[tuple[Scenario, float], ...]:
+    cache: dict[Path, Recording] = {}
+    specs = parse_mix(args.scenario or ["question_answer"])
+    return tuple((resolve_scenario(name, args.scenario_dir, cache), weight) for name, weight in specs)
+
+
+def _run_config(args: argparse.Namespace, url: str, append_ms: int) -> RunConfig:
+    calls = args.calls if args.calls is not None or args.duration is not None else 10
+    return RunConfig(
+        url=url,
+        mix=_mix(args),
+        calls=calls,
+        concurrency=args.concurrency,
+        ramp_up_s=args.ramp_up,
+        duration_s=args.duration,
+        seed=args.seed,
+        auth_token=args.twilio_auth_token,
+        public_url=args.public_url,
+        keep_audio=args.embedded,  # bot audio lost is checked byte for byte against the emulator's
+        append_ms=append_ms,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _progress(live: LiveStats, enabled: bool) -> AsyncIterator[None]:
+    """A rich live line (started/active/done/failed, response p50/p95) while the run goes on."""
+    if not enabled:
+        yield
+        return
+    from rich.live import Live
+    from rich.text import Text
+
+    def line() -> Text:
+        pct = live.response_percentiles()
+        latency = "-" if pct is None else f"{pct[0]:.0f} / {pct[1]:.0f} ms"
+        return Text(
+            f"calls started {live.started}  active {live.active}  done {live.done}  "
+            f"failed {live.failed}  response p50/p95 {latency}"
+        )
+
+    with Live(line(), refresh_per_second=4, transient=False) as display:
+
+        async def refresh() -> None:
+            while True:
+                display.update(line())
+                await asyncio.sleep(0.25)
+
+        task = asyncio.create_task(refresh())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            display.update(line())
+
+
+async def _run(args: argparse.Namespace, show_progress: bool) -> RunResult:
+    live = LiveStats()
+    if args.embedded:
+        env = _pairs(args.gateway_env, "--gateway-env")
+        env.setdefault("LOG_LEVEL", args.log_level)
+        if args.greeting:
+            env["BOT_GREETING"] = args.greeting
+        if args.twilio_auth_token:
+            env["TWILIO_AUTH_TOKEN"] = args.twilio_auth_token
+        config_emulator = emulator_config(args)
+        async with embedded_target(config_emulator, env) as target:
+            config = _run_config(args, target.url, target.append_ms)
+            async with _progress(live, show_progress):
+                return await run_load(config, emulator=target.emulator, live=live)
+    config = _run_config(args, args.url, 20)
+    async with _progress(live, show_progress):
+        return await run_load(config, live=live)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the load test; returns the exit status (0 all calls completed, 1 some failed, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.embedded and not args.url:
+        parser.error("give --url ws://HOST:PORT/media, or --embedded")
+    if args.embedded and args.url:
+        parser.error("--url and --embedded exclude each other")
+    from gateway.logging import configure_logging
+
+    configure_logging(args.log_level, "console")
+    show_progress = not args.no_progress and sys.stdout.isatty()
+    try:  # every usage problem is found before anything starts
+        _run_config(args, args.url or "ws://127.0.0.1/media", 20)
+        if args.embedded:
+            emulator_config(args)
+            _pairs(args.gateway_env, "--gateway-env")
+    except (ScenarioError, RecordingError, ValueError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result = asyncio.run(_run(args, show_progress))
+    render_text(result, sys.stdout, use_rich=sys.stdout.isatty())
+    paths = write_outputs(result, args.output)
+    text = io.StringIO()
+    render_text(result, text, use_rich=False)
+    summary_path = args.output / "summary.txt"
+    summary_path.write_text(text.getvalue(), encoding="utf-8")
+    print(f"wrote {summary_path}, {paths['json']}, {paths['html']}")
+    return EXIT_OK if result.summary.failed == 0 else EXIT_FAILED_CALLS
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

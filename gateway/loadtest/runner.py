@@ -1,0 +1,427 @@
+"""Runs many simulated calls: concurrency, ramp-up, duration, a weighted scenario mix.
+
+The mix is dealt by smooth weighted round-robin (deterministic: `barge_in:2, dtmf:1` gives
+barge_in, dtmf, barge_in, barge_in, dtmf, barge_in, ...), so even a short run follows the weights;
+`seed` decides the CallSids (and, embedded, the emulator's randomness).
+
+`run_load(config)` starts calls until `config.calls` have started or `config.duration_s` has passed,
+never more than `config.concurrency` at once, the first wave spread over `config.ramp_up_s`. Each
+call is one task: (optionally) the signed /twiml webhook, the WebSocket, then its scenario played on
+an absolute 20 ms schedule, then hang-up and its `CallResult`. A call's failure is recorded as an
+error kind, never raised. `embedded_target()` starts an in-process emulator and gateway on loopback;
+with it, each call is also matched to its emulator session (by the `x-ms-client-request-id` the
+gateway derives from the CallSid) for truncation and lost-audio figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from gateway.emulator import EmulatorConfig, EmulatorServer, EmulatorSession
+from gateway.loadtest.caller import CallerCore, StepTimeout
+from gateway.loadtest.client import FRAME_MS, SharedTicker, TwilioCall, monotonic_ms
+from gateway.loadtest.measure import (
+    CallResult,
+    EmulatorFigures,
+    Summary,
+    aggregate,
+    bot_audio_lost_ms,
+    measure_call,
+    percentile,
+)
+from gateway.loadtest.script import Scenario
+from gateway.realtime.session import AudioFormat
+from gateway.realtime.upstream import CLIENT_REQUEST_ID_HEADER, client_request_id
+from gateway.telephony.signature import SIGNATURE_HEADER, compute_signature
+from telcodec import BotPath
+
+__all__ = [
+    "CallRunner",
+    "EmbeddedTarget",
+    "LiveStats",
+    "RunConfig",
+    "RunResult",
+    "embedded_target",
+    "public_base_url",
+    "run_load",
+]
+
+SESSION_CLOSE_WAIT_S = 3.0  # after hang-up, how long to wait for the emulator to record the session's end
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """What to run. `calls=None` with a `duration_s`: keep starting calls until the duration is over."""
+
+    url: str
+    mix: tuple[tuple[Scenario, float], ...]
+    calls: int | None = 10
+    concurrency: int = 10
+    ramp_up_s: float = 0.0
+    duration_s: float | None = None
+    seed: int = 0
+    auth_token: str | None = None
+    public_url: str | None = None  # the https:// base Twilio would use; default: from `url`
+    keep_audio: bool = False
+    append_ms: int = 20  # the gateway's APPEND_MS (for the caller-frames-lost allowance)
+    open_timeout_s: float = 10.0
+    keep_logs: bool = False  # keep each call's mark log and played spans in its result (tests)
+
+    def __post_init__(self) -> None:
+        if not self.mix:
+            raise ValueError("at least one scenario is needed")
+        if self.calls is None and self.duration_s is None:
+            raise ValueError("give a number of calls, a duration, or both")
+        if self.concurrency < 1 or (self.calls is not None and self.calls < 1):
+            raise ValueError("calls and concurrency must be at least 1")
+
+
+@dataclass(slots=True)
+class LiveStats:
+    """Counters the progress display reads while the run goes on."""
+
+    started: int = 0
+    active: int = 0
+    done: int = 0
+    failed: int = 0
+    response_ms: list[float] = field(default_factory=list)
+
+    def response_percentiles(self) -> tuple[float, float] | None:
+        """(p50, p95) of response latency so far, or None before the first."""
+        if not self.response_ms:
+            return None
+        ordered = sorted(self.response_ms)
+        return percentile(ordered, 50), percentile(ordered, 95)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """Everything a report needs."""
+
+    config: dict[str, Any]
+    results: tuple[CallResult, ...]
+    summary: Summary
+    loop_lag_ms: tuple[float, ...]
+    started_at: float  # wall clock (epoch seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedTarget:
+    """An in-process gateway (at `url`) bridged to an in-process emulator."""
+
+    url: str
+    emulator: EmulatorServer
+    append_ms: int
+
+
+@contextlib.asynccontextmanager
+async def embedded_target(
+    emulator_config: EmulatorConfig | None = None, gateway_env: Mapping[str, str] | None = None
+) -> AsyncIterator[EmbeddedTarget]:
+    """Start the emulator and a gateway bridged to it, both on 127.0.0.1 with free ports."""
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from gateway.app import create_app
+    from gateway.config import load_settings
+
+    async with EmulatorServer(emulator_config or EmulatorConfig()) as emulator:
+        env = {"LOG_LEVEL": "warning", **(gateway_env or {})}
+        env |= {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": "0", "REALTIME_URL": emulator.ga_url()}
+        settings = load_settings(env)
+        app = create_app(settings, registry=CollectorRegistry())
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            yield EmbeddedTarget(f"ws://127.0.0.1:{port}/media", emulator, settings.append_ms)
+        finally:
+            await runner.cleanup()
+
+
+def public_base_url(ws_url: str) -> str:
+    """The https/http base a gateway at this ws/wss URL sees itself as (what it signs against)."""
+    parts = urlsplit(ws_url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return f"{scheme}://{parts.netloc}"
+
+
+def _twiml_stream(text: str) -> tuple[str, dict[str, str]]:
+    """The stream URL and `<Parameter>`s of a `<Connect><Stream>` TwiML answer."""
+    root = ET.fromstring(text)
+    stream = root.find("./Connect/Stream")
+    if stream is None or "url" not in stream.attrib:
+        raise ValueError("the TwiML has no <Connect><Stream url=...>")
+    params = {p.attrib["name"]: p.attrib.get("value", "") for p in stream.findall("Parameter")}
+    return stream.attrib["url"], params
+
+
+class CallRunner:
+    """One load run's state: the calls in flight, the results so far. `run()` runs the whole load;
+    `run_call()` runs one call (the Locust worker drives it call by call)."""
+
+    def __init__(self, config: RunConfig, emulator: EmulatorServer | None, live: LiveStats) -> None:
+        self.config = config
+        self.emulator = emulator
+        self.live = live
+        self.results: list[CallResult] = []
+        self.rng = random.Random(config.seed)
+        self.scenarios = [scenario for scenario, _ in config.mix]
+        self.weights = [weight for _, weight in config.mix]
+        self.credit = [0.0] * len(self.weights)
+        self.http: aiohttp.ClientSession | None = None  # set by run(), or by the owner before run_call()
+        self.t0_ms = 0.0
+
+    def pick(self) -> Scenario:
+        """Smooth weighted round-robin: every prefix of the run follows the weights as closely as it can."""
+        total = sum(self.weights)
+        for i, weight in enumerate(self.weights):
+            self.credit[i] += weight
+        best = max(range(len(self.weights)), key=lambda i: self.credit[i])
+        self.credit[best] -= total
+        return self.scenarios[best]
+
+    def new_call_sid(self) -> str:
+        return "CA" + uuid.UUID(int=self.rng.getrandbits(128), version=4).hex
+
+    async def signed_twiml(self, call_sid: str) -> tuple[str, dict[str, str], float]:
+        """POST /twiml as Twilio's webhook would; returns the stream URL, its parameters, the time taken."""
+        assert self.http is not None
+        assert self.config.auth_token is not None
+        base = self.config.public_url or public_base_url(self.config.url)
+        form = {
+            "AccountSid": "AC" + "0" * 32,
+            "ApiVersion": "2010-04-01",
+            "CallSid": call_sid,
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+            "From": "+15550100000",
+            "To": "+15550199999",
+        }
+        signature = compute_signature(self.config.auth_token, base.rstrip("/") + "/twiml", form)
+        post_url = public_base_url(self.config.url) + "/twiml"
+        started = monotonic_ms()
+        async with self.http.post(post_url, data=form, headers={SIGNATURE_HEADER: signature}) as response:
+            body = await response.text()
+            if response.status != 200:
+                raise _CallError(f"twiml_refused:{response.status}", body.strip()[:200])
+        url, params = _twiml_stream(body)
+        return url, params, monotonic_ms() - started
+
+    async def run_call(self, index: int, scenario: Scenario | None = None) -> CallResult:
+        """Run one call (of `scenario`, or the next of the mix) to its end; record and return its result."""
+        scenario = scenario if scenario is not None else self.pick()
+        call_sid = self.new_call_sid()
+        self.live.started += 1
+        self.live.active += 1
+        error: str | None = None
+        detail = ""
+        twiml_ms = None
+        call = TwilioCall(self.config.url, call_sid=call_sid, keep_audio=self.config.keep_audio)
+        call.open_timeout_s = self.config.open_timeout_s
+        try:
+            if self.config.auth_token is not None:
+                stream_url, params, twiml_ms = await self.signed_twiml(call_sid)
+                call.auth_token, call.signed_url, call.custom_parameters = (
+                    self.config.auth_token,
+                    stream_url,
+                    params,
+                )
+            else:
+                call.custom_parameters = {"CallSid": call_sid, "From": "+15550100000", "To": "+15550199999"}
+            await self.open(call)
+            await play_scenario(call, scenario)
+        except _CallError as exc:
+            error, detail = exc.kind, exc.detail
+        except Exception as exc:  # a load generator reports, it does not crash
+            error, detail = f"client_error:{type(exc).__name__}", str(exc)[:200]
+        finally:
+            with contextlib.suppress(Exception):
+                await call.hang_up(send_stop=error is None)
+        if error is None and call.protocol_errors:
+            error, detail = "protocol_error", call.protocol_errors[0]
+        ended = monotonic_ms()
+        figures = await self.emulator_figures(call) if self.emulator is not None and call.opened_ms else None
+        result = measure_call(
+            call,
+            index=index,
+            scenario=scenario.name,
+            run_started_ms=self.t0_ms,
+            ended_ms=ended,
+            error=error,
+            error_detail=detail,
+            bot_speaks_first=scenario.bot_speaks_first,
+            twiml_ms=twiml_ms,
+            emulator=figures,
+            append_ms=self.config.append_ms,
+            keep_logs=self.config.keep_logs,
+        )
+        self.results.append(result)
+        self.live.active -= 1
+        self.live.done += 1
+        self.live.failed += 0 if result.ok else 1
+        self.live.response_ms.extend(result.response_ms)
+        return result
+
+    async def open(self, call: TwilioCall) -> None:
+        try:
+            await call.open()
+        except InvalidStatus as exc:
+            raise _CallError(f"handshake_refused:{exc.response.status_code}", str(exc)) from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise _CallError("connect_failed", f"{type(exc).__name__}: {exc}") from None
+
+    async def emulator_figures(self, call: TwilioCall) -> EmulatorFigures | None:
+        assert self.emulator is not None
+        wanted = client_request_id(call.call_sid)
+        emulator = self.emulator
+
+        def session() -> EmulatorSession | None:
+            for candidate in reversed(emulator.sessions):
+                if candidate.headers.get(CLIENT_REQUEST_ID_HEADER) == wanted:
+                    return candidate
+            return None
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SESSION_CLOSE_WAIT_S):
+                await emulator.wait_for(lambda: (s := session()) is not None and s.closed)
+        found = session()
+        return None if found is None else emulator_figures(found, bytes(call.received_media))
+
+    async def run(self) -> None:
+        config = self.config
+        self.t0_ms = monotonic_ms()
+        slots = asyncio.Semaphore(config.concurrency)
+        deadline = None if config.duration_s is None else self.t0_ms + config.duration_s * 1000
+        async with aiohttp.ClientSession() as self.http, asyncio.TaskGroup() as group:
+            index = 0
+            while config.calls is None or index < config.calls:
+                if index < config.concurrency and config.ramp_up_s > 0:
+                    due = self.t0_ms + config.ramp_up_s * 1000 * index / config.concurrency
+                    await asyncio.sleep(max(0.0, (due - monotonic_ms()) / 1000))
+                await slots.acquire()
+                if deadline is not None and monotonic_ms() >= deadline:
+                    slots.release()
+                    break
+                group.create_task(self._guarded(index, slots))
+                index += 1
+
+    async def _guarded(self, index: int, slots: asyncio.Semaphore) -> None:
+        try:
+            await self.run_call(index)
+        finally:
+            slots.release()
+
+
+class _CallError(Exception):
+    """Ends one call with an error kind (the aggregation key) and a detail."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(kind, detail)
+        self.kind, self.detail = kind, detail
+
+
+async def play_scenario(call: TwilioCall, scenario: Scenario) -> None:
+    """Play the scenario on an open call: one frame every 20 ms on an absolute schedule (no drift).
+
+    Raises `_CallError` for a timeout or a socket the gateway closed before the script ended.
+    """
+    core = CallerCore(scenario, monotonic_ms())
+    start = time.monotonic()
+    slot = 0
+    while True:
+        await asyncio.sleep(max(0.0, start + slot * FRAME_MS / 1000 - time.monotonic()))
+        if call.closed:
+            raise _CallError(
+                f"closed_by_gateway:{call.close_code}", "the gateway closed the stream mid-script"
+            )
+        try:
+            frame = core.next_frame(monotonic_ms(), call)
+        except StepTimeout as exc:
+            raise _CallError("timeout", str(exc)) from None
+        if frame is None:
+            return
+        try:
+            await call.send_payload(
+                frame.payload,
+                voiced=frame.voiced,
+                voice_end=frame.voice_end,
+                interrupt_start=frame.interrupt_start,
+            )
+            if frame.dtmf is not None:
+                await call.send_dtmf(frame.dtmf)
+        except ConnectionClosed:
+            code = call.close_code if call.close_code is not None else "none"
+            raise _CallError(
+                f"closed_by_gateway:{code}", "the gateway closed the stream mid-script"
+            ) from None
+        slot += 1
+
+
+def _expected_ulaw(audio: bytes, fmt: AudioFormat | None) -> bytes:
+    """What the gateway turns one item's audio into for the phone (a fresh BotPath per item, flushed)."""
+    if fmt is AudioFormat.PCM16:
+        path = BotPath()
+        return path.process(audio) + path.flush()
+    return bytes(audio)
+
+
+def emulator_figures(session: EmulatorSession, received: bytes) -> EmulatorFigures:
+    """The emulator's side of one call: caller audio it got, bot audio it sent and what of it was lost."""
+    items = [
+        (
+            _expected_ulaw(bytes(item.audio), item.audio_format),
+            item.status == "completed" and item.truncated_ms is None,
+        )
+        for item in session.assistant_items
+    ]
+    return EmulatorFigures(
+        caller_audio_received_ms=session.input_audio_ms,
+        bot_audio_sent_ms=sum(len(expected) for expected, _ in items) / 8,
+        bot_audio_lost_ms=bot_audio_lost_ms(received, items),
+        truncations_ms=tuple(t.audio_end_ms for t in session.truncations),
+    )
+
+
+def _describe(config: RunConfig) -> dict[str, Any]:
+    return {
+        "url": config.url,
+        "calls": config.calls,
+        "concurrency": config.concurrency,
+        "ramp_up_s": config.ramp_up_s,
+        "duration_s": config.duration_s,
+        "seed": config.seed,
+        "signed": config.auth_token is not None,
+        "public_url": config.public_url,
+        "scenarios": {scenario.name: weight for scenario, weight in config.mix},
+    }
+
+
+async def run_load(
+    config: RunConfig, *, emulator: EmulatorServer | None = None, live: LiveStats | None = None
+) -> RunResult:
+    """Run the load; with `emulator` (embedded mode) each call is matched to its emulator session."""
+    run = CallRunner(config, emulator, live if live is not None else LiveStats())
+    started_at = time.time()
+    ticker = SharedTicker.for_running_loop()
+    lag_before = len(ticker.lag_ms)
+    await run.run()
+    duration_s = (monotonic_ms() - run.t0_ms) / 1000
+    lag = tuple(ticker.lag_ms[lag_before:])
+    results = tuple(sorted(run.results, key=lambda r: r.index))
+    summary = aggregate(results, duration_s, lag)
+    return RunResult(_describe(config), results, summary, lag, started_at)

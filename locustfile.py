@@ -1,0 +1,164 @@
+"""Locust: the same call replay as `python -m gateway.loadtest`, spread over many machines.
+
+Each Locust user places one call per task (scenario mix from the environment) and reports through
+Locust's request events, request_type "call":
+
+- name = the scenario: the whole call (response_time = call duration; a failed call is a failure with
+  its error kind);
+- name = "connect", "setup", "response latency", "barge-in latency", "truncation error" (embedded
+  gateways only), "underrun gap": one event per measurement, response_time = the value in ms.
+
+Locust's users are gevent greenlets in a monkey-patched process, where asyncio cannot run, so each
+Locust process starts ONE `python -m gateway.loadtest.worker` child that drives the calls on asyncio
+(shared playout ticker, pre-encoded frames) and talks to it over pipes.
+
+Environment:
+  LOADTEST_URL            ws://HOST:PORT/media (or pass --host ws://HOST:PORT/media)
+  LOADTEST_SCENARIOS      comma-separated NAME[:WEIGHT] (default question_answer)
+  LOADTEST_SCENARIO_DIR   where scenario names are found (default tests/data/scenarios)
+  LOADTEST_TWILIO_AUTH_TOKEN, LOADTEST_PUBLIC_URL   sign as Twilio does (see the CLI's options)
+
+Run (one machine): `locust -f locustfile.py --headless -u 50 -r 5 -t 2m --host ws://127.0.0.1:8080/media`.
+Distributed: on the master `locust -f locustfile.py --master --headless -u 500 -r 20 -t 5m
+--expect-workers 4 --host ws://GATEWAY:8080/media`; on each load machine `locust -f locustfile.py
+--worker --master-host MASTER_IP` (with the repository installed: `pip install -e .`). One worker
+process per core; each drives its share of the users' calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult
+from locust import User, constant, events, task
+
+MEASUREMENTS = {
+    "connect_ms": "connect",
+    "setup_ms": "setup",
+    "response_ms": "response latency",
+    "barge_in_ms": "barge-in latency",
+    "truncation_error_ms": "truncation error (abs)",
+    "underrun_gap_ms": "underrun gap",
+}
+
+
+def _mix() -> list[tuple[str, float]]:
+    mix = []
+    for spec in os.environ.get("LOADTEST_SCENARIOS", "question_answer").split(","):
+        name, _, weight = spec.strip().partition(":")
+        mix.append((name, float(weight) if weight else 1.0))
+    return mix
+
+
+class _WorkerProcess:
+    """The asyncio call driver for this Locust process: requests out on stdin, results in on stdout."""
+
+    def __init__(self, url: str) -> None:
+        args = [sys.executable, "-m", "gateway.loadtest.worker", "--url", url]
+        for name, _ in _mix():
+            args += ["--scenario", name]
+        if os.environ.get("LOADTEST_SCENARIO_DIR"):
+            args += ["--scenario-dir", os.environ["LOADTEST_SCENARIO_DIR"]]
+        if os.environ.get("LOADTEST_TWILIO_AUTH_TOKEN"):
+            args += ["--twilio-auth-token", os.environ["LOADTEST_TWILIO_AUTH_TOKEN"]]
+        if os.environ.get("LOADTEST_PUBLIC_URL"):
+            args += ["--public-url", os.environ["LOADTEST_PUBLIC_URL"]]
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.waiting: dict[int, AsyncResult] = {}
+        self.next_id = 0
+        gevent.spawn(self._read)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            answer = json.loads(line)
+            waiter = self.waiting.pop(answer.get("id"), None)
+            if waiter is not None:
+                waiter.set(answer)
+        for waiter in self.waiting.values():
+            waiter.set({"error": "the worker process exited"})
+
+    def call(self, scenario: str) -> dict[str, Any]:
+        self.next_id += 1
+        waiter = AsyncResult()
+        self.waiting[self.next_id] = waiter
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"id": self.next_id, "scenario": scenario}) + "\n")
+        self.process.stdin.flush()
+        answer: dict[str, Any] = waiter.get()
+        return answer
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+_worker: _WorkerProcess | None = None
+
+
+def _get_worker(url: str) -> _WorkerProcess:
+    global _worker
+    if _worker is None:
+        _worker = _WorkerProcess(url)
+    return _worker
+
+
+@events.quitting.add_listener
+def _stop_worker(**_kwargs: Any) -> None:
+    if _worker is not None:
+        _worker.stop()
+
+
+class TwilioCaller(User):
+    """One caller: places a call per task, scenario drawn from LOADTEST_SCENARIOS by weight."""
+
+    wait_time = constant(float(os.environ.get("LOADTEST_PAUSE_S", "1")))
+
+    @task
+    def call(self) -> None:
+        url = os.environ.get("LOADTEST_URL") or self.host
+        if not url:
+            raise RuntimeError("set LOADTEST_URL or --host to the gateway's ws://HOST:PORT/media")
+        names, weights = zip(*_mix(), strict=True)
+        scenario = random.choices(names, weights)[0]
+        started = time.perf_counter()
+        answer = _get_worker(url).call(scenario)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        result = answer.get("result")
+        fire = self.environment.events.request.fire
+        if result is None:
+            fire(
+                request_type="call",
+                name=scenario,
+                response_time=elapsed_ms,
+                response_length=0,
+                exception=RuntimeError(answer.get("error", "no result")),
+            )
+            return
+        failure = None if result["ok"] else RuntimeError(f"{result['error']}: {result['error_detail']}")
+        fire(
+            request_type="call",
+            name=scenario,
+            response_time=elapsed_ms,
+            response_length=result["frames_sent"],
+            exception=failure,
+        )
+        for key, name in MEASUREMENTS.items():
+            for value in result.get(key, []):
+                fire(
+                    request_type="call",
+                    name=name,
+                    response_time=abs(value),
+                    response_length=0,
+                    exception=None,
+                )
