@@ -35,5 +35,8 @@ bench: install  ## benchmarks (printed tables): codec cost and quality, barge-in
 loadtest: install  ## replay recorded calls against `make run`'s gateway (python -m gateway.loadtest --help)
 	$(PY) -m gateway.loadtest --url ws://127.0.0.1:8080/media $(ARGS)
 
+soak: install  ## several minutes of calls with injected faults and hostile clients; fails on any leak
+	$(PY) -m bench.soak $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache bench/out

@@ -64,7 +64,6 @@ from gateway.telephony.events import (
     MediaReceived,
     ProtocolViolation,
     SendMedia,
-    StreamConnected,
     TelephonyCommand,
     TelephonyEvent,
 )
@@ -220,21 +219,32 @@ class CallBridge:
             self.summary.outcome, self.summary.detail = outcome, detail
 
     async def _await_start(self) -> CallStarted:
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while True:
+            event = await self._receive(deadline - time.monotonic(), "start_timeout", "no start in time")
+            if isinstance(event, CallStarted):
+                return event
+            if isinstance(event, CallStopped):
+                raise _CallEnded("completed", "stopped before start")
+            if isinstance(event, ProtocolViolation) and event.fatal:
+                raise _CallEnded("protocol_error", event.reason)
+
+    async def _receive(self, timeout_s: float, timeout_outcome: str, timeout_detail: str) -> TelephonyEvent:
+        """The provider's next message as an event; a close, a socket error or silence ends the call."""
         try:
-            async with asyncio.timeout(self.settings.start_timeout_s):
-                async for msg in self.ws:
-                    event = self._parse(msg)
-                    if isinstance(event, CallStarted):
-                        return event
-                    if isinstance(event, StreamConnected):
-                        continue
-                    if isinstance(event, CallStopped):
-                        raise _CallEnded("completed", "stopped before start")
-                    if isinstance(event, ProtocolViolation) and event.fatal:
-                        raise _CallEnded("protocol_error", event.reason)
+            msg = await self.ws.receive(timeout=max(0.0, timeout_s))
         except TimeoutError:
-            raise _CallEnded("start_timeout", f"no start within {self.settings.start_timeout_s}s") from None
-        raise _CallEnded("completed", "caller closed before start")
+            raise _CallEnded(timeout_outcome, timeout_detail) from None
+        self._caller_msg_at = time.perf_counter()
+        if msg.type is WSMsgType.TEXT:
+            return self.dialect.receive_text(msg.data)
+        if msg.type is WSMsgType.BINARY:
+            return self.dialect.receive_bytes(msg.data)
+        if self.ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+            raise _CallEnded("protocol_error", "message over the size limit")
+        if msg.type is WSMsgType.ERROR:
+            raise _CallEnded("protocol_error", f"provider socket error: {self.ws.exception()}")
+        raise _CallEnded("completed", f"caller closed the socket (code {self.ws.close_code})")
 
     def _check_stream_token(self, call: CallStarted) -> None:
         secret = self.settings.twilio_auth_token
@@ -306,29 +316,11 @@ class CallBridge:
 
     # -- caller -> upstream --------------------------------------------------------------------------
 
-    def _parse(self, msg: object) -> TelephonyEvent | None:
-        kind = getattr(msg, "type", None)
-        if kind is WSMsgType.TEXT:
-            return self.dialect.receive_text(msg.data)  # type: ignore[attr-defined]
-        if kind is WSMsgType.BINARY:
-            return self.dialect.receive_bytes(msg.data)  # type: ignore[attr-defined]
-        return None
-
     async def _caller_loop(self) -> None:
         idle_s = self.settings.caller_idle_timeout_s
+        detail = f"no message from the provider for {idle_s:g}s"
         while True:
-            try:
-                msg = await self.ws.receive(timeout=idle_s)
-            except TimeoutError:
-                raise _CallEnded("caller_timeout", f"no message from the provider for {idle_s:g}s") from None
-            self._caller_msg_at = time.perf_counter()
-            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                raise _CallEnded("completed", f"caller closed the socket (code {self.ws.close_code})")
-            if msg.type is WSMsgType.ERROR:
-                raise _CallEnded("protocol_error", f"provider socket error: {self.ws.exception()}")
-            event = self._parse(msg)
-            if event is not None:
-                await self._on_telephony(event)
+            await self._on_telephony(await self._receive(idle_s, "caller_timeout", detail))
 
     async def _on_telephony(self, event: TelephonyEvent) -> None:
         match event:

@@ -124,6 +124,7 @@ class EmbeddedTarget:
     url: str
     emulator: EmulatorServer
     append_ms: int
+    app: Any = None  # the gateway's aiohttp Application (soak runs read its state for leaks)
 
 
 @contextlib.asynccontextmanager
@@ -148,7 +149,7 @@ async def embedded_target(
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         try:
-            yield EmbeddedTarget(f"ws://127.0.0.1:{port}/media", emulator, settings.append_ms)
+            yield EmbeddedTarget(f"ws://127.0.0.1:{port}/media", emulator, settings.append_ms, app)
         finally:
             await runner.cleanup()
 

@@ -65,6 +65,19 @@ async def test_fatal_input_closes_call(message: str | bytes, outcome: str) -> No
         await wait_for(lambda: outcome_count(gateway, outcome) == 1)
 
 
+async def test_oversized_message_before_start_is_a_protocol_error() -> None:
+    """A message over 64 KiB before `start` is refused the same way as after it (1009, protocol_error)."""
+    async with bridged() as (gateway, emulator):
+        call = TwilioCall(gateway.media_url)
+        await call.open(send_start=False)
+        assert call._ws is not None
+        await call._ws.send("x" * (70 * 1024))
+        assert await call.wait_closed(timeout_s=scaled(5)) == 1009
+        await call.hang_up(send_stop=False)
+        await wait_for(lambda: outcome_count(gateway, "protocol_error") == 1)
+        assert emulator.sessions == []
+
+
 async def test_media_before_start_is_refused() -> None:
     """Media before `start` has no stream to belong to: the call is closed (1008) before any upstream cost."""
     async with bridged() as (gateway, emulator):
