@@ -1,15 +1,17 @@
 """Soak: hundreds of calls over several minutes with faults injected, then a search for anything leaked.
 
-`python -m bench.soak` (or `make soak`) runs an in-process gateway bridged to the emulator, which
-injects faults into every session: 429 on the first handshakes, an `error` event after two responses,
-a socket drop 8 s into every session (the gateway must reconnect and replay), response delay and
-jitter. Next to the scripted callers (every shipped scenario, barge-in included), a hostile client
-keeps opening streams that send garbage, oversized or binary frames, or never start.
+`python -m bench.soak` (or `make soak`) runs the gateway as its own process (`python -m gateway serve`)
+bridged to the emulator, which injects faults into every session: 429 on the first handshakes, an
+`error` event after two responses, a socket drop 8 s into every session (the gateway must reconnect,
+replay and answer), response delay and jitter. Next to the scripted callers (every shipped scenario,
+barge-in included), a hostile client keeps opening streams that send garbage, oversized or binary
+frames, or never start.
 
-Leaks are judged against a baseline taken after warm-up: asyncio tasks, open file descriptors (sockets),
-realtime sessions still open at the emulator, calls the gateway still counts, and resident memory
-sampled every 5 s (its growth after warm-up, and the slope over the second half of the run). The exit
-status is 1 if anything leaked or any scripted call failed for a reason other than an injected fault.
+Leaks are judged from the gateway's own /metrics, at idle (no call running) after warm-up and again at
+the end: `gateway_asyncio_tasks`, `process_open_fds` (sockets), `process_resident_memory_bytes` (also
+sampled every 5 s under load, for its growth and slope), `gateway_active_calls`; and at the emulator,
+realtime sessions left open. The exit status is 1 if anything leaked, memory kept growing, a scripted
+call failed, or the gateway did not exit 0 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,18 +21,21 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
+import signal
+import socket
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from gateway.app import STATE_KEY
-from gateway.emulator import EmulatorConfig
-from gateway.loadtest.runner import RunConfig, embedded_target, run_load
+from gateway.emulator import EmulatorConfig, EmulatorServer
+from gateway.loadtest.runner import RunConfig, run_load
 from gateway.loadtest.script import resolve_scenario
 from gateway.logging import configure_logging
 
@@ -38,25 +43,40 @@ __all__ = ["main"]
 
 OUT = Path(__file__).parent / "out" / "soak.json"
 SCENARIOS = (("question_answer", 3.0), ("multi_turn", 2.0), ("barge_in", 2.0), ("dtmf_hangup", 1.0))
-HOSTILE = (
+HOSTILE: tuple[str | bytes | None, ...] = (
     "{not json",
     "x" * (70 * 1024),
     b"\x00\x01\x02",
     json.dumps({"event": "media", "media": {"payload": "/w=="}}),
     None,  # connects and never starts
 )
+WATCHED = (
+    "gateway_asyncio_tasks",
+    "process_open_fds",
+    "process_resident_memory_bytes",
+    "gateway_active_calls",
+)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+async def _scrape(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    """The watched gauges and the call outcomes from the gateway's /metrics."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in WATCHED:
+                found[sample.name] = sample.value
+            elif sample.name in ("gateway_calls_total", "gateway_upstream_reconnects_total"):
+                label = sample.labels.get("outcome") or sample.labels.get("reason", "")
+                found[f"{sample.name}:{label}"] = sample.value
+    return found
 
 
 async def _hostile(url: str, stop: asyncio.Event, counts: dict[str, int]) -> None:
@@ -71,20 +91,36 @@ async def _hostile(url: str, stop: asyncio.Event, counts: dict[str, int]) -> Non
                 if message is not None:
                     await ws.send(message)
                 await asyncio.wait_for(ws.wait_closed(), 15)
-            counts[f"closed {ws.close_code}"] = counts.get(f"closed {ws.close_code}", 0) + 1
+            key = f"closed {ws.close_code}"
         except (WebSocketException, OSError, TimeoutError) as exc:
-            counts[type(exc).__name__] = counts.get(type(exc).__name__, 0) + 1
+            key = type(exc).__name__
+        counts[key] = counts.get(key, 0) + 1
         await asyncio.sleep(0.5)
 
 
-async def _sample(samples: list[tuple[float, float]], stop: asyncio.Event, t0: float) -> None:
+async def _sample(
+    http: aiohttp.ClientSession, port: int, stop: asyncio.Event, rows: list[dict[str, float]]
+) -> None:
+    t0 = time.monotonic()
     while not stop.is_set():
-        samples.append((round(time.monotonic() - t0, 1), round(_rss_mb(), 1)))
+        row = await _scrape(http, port)
+        rows.append({"t": round(time.monotonic() - t0, 1), **{k: row.get(k, 0.0) for k in WATCHED}})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 5)
 
 
-async def _soak(calls: int, concurrency: int, duration_s: float) -> dict[str, Any]:
+async def _idle(http: aiohttp.ClientSession, port: int, emulator: EmulatorServer) -> dict[str, float]:
+    """Wait until no call runs (and every upstream session is closed), then scrape."""
+    for _ in range(300):
+        row = await _scrape(http, port)
+        if row.get("gateway_active_calls", 1) == 0 and all(s.closed for s in emulator.sessions):
+            await asyncio.sleep(1)  # let closing tasks finish
+            return await _scrape(http, port)
+        await asyncio.sleep(0.1)
+    return await _scrape(http, port)
+
+
+async def _soak(concurrency: int, duration_s: float) -> dict[str, Any]:
     emulator_config = EmulatorConfig(
         record_audio=False,
         record_client_events=False,
@@ -95,64 +131,91 @@ async def _soak(calls: int, concurrency: int, duration_s: float) -> dict[str, An
         response_delay_ms=200,
         response_jitter_ms=400,
     )
-    env = {"UPSTREAM_MAX_RECONNECTS": "10", "START_TIMEOUT_S": "2", "TRANSCRIPTION_MODEL": "whisper-1"}
-    async with embedded_target(emulator_config, env) as target:
-        state = target.app[STATE_KEY]
-        mix = tuple((resolve_scenario(name), weight) for name, weight in SCENARIOS)
-        stop = asyncio.Event()
-        samples: list[tuple[float, float]] = []
-        hostile: dict[str, int] = {}
-        t0 = time.monotonic()
-        sampler = asyncio.create_task(_sample(samples, stop, t0))
-        # Warm-up: a few calls, so lazy imports, caches and pools exist before the baseline.
-        await run_load(RunConfig(target.url, mix, calls=6, concurrency=6))
-        await asyncio.sleep(1)
-        base = {"tasks": len(asyncio.all_tasks()), "fds": _open_fds(), "rss_mb": _rss_mb()}
-        attacker = asyncio.create_task(_hostile(target.url, stop, hostile))
-        config = RunConfig(
-            target.url, mix, calls=calls, concurrency=concurrency, ramp_up_s=10, duration_s=duration_s
-        )
-        result = await run_load(config, emulator=target.emulator)
-        stop.set()
-        await asyncio.wait({attacker, sampler})
-        for _ in range(100):  # let the last closes finish
-            if not state.calls and all(s.closed for s in target.emulator.sessions):
-                break
-            await asyncio.sleep(0.1)
-        after = {"tasks": len(asyncio.all_tasks()), "fds": _open_fds(), "rss_mb": _rss_mb()}
-        metrics = state.metrics
-        outcomes = {
-            s.labels["outcome"]: s.value
-            for s in metrics.calls.collect()[0].samples
-            if s.name.endswith("_total")
+    async with EmulatorServer(emulator_config) as emulator, aiohttp.ClientSession() as http:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(port),
+            "REALTIME_URL": emulator.ga_url(),
+            "LOG_LEVEL": "error",
+            "UPSTREAM_MAX_RECONNECTS": "10",
+            "START_TIMEOUT_S": "2",
+            "TRANSCRIPTION_MODEL": "whisper-1",
         }
-        half = [rss for t, rss in samples if t >= samples[-1][0] / 2] if samples else []
-        slope = _slope([(t, rss) for t, rss in samples if t >= samples[-1][0] / 2]) if len(half) > 2 else 0.0
-        return {
-            "calls": result.summary.calls,
-            "completed": result.summary.completed,
-            "failed": result.summary.failed,
-            "errors": result.summary.errors,
-            "duration_s": result.summary.duration_s,
-            "gateway_outcomes": outcomes,
-            "reconnects": {
-                s.labels["reason"]: s.value
-                for s in metrics.upstream_reconnects.collect()[0].samples
-                if s.name.endswith("_total")
-            },
-            "hostile_streams": hostile,
-            "emulator_sessions": len(target.emulator.sessions),
-            "emulator_sessions_open": sum(1 for s in target.emulator.sessions if not s.closed),
-            "gateway_calls_open": len(state.calls),
-            "gateway_active_calls_gauge": metrics.active_calls._value.get(),
-            "baseline": base,
-            "after": after,
-            "leaked_tasks": after["tasks"] - base["tasks"],
-            "leaked_fds": after["fds"] - base["fds"],
-            "rss_growth_mb": round(after["rss_mb"] - base["rss_mb"], 1),
-            "rss_slope_mb_per_min_second_half": round(slope * 60, 2),
-            "rss_samples": samples,
-        }
+        gateway = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "serve", env=env)
+        try:
+            return await _drive(http, port, emulator, gateway, concurrency, duration_s)
+        finally:
+            if gateway.returncode is None:
+                gateway.kill()
+                await gateway.wait()
+
+
+async def _drive(
+    http: aiohttp.ClientSession,
+    port: int,
+    emulator: EmulatorServer,
+    gateway: asyncio.subprocess.Process,
+    concurrency: int,
+    duration_s: float,
+) -> dict[str, Any]:
+    url = f"ws://127.0.0.1:{port}/media"
+    for _ in range(200):
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                if response.status == 200:
+                    break
+        await asyncio.sleep(0.05)
+    mix = tuple((resolve_scenario(name), weight) for name, weight in SCENARIOS)
+    # Warm-up: a few calls, so lazy imports, caches and pools exist before the baseline.
+    await run_load(RunConfig(url, mix, calls=6, concurrency=6))
+    base = await _idle(http, port, emulator)
+    stop = asyncio.Event()
+    rows: list[dict[str, float]] = []
+    hostile: dict[str, int] = {}
+    background = {
+        asyncio.create_task(_hostile(url, stop, hostile)),
+        asyncio.create_task(_sample(http, port, stop, rows)),
+    }
+    config = RunConfig(url, mix, calls=None, concurrency=concurrency, ramp_up_s=10, duration_s=duration_s)
+    result = await run_load(config, emulator=emulator)
+    stop.set()
+    await asyncio.wait(background)
+    after = await _idle(http, port, emulator)
+    gateway.send_signal(signal.SIGTERM)
+    exit_code = await asyncio.wait_for(gateway.wait(), 30)
+    rss = [(row["t"], row["process_resident_memory_bytes"] / 2**20) for row in rows]
+    second_half = [(t, mb) for t, mb in rss if rss and t >= rss[-1][0] / 2]
+    return {
+        "calls": result.summary.calls,
+        "completed": result.summary.completed,
+        "failed": result.summary.failed,
+        "errors": result.summary.errors,
+        "duration_s": result.summary.duration_s,
+        "gateway_outcomes": {
+            k.split(":", 1)[1]: v for k, v in after.items() if k.startswith("gateway_calls")
+        },
+        "reconnects": {k.split(":", 1)[1]: v for k, v in after.items() if k.startswith("gateway_upstream")},
+        "hostile_streams": hostile,
+        "emulator_sessions": len(emulator.sessions),
+        "emulator_sessions_open": sum(1 for s in emulator.sessions if not s.closed),
+        "gateway_exit_code": exit_code,
+        "idle_baseline": {k: base.get(k) for k in WATCHED},
+        "idle_after": {k: after.get(k) for k in WATCHED},
+        "leaked_tasks": after.get("gateway_asyncio_tasks", 0) - base.get("gateway_asyncio_tasks", 0),
+        "leaked_fds": after.get("process_open_fds", 0) - base.get("process_open_fds", 0),
+        "rss_growth_mb": round(
+            (after.get("process_resident_memory_bytes", 0) - base.get("process_resident_memory_bytes", 0))
+            / 2**20,
+            1,
+        ),
+        "rss_max_mb": round(max((mb for _, mb in rss), default=0.0), 1),
+        "rss_slope_mb_per_min_second_half": round(_slope(second_half) * 60, 2)
+        if len(second_half) > 2
+        else 0.0,
+        "samples": rows,
+    }
 
 
 def _slope(points: list[tuple[float, float]]) -> float:
@@ -165,11 +228,13 @@ def _slope(points: list[tuple[float, float]]) -> float:
 
 def _verdict(report: dict[str, Any]) -> list[str]:
     problems = []
-    for key in ("leaked_tasks", "leaked_fds", "emulator_sessions_open", "gateway_calls_open"):
+    for key in ("leaked_tasks", "leaked_fds", "emulator_sessions_open"):
         if report[key] > 0:
             problems.append(f"{key} = {report[key]}")
-    if report["gateway_active_calls_gauge"] != 0:
+    if report["idle_after"]["gateway_active_calls"] != 0:
         problems.append("gateway_active_calls did not return to 0")
+    if report["gateway_exit_code"] != 0:
+        problems.append(f"the gateway exited {report['gateway_exit_code']} on SIGTERM")
     if report["failed"]:
         problems.append(f"{report['failed']} scripted calls failed: {report['errors']}")
     if report["rss_slope_mb_per_min_second_half"] > 2.0:
@@ -180,19 +245,21 @@ def _verdict(report: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the soak, print the figures, write bench/out/soak.json; exit 1 on any leak."""
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=40)
-    parser.add_argument("--minutes", type=float, default=4.0, help="stop starting calls after this long")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--minutes", type=float, default=4.0, help="keep starting calls for this long")
     args = parser.parse_args(argv)
     configure_logging("error")
-    report = asyncio.run(_soak(args.calls, args.concurrency, args.minutes * 60))
+    report = asyncio.run(_soak(args.concurrency, args.minutes * 60))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2))
-    shown = {k: v for k, v in report.items() if k != "rss_samples"}
+    shown = {k: v for k, v in report.items() if k != "samples"}
     print(json.dumps(shown, indent=2))
-    rss = [mb for _, mb in report["rss_samples"]]
-    if rss:
-        print(f"rss MB: min {min(rss)}, max {max(rss)}, last {rss[-1]} over {report['rss_samples'][-1][0]} s")
+    for row in report["samples"][:: max(1, len(report["samples"]) // 12)]:
+        print(
+            f"t={row['t']:6.1f}s  calls={row['gateway_active_calls']:4.0f}  "
+            f"rss={row['process_resident_memory_bytes'] / 2**20:6.1f} MB  "
+            f"fds={row['process_open_fds']:4.0f}  tasks={row['gateway_asyncio_tasks']:4.0f}"
+        )
     problems = _verdict(report)
     print("verdict:", "no leaks" if not problems else "; ".join(problems))
     return 1 if problems else 0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, multiprocess
 
 __all__ = ["GatewayMetrics"]
 
@@ -12,6 +13,14 @@ __all__ = ["GatewayMetrics"]
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 CODEC_BUCKETS = (2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
 CALL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+def _count_tasks() -> float:
+    """Tasks of the running event loop (0 when read outside one, e.g. by a multiprocess collector)."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0
 
 
 class GatewayMetrics:
@@ -112,6 +121,10 @@ class GatewayMetrics:
             registry=r,
         )
         self.dtmf = Counter("gateway_dtmf", "DTMF digits received", registry=r)
+        # Leak watch: resident memory and open file descriptors of the process, and its asyncio tasks.
+        ProcessCollector(registry=r)
+        self.tasks = Gauge("gateway_asyncio_tasks", "asyncio tasks alive in this process", registry=r)
+        self.tasks.set_function(_count_tasks)
 
     def exposition_registry(self) -> CollectorRegistry:
         """What /metrics serves: this registry, or with several workers the sum over all of them."""

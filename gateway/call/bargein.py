@@ -297,6 +297,11 @@ class BargeInController:
         if lost and self._state is CallState.RESPONDING:
             self._fire(_Trigger.LAST_RESPONSE_DONE)
 
+    @property
+    def responding(self) -> bool:
+        """A response is active (created, not done, not interrupted)."""
+        return bool(self._active)
+
     def quiet(self, now_ms: int) -> bool:
         """No response is running and no bot audio is queued or playing: a safe moment to swap sessions."""
         return not self._active and not self._tracker.is_audible(now_ms)

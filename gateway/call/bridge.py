@@ -167,6 +167,7 @@ class CallBridge:
         self._caller_msg_at = self._upstream_msg_at = 0.0
         self._local_vad = LocalVad(PROVIDER_RATE) if settings.barge_in != "server" else None
         self._current_item: str | None = None
+        self._turn_owed = False  # the caller finished a turn and no response has started since
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -409,9 +410,14 @@ class CallBridge:
         match event:
             case SessionReconnected():
                 # The old session's responses died with it; audio already queued at the provider plays on.
+                owed = self._turn_owed or self.bargein.responding
                 self.bargein.on_session_lost(now)
                 self.audio.drop_bot_audio()
                 self._current_item = None
+                if owed:  # the caller is waiting for an answer the old session never finished
+                    self._turn_owed = False
+                    await self._send_upstream(CreateResponse())
+                    log.info("response_requested_after_reconnect")
             case AudioDelta():
                 await self._on_audio_delta(event, now)
             case AudioDone():
@@ -424,7 +430,9 @@ class CallBridge:
                 await self._on_speech_started(now)
             case SpeechStopped():
                 self._speech_stopped_at = time.perf_counter()
+                self._turn_owed = self.upstream.session.turn_detection.create_response
             case ResponseCreated():
+                self._turn_owed = False
                 self.bargein.on_response_created(event, now)
             case ResponseDone():
                 self.bargein.on_response_done(event, now)
