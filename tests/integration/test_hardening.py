@@ -305,3 +305,18 @@ async def test_entra_token_failure_is_reported_clearly() -> None:
             assert emulator.handshakes == 0
         finally:
             await gateway.runner.cleanup()
+
+
+async def test_drop_mid_answer_asks_the_new_session_to_answer() -> None:
+    """A session that drops while the bot is answering: the new session is asked for the answer
+    (response.create after the replay), so the caller is not left waiting in silence."""
+    config = EmulatorConfig(drop_after_ms=1500, realtime_factor=1.0, reply_ms=5000)
+    env = {"TRANSCRIPTION_MODEL": "whisper-1", "UPSTREAM_MAX_RECONNECTS": "1"}
+    async with bridged(env, config) as (_gateway, emulator), TwilioCall(_gateway.media_url) as call:
+        await call.send_audio(speech_ulaw(500) + silence_ulaw(700), realtime=False)
+        await wait_for(lambda: len(emulator.sessions) == 2)
+        second = emulator.sessions[1]
+        await wait_for(lambda: second.responses)
+        kinds = [event["type"] for event in second.client_events]
+        assert kinds.index("response.create") > kinds.index("conversation.item.create")
+        await call.wait_closed(timeout_s=scaled(10))  # the second drop spends the budget
