@@ -1,0 +1,682 @@
+"""How many concurrent calls ONE core of the gateway carries with p99 added latency <= 10 ms.
+
+Starts the gateway as a subprocess pinned to core 0 (`taskset -c 0 python -m gateway serve`), and runs
+the load side in this process pinned to core 1: a lean Twilio client (`bench.lean_twilio`) and a lean
+realtime stub (`bench.lean_realtime`; `--realtime emulator` uses the project's emulator instead, which
+costs far more CPU). It ramps concurrent calls step by step; per step it ramps up, settles, measures a
+steady window, hangs up every call and waits for `gateway_active_calls` to reach 0. Per step it reports:
+
+* gateway CPU (utime + stime from /proc) as seconds per call-minute and as % of its core;
+* gateway resident memory, total and per call above the idle baseline;
+* added latency per frame measured from outside (it includes the gateway's event-loop lag), p50/p99:
+  caller frame written -> its append arriving upstream, and bot delta sent -> its first media message
+  arriving at the client (`bench.latency` explains the matching); and the gateway's own
+  `gateway_added_latency_seconds` p99 over the window (histogram buckets, interpolated);
+* caller frames sent vs appends received (loss), and the load side's own loop lag p99 and CPU %. A step
+  whose load side lags more than 5 ms p99 is flagged load-limited and does not count.
+
+The capacity is the highest step with both p99 <= 10 ms. `--profile` samples the gateway with py-spy
+for a while after the top step's window (calls still running) and ranks its hot spots.
+
+Run: `python -m bench.capacity [--steps 50,100,200,300,400] [--step-s 20] [--mode pcm16|g711]
+[--json bench/out/capacity.json] [--profile]`. Numbers, not assertions: a shared machine moves them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Final
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench import procstat
+from bench.latency import (
+    BOT_HOLDBACK_BYTES,
+    CALLER_FRAME_LAG,
+    bot_latencies,
+    caller_latencies,
+    histogram_quantile,
+    percentile,
+)
+from bench.lean_realtime import RealtimeStub, StubConfig
+from bench.lean_twilio import CallState, LeanCall, TwilioLoad
+from bench.pyspy import HotSpot, Profile, hot_spots, record
+from gateway.emulator import EmulatorConfig, EmulatorServer
+from gateway.realtime.session import AudioFormat
+from gateway.realtime.upstream import client_request_id
+
+__all__ = ["CapacityRun", "SessionRecords", "StepResult", "main", "run_capacity"]
+
+OUT: Final = Path(__file__).parent / "out" / "capacity.json"
+BOUND_MS: Final = 10.0
+LOAD_LAG_LIMIT_MS: Final = 5.0
+GATEWAY_CORE: Final = 0
+LOAD_CORE: Final = 1
+ADDED_LATENCY: Final = "gateway_added_latency_seconds"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecords:
+    """What the realtime side saw of one call: append arrival times and (sent_at, item_offset_ms,
+    start_ms) of each delta, all on time.monotonic()."""
+
+    append_at: Sequence[float]
+    deltas: Sequence[tuple[float, int, int]]
+
+
+@dataclass(slots=True)
+class StepResult:
+    """One step's figures (latencies in ms; NaN when there was nothing to measure)."""
+
+    calls: int
+    calls_open: int
+    window_s: float
+    gateway_cpu_pct: float
+    gateway_cpu_s_per_call_min: float
+    rss_mb: float
+    rss_kb_per_call: float
+    caller_p50_ms: float
+    caller_p99_ms: float
+    bot_p50_ms: float
+    bot_p99_ms: float
+    gateway_caller_p99_ms: float
+    gateway_bot_p99_ms: float
+    caller_samples: int
+    bot_samples: int
+    bot_unmatched: int
+    frames_sent: int
+    appends_received: int
+    appends_expected: int
+    marks_echoed: int
+    clears: int
+    calls_completed: int
+    outcomes: dict[str, int]
+    load_lag_p99_ms: float
+    load_cpu_pct: float
+    load_limited: bool
+    steal_pct: float  # CPU the hypervisor took from this VM during the window, % of all its CPUs
+    within_bound: bool
+
+
+@dataclass(slots=True)
+class CapacityRun:
+    """The whole run: settings, steps, the capacity figure and (with --profile) the hot spots."""
+
+    mode: str
+    realtime: str
+    pinned: bool
+    cpu_count: int
+    step_s: float
+    ramp_s: float
+    settle_s: float
+    baseline_rss_mb: float = 0.0
+    steps: list[StepResult] = field(default_factory=list)
+    capacity_calls: int = 0
+    load_loop: str = "asyncio"
+    gateway_loop: str = "asyncio"
+    priority: int = 0  # the nice value both sides ran at (0: not raised)
+    hot_spots: list[HotSpot] = field(default_factory=list)
+    idle_pct: float = 0.0  # share of the profile's samples in which the gateway waited in epoll
+    profiled_calls: int = 0
+
+
+# -- the gateway process ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _raise_priority(pid: int, priority: int) -> bool:
+    """Set process `pid`'s nice value (negative: ahead of other work on a shared box); False if refused."""
+    if priority == 0:
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, priority)
+    except OSError:
+        return False
+    return True
+
+
+def _can_pin() -> bool:
+    return shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
+
+
+_UVLOOP_SERVE: Final = (
+    "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+    "from gateway.__main__ import main; sys.exit(main(['serve']))"
+)
+
+
+def uvloop_available() -> bool:
+    """Whether uvloop can be imported (an optional extra for the bench)."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class GatewayProcess:
+    """`python -m gateway serve` as a subprocess (pinned to one core when asked); stderr to a temp file."""
+
+    def __init__(self, env: Mapping[str, str], *, pin: bool, uvloop: bool = False) -> None:
+        self.port = _free_port()
+        self.uvloop = uvloop
+        self.env = {**os.environ, **env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port)}
+        self.pin = pin
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The gateway's process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def base(self) -> str:
+        """http://127.0.0.1:PORT"""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, http: aiohttp.ClientSession, timeout_s: float = 30.0) -> None:
+        """Start it and wait for /readyz."""
+        argv = [sys.executable, "-m", "gateway", "serve"]
+        if self.uvloop:  # the same entry point on uvloop's event loop (asyncio.run follows the policy)
+            argv = [sys.executable, "-c", _UVLOOP_SERVE]
+        if self.pin:
+            argv = ["taskset", "-c", str(GATEWAY_CORE), *argv]
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+        # Popen returns at once (the child runs on its own): nothing here blocks the event loop.
+        self.proc = subprocess.Popen(  # noqa: ASYNC220
+            argv, env=self.env, stdout=subprocess.DEVNULL, stderr=self._log
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}: {self.log_tail()}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(self.base + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"gateway not ready after {timeout_s}s: {self.log_tail()}")
+
+    def log_tail(self, n: int = 2000) -> str:
+        """The end of the gateway's stderr."""
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-n:]
+
+    async def stop(self) -> None:
+        """SIGTERM, wait (bounded), then SIGKILL."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            for _ in range(100):
+                if self.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+
+
+async def _scrape(http: aiohttp.ClientSession, base: str) -> str:
+    async with http.get(base + "/metrics") as response:
+        return await response.text()
+
+
+def _samples(text: str, name: str) -> list[tuple[str, dict[str, str], float]]:
+    out: list[tuple[str, dict[str, str], float]] = []
+    for family in text_string_to_metric_families(text):
+        if family.name == name or family.name == name.removesuffix("_total"):
+            out += [(s.name, dict(s.labels), s.value) for s in family.samples]
+    return out
+
+
+def _buckets(text: str, direction: str) -> list[tuple[float, float]]:
+    """Cumulative (le, count) of the added-latency histogram for one direction, sorted by bound."""
+    rows = [
+        (float(labels["le"]), value)
+        for name, labels, value in _samples(text, ADDED_LATENCY)
+        if name.endswith("_bucket") and labels.get("direction") == direction
+    ]
+    return sorted(rows)
+
+
+def _window_p99_ms(before: str, after: str, direction: str) -> float:
+    early = dict(_buckets(before, direction))
+    diff = [(le, count - early.get(le, 0.0)) for le, count in _buckets(after, direction)]
+    return histogram_quantile(diff, 0.99) * 1000
+
+
+def _gauge(text: str, name: str) -> float:
+    return sum(value for _, _, value in _samples(text, name))
+
+
+def _outcomes(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, labels, value in _samples(text, "gateway_calls_total"):
+        if name.endswith("_total"):
+            out[labels.get("outcome", "")] = value
+    return out
+
+
+# -- the realtime side ---------------------------------------------------------------------------------------
+
+
+class RealtimeSide:
+    """The stub or the emulator, with its records per upstream request id."""
+
+    def __init__(self, kind: str, mode: str) -> None:
+        self.kind = kind
+        fmt = AudioFormat.G711_ULAW if mode == "g711" else AudioFormat.PCM16
+        self.stub: RealtimeStub | None = None
+        self.emulator: EmulatorServer | None = None
+        if kind == "stub":
+            self.stub = RealtimeStub(StubConfig(output_format=fmt))
+        else:
+            config = EmulatorConfig(
+                record_audio=False, record_client_events=False, realtime_factor=4, reply_ms=2000
+            )
+            self.emulator = EmulatorServer(config)
+
+    async def start(self) -> str:
+        """Start; returns the REALTIME_URL for the gateway."""
+        if self.stub is not None:
+            await self.stub.start()
+            return self.stub.url
+        assert self.emulator is not None
+        await self.emulator.start()
+        return self.emulator.ga_url()
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self.stub is not None:
+            await self.stub.stop()
+        if self.emulator is not None:
+            await self.emulator.stop()
+
+    def records(self) -> dict[str, SessionRecords]:
+        """Every session so far, by x-ms-client-request-id."""
+        out: dict[str, SessionRecords] = {}
+        if self.stub is not None:
+            for session in self.stub.sessions:
+                if session.request_id is not None:
+                    deltas = [(d.sent_at, d.item_offset_ms, d.start_ms) for d in session.deltas]
+                    out[session.request_id] = SessionRecords(session.append_at, deltas)
+        if self.emulator is not None:
+            origin = self.emulator.clock_origin_s
+            for emu in self.emulator.sessions:
+                request_id = emu.headers.get("x-ms-client-request-id")
+                if request_id is None:
+                    continue
+                appends = [origin + r.at_ms / 1000 for r in emu.received_audio]
+                emu_deltas: list[tuple[float, int, int]] = []
+                offset = 0
+                for item in emu.items.values():
+                    if item.role != "assistant":
+                        continue
+                    emu_deltas += [(origin + at / 1000, offset, start) for at, start, _ in item.deltas]
+                    offset += item.audio_ms
+                out[request_id] = SessionRecords(appends, emu_deltas)
+        return out
+
+    def forget(self) -> None:
+        """Drop the records of finished sessions (between steps)."""
+        if self.stub is not None:
+            self.stub.sessions.clear()
+        if self.emulator is not None:
+            self.emulator.sessions.clear()
+
+
+# -- one step ------------------------------------------------------------------------------------------
+
+
+async def _ramp(load: TwilioLoad, n: int, ramp_s: float) -> list[LeanCall]:
+    start = time.monotonic()
+
+    failures: Counter[str] = Counter()
+
+    async def open_at(i: int) -> LeanCall | None:
+        await asyncio.sleep(max(0.0, start + i * ramp_s / n - time.monotonic()))
+        try:
+            return await load.open_call()
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            failures[type(exc).__name__] += 1
+            return None
+
+    opened = await asyncio.gather(*(open_at(i) for i in range(n)))
+    if failures:
+        print(f"  {sum(failures.values())} of {n} calls failed to open: {dict(failures)}", file=sys.stderr)
+    return [call for call in opened if call is not None]
+
+
+async def _wait_idle(http: aiohttp.ClientSession, base: str, timeout_s: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    text = await _scrape(http, base)
+    while _gauge(text, "gateway_active_calls") > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        text = await _scrape(http, base)
+    return text
+
+
+def _latencies(
+    calls: Sequence[LeanCall], records: Mapping[str, SessionRecords], mode: str, window: tuple[float, float]
+) -> tuple[list[float], list[float], int, int, int]:
+    """caller and bot latencies (s), unmatched deltas, appends received and appends expected."""
+    lag, holdback = CALLER_FRAME_LAG[mode], BOT_HOLDBACK_BYTES[mode]
+    caller: list[float] = []
+    bot: list[float] = []
+    unmatched = received = expected = 0
+    for call in calls:
+        rec = records.get(client_request_id(call.call_sid))
+        if rec is None:
+            continue
+        caller += caller_latencies(call.sent_at, rec.append_at, lag, window)
+        until = call.first_clear_at if call.first_clear_at is not None else math.inf
+        match = bot_latencies(rec.deltas, call.media_at, call.media_offset, holdback, window, until=until)
+        bot += match.latencies
+        unmatched += match.unmatched
+        received += len(rec.append_at)
+        expected += max(0, len(call.sent_at) - lag)
+    return caller, bot, unmatched, received, expected
+
+
+def _ms(values: Sequence[float], q: float) -> float:
+    return round(percentile(values, q) * 1000, 3)
+
+
+async def run_step(
+    n: int,
+    *,
+    gateway: GatewayProcess,
+    realtime: RealtimeSide,
+    http: aiohttp.ClientSession,
+    mode: str,
+    step_s: float,
+    ramp_s: float,
+    settle_s: float,
+    baseline_rss_kb: int,
+    profile_s: float = 0.0,
+) -> tuple[StepResult, Profile | None]:
+    """Ramp to `n` calls, settle, measure `step_s`, (profile), hang up, wait for the gateway to idle."""
+    realtime.forget()
+    load = TwilioLoad("127.0.0.1", gateway.port)
+    calls = await _ramp(load, n, ramp_s)
+    await asyncio.sleep(settle_s)
+    before = await _scrape(http, gateway.base)
+    cpu0, self0, t0 = procstat.cpu_seconds(gateway.pid), procstat.cpu_seconds(), time.monotonic()
+    steal0 = procstat.steal_seconds()
+    await asyncio.sleep(step_s)
+    cpu1, self1, t1 = procstat.cpu_seconds(gateway.pid), procstat.cpu_seconds(), time.monotonic()
+    steal1 = procstat.steal_seconds()
+    after = await _scrape(http, gateway.base)
+    rss = procstat.rss_kb(gateway.pid)
+    open_calls = sum(1 for c in calls if c.state is CallState.OPEN)
+    spots: Profile | None = None
+    if profile_s > 0:
+        spots = hot_spots(await record(gateway.pid, profile_s, cpu=LOAD_CORE if _can_pin() else None))
+    await load.aclose()
+    idle = await _wait_idle(http, gateway.base)
+    window = (t0, t1)
+    caller, bot, unmatched, received, expected = _latencies(calls, realtime.records(), mode, window)
+    lags = [lag for at, lag in zip(load.lag_at, load.lag_s, strict=True) if t0 <= at < t1]
+    outcomes_before, outcomes_after = _outcomes(before), _outcomes(idle)
+    outcomes = {
+        k: round(v - outcomes_before.get(k, 0.0))
+        for k, v in outcomes_after.items()
+        if v > outcomes_before.get(k, 0)
+    }
+    wall = t1 - t0
+    lag_p99 = _ms(lags, 99)
+    result = StepResult(
+        calls=n,
+        calls_open=open_calls,
+        window_s=round(wall, 2),
+        gateway_cpu_pct=round(100 * (cpu1 - cpu0) / wall, 1),
+        gateway_cpu_s_per_call_min=round((cpu1 - cpu0) / (max(1, open_calls) * wall / 60), 4),
+        rss_mb=round(rss / 1024, 1),
+        rss_kb_per_call=round((rss - baseline_rss_kb) / max(1, n), 1),
+        caller_p50_ms=_ms(caller, 50),
+        caller_p99_ms=_ms(caller, 99),
+        bot_p50_ms=_ms(bot, 50),
+        bot_p99_ms=_ms(bot, 99),
+        gateway_caller_p99_ms=round(_window_p99_ms(before, after, "caller"), 3),
+        gateway_bot_p99_ms=round(_window_p99_ms(before, after, "bot"), 3),
+        caller_samples=len(caller),
+        bot_samples=len(bot),
+        bot_unmatched=unmatched,
+        frames_sent=sum(len(c.sent_at) for c in calls),
+        appends_received=received,
+        appends_expected=expected,
+        marks_echoed=sum(c.marks_echoed for c in calls),
+        clears=sum(c.clears for c in calls),
+        calls_completed=outcomes.get("completed", 0),
+        outcomes=outcomes,
+        load_lag_p99_ms=lag_p99,
+        load_cpu_pct=round(100 * (self1 - self0) / wall, 1),
+        load_limited=not lag_p99 <= LOAD_LAG_LIMIT_MS,
+        steal_pct=round(100 * (steal1 - steal0) / (wall * (os.cpu_count() or 1)), 1),
+        within_bound=False,
+    )
+    result.within_bound = (
+        not result.load_limited
+        and open_calls == n
+        and result.caller_p99_ms <= BOUND_MS
+        and result.bot_p99_ms <= BOUND_MS
+    )
+    return result, spots
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+
+async def run_capacity(
+    steps: Sequence[int],
+    *,
+    step_s: float = 20.0,
+    ramp_s: float = 5.0,
+    settle_s: float = 3.0,
+    mode: str = "pcm16",
+    realtime_kind: str = "stub",
+    pin: bool = True,
+    profile_s: float = 0.0,
+    gateway_env: Mapping[str, str] | None = None,
+    gateway_uvloop: bool = False,
+    priority: int = 0,
+    progress: bool = True,
+) -> CapacityRun:
+    """Run every step against one gateway process; returns the figures (see the module doc)."""
+    pinned = pin and _can_pin()
+    if pinned:
+        os.sched_setaffinity(0, {LOAD_CORE})
+    raised = _raise_priority(0, priority)
+    run = CapacityRun(mode, realtime_kind, pinned, os.cpu_count() or 1, step_s, ramp_s, settle_s)
+    realtime = RealtimeSide(realtime_kind, mode)
+    url = await realtime.start()
+    env = {
+        "LOG_LEVEL": "warning",
+        "GATEWAY_MAX_CALLS": "100000",
+        "GATEWAY_WORKERS": "1",
+        "REALTIME_URL": url,
+        "AUDIO_MODE": mode,
+        **(gateway_env or {}),
+    }
+    gateway = GatewayProcess(env, pin=pinned, uvloop=gateway_uvloop)
+    run.load_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    run.gateway_loop = "uvloop" if gateway_uvloop else "asyncio"
+    try:
+        async with aiohttp.ClientSession() as http:
+            await gateway.start(http)
+            raised = raised and _raise_priority(gateway.pid, priority)
+            run.priority = priority if raised else 0
+            await asyncio.sleep(1.0)
+            baseline = procstat.rss_kb(gateway.pid)
+            run.baseline_rss_mb = round(baseline / 1024, 1)
+            for i, n in enumerate(steps):
+                last = i == len(steps) - 1
+                result, spots = await run_step(
+                    n,
+                    gateway=gateway,
+                    realtime=realtime,
+                    http=http,
+                    mode=mode,
+                    step_s=step_s,
+                    ramp_s=ramp_s,
+                    settle_s=settle_s,
+                    baseline_rss_kb=baseline,
+                    profile_s=profile_s if last else 0.0,
+                )
+                run.steps.append(result)
+                if spots is not None:
+                    run.hot_spots, run.idle_pct, run.profiled_calls = spots.spots, spots.idle_pct, n
+                if progress:
+                    if i == 0:
+                        print(_HEADER, flush=True)
+                    print(_row(result), flush=True)
+    finally:
+        await gateway.stop()
+        await realtime.stop()
+    good = [s.calls for s in run.steps if s.within_bound]
+    run.capacity_calls = max(good, default=0)
+    return run
+
+
+_HEADER = (
+    f"{'calls':>5} {'open':>5} {'gwCPU%':>6} {'s/call-min':>10} {'RSS MB':>7} {'KB/call':>7} "
+    f"{'caller p50/p99':>15} {'bot p50/p99':>13} {'gw own p99 c/b':>15} {'appends/expected':>17} "
+    f"{'lag p99':>7} {'loadCPU%':>8} {'steal%':>6}  verdict"
+)
+
+
+def _row(s: StepResult) -> str:
+    verdict = "load-limited" if s.load_limited else ("ok" if s.within_bound else "over")
+    return (
+        f"{s.calls:>5} {s.calls_open:>5} {s.gateway_cpu_pct:>6.1f} {s.gateway_cpu_s_per_call_min:>10.4f} "
+        f"{s.rss_mb:>7.1f} {s.rss_kb_per_call:>7.1f} "
+        f"{s.caller_p50_ms:>7.2f}/{s.caller_p99_ms:<7.2f} {s.bot_p50_ms:>6.2f}/{s.bot_p99_ms:<6.2f} "
+        f"{s.gateway_caller_p99_ms:>7.2f}/{s.gateway_bot_p99_ms:<7.2f} "
+        f"{s.appends_received:>8}/{s.appends_expected:<8} {s.load_lag_p99_ms:>7.2f} {s.load_cpu_pct:>8.1f} "
+        f"{s.steal_pct:>6.1f}  "
+        f"{verdict}"
+    )
+
+
+def render(run: CapacityRun) -> str:
+    """The printed report: settings, the table, the capacity, and the hot spots if profiled."""
+    lines = [
+        f"gateway capacity on one core: mode={run.mode} realtime={run.realtime} pinned={run.pinned} "
+        f"(gateway core {GATEWAY_CORE}, load core {LOAD_CORE}) cpus={run.cpu_count} window={run.step_s:g}s "
+        f"idle RSS {run.baseline_rss_mb} MB; event loops: gateway {run.gateway_loop}, load {run.load_loop}; "
+        f"nice {run.priority}",
+        "latencies in ms; caller: frame written -> append upstream; bot: delta sent -> first media out",
+        _HEADER,
+        *(_row(s) for s in run.steps),
+        f"capacity: {run.capacity_calls} concurrent calls with both p99 <= {BOUND_MS:g} ms"
+        + ("" if run.capacity_calls else " (no step qualified)"),
+    ]
+    if run.hot_spots:
+        lines.append(
+            f"gateway hot spots at {run.profiled_calls} calls (py-spy; % of busy samples, self / total; "
+            f"idle in epoll {run.idle_pct:.1f}% of all samples):"
+        )
+        lines += [f"  {h.self_pct:5.1f}% {h.total_pct:5.1f}%  {h.function}" for h in run.hot_spots]
+    return "\n".join(lines)
+
+
+def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--gateway-env needs KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run from the command line; prints the table and writes the JSON. Returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", default="50,100,200,300,400", help="concurrent calls per step")
+    parser.add_argument("--step-s", type=float, default=20.0, help="steady measuring window per step")
+    parser.add_argument("--ramp-s", type=float, default=5.0, help="calls are opened over this long")
+    parser.add_argument("--settle-s", type=float, default=3.0, help="wait after the ramp before measuring")
+    parser.add_argument("--mode", choices=("pcm16", "g711"), default="pcm16", help="the gateway's AUDIO_MODE")
+    parser.add_argument("--realtime", choices=("stub", "emulator"), default="stub", help="the realtime side")
+    parser.add_argument("--json", type=Path, default=OUT, help="where to write the figures")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the gateway and the load to cores")
+    parser.add_argument(
+        "--profile", type=float, default=0.0, metavar="S", help="py-spy the gateway for S s at the top step"
+    )
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--nice", type=int, default=-5, help="nice value for both sides (root only; 0 leaves them alone)"
+    )
+    parser.add_argument(
+        "--gateway-uvloop",
+        action="store_true",
+        help="run the gateway on uvloop (an experiment; needs uvloop)",
+    )
+    parser.add_argument(
+        "--load-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the load side's event loop (auto: uvloop when installed: a cheaper load side)",
+    )
+    args = parser.parse_args(argv)
+    use_uvloop = args.load_loop == "uvloop" or (args.load_loop == "auto" and uvloop_available())
+    if (use_uvloop or args.gateway_uvloop) and not uvloop_available():
+        raise SystemExit("uvloop is not installed: pip install uvloop")
+    if use_uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    steps = [int(x) for x in args.steps.split(",") if x.strip()]
+    run = asyncio.run(
+        run_capacity(
+            steps,
+            step_s=args.step_s,
+            ramp_s=args.ramp_s,
+            settle_s=args.settle_s,
+            mode=args.mode,
+            realtime_kind=args.realtime,
+            pin=not args.no_pin,
+            profile_s=args.profile,
+            gateway_env=_parse_env(args.gateway_env),
+            gateway_uvloop=args.gateway_uvloop,
+            priority=args.nice,
+            progress=True,
+        )
+    )
+    print(render(run))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(asdict(run), indent=2, allow_nan=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,418 @@
+"""A lean Twilio Media Streams load: hundreds of calls from ONE process, cheap enough to measure a gateway.
+
+`TwilioLoad` opens calls on one event loop, each an asyncio Protocol speaking WebSocket by hand
+(`bench.wsframes`), and behaves like Twilio: `connected`, `start` (streamSid, callSid,
+customParameters), then 20 ms `media` frames at real time on an absolute schedule, `mark` echoes when
+the audio queued before a mark has played at real time, `clear` flushing the queue (pending marks echoed
+at once), and `stop` at the end.
+
+What keeps it cheap:
+
+* ONE ticker task for all calls, ticking every millisecond. Each call gets a phase (its frames go out
+  on ticks `phase + 20k`), so the gateway sees frames spread over each 20 ms as with real, unsynchronised
+  calls, not one burst per period.
+* Media frames are pre-built: the mask key is fixed and every per-frame field has a fixed width, so the
+  masked audio part of each frame of the caller's (repeating) script is computed once for all calls;
+  per frame only the ~110-byte counter prefix is formatted and masked.
+* Server frames are recognised by prefix (`media`, `mark`, `clear`); no json.loads, no base64 decode.
+
+It records what the added-latency figures need: when each caller frame was written (`sent_at`) and
+when each bot `media` message arrived with its byte offset in the call's bot audio (`media_at`,
+`media_offset`). `lag_s` holds how late each tick ran: the load side's own event-loop lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import heapq
+import itertools
+import os
+import time
+from array import array
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Final, cast
+
+from bench.wsframes import (
+    MASK_KEY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    HandshakeError,
+    apply_mask,
+    client_frame,
+    client_frame_header,
+    client_handshake,
+    close_payload,
+    read_frame_header,
+    split_http_head,
+    verify_server_handshake,
+)
+from gateway.loadtest.scenarios import speech_ulaw
+
+__all__ = [
+    "FRAME_BYTES",
+    "FRAME_S",
+    "PHASES",
+    "TICK_S",
+    "CallState",
+    "CallerScript",
+    "LeanCall",
+    "MediaTemplates",
+    "TwilioLoad",
+]
+
+FRAME_BYTES: Final = 160  # 20 ms of mu-law at 8 kHz
+FRAME_S: Final = 0.020
+TICK_S: Final = 0.001
+PHASES: Final = 20  # ticks per frame period: calls are spread over them
+BYTES_PER_S: Final = 8000
+SILENCE: Final = b"\xff" * FRAME_BYTES
+_PREFIX: Final = (
+    '{"event":"media","sequenceNumber":"%010d","media":{"track":"inbound",'
+    '"chunk":"%010d","timestamp":"%010d","payload":"'
+)
+_PREFIX_LEN: Final = len(_PREFIX % (0, 0, 0))
+_B64_LEN: Final = len(base64.b64encode(SILENCE))
+_SUFFIX: Final = '"},"streamSid":"%s"}'
+_SID_LEN: Final = 34  # "MZ" / "CA" + 32 hex digits
+_PAYLOAD_LEN: Final = _PREFIX_LEN + _B64_LEN + len(_SUFFIX % ("x" * _SID_LEN))
+_MEDIA_HEADER: Final = client_frame_header(OP_TEXT, _PAYLOAD_LEN)
+_CLOSE_WAIT_S: Final = 5.0
+
+
+def _rotated_key(offset: int) -> bytes:
+    """The mask key as seen from payload byte `offset` (masking repeats every 4 bytes)."""
+    shift = offset % 4
+    return MASK_KEY[shift:] + MASK_KEY[:shift]
+
+
+@dataclass(frozen=True, slots=True)
+class CallerScript:
+    """What every caller says, repeated for the whole call: 20 ms mu-law frames of one cycle."""
+
+    frames: tuple[bytes, ...]
+
+    @classmethod
+    def speech_then_silence(cls, speech_ms: int = 2000, cycle_ms: int = 5000) -> CallerScript:
+        """`speech_ms` of speech-like audio, then silence up to `cycle_ms` (both multiples of 20 ms)."""
+        speech = speech_ulaw(speech_ms)
+        frames = [speech[i : i + FRAME_BYTES] for i in range(0, len(speech), FRAME_BYTES)]
+        frames += [SILENCE] * ((cycle_ms - speech_ms) // 20)
+        return cls(tuple(frames))
+
+
+class MediaTemplates:
+    """The masked, shared parts of every `media` frame of a script (see the module doc)."""
+
+    __slots__ = ("bodies",)
+
+    def __init__(self, script: CallerScript) -> None:
+        key = _rotated_key(_PREFIX_LEN)
+        self.bodies = tuple(apply_mask(base64.b64encode(frame), key) for frame in script.frames)
+        if any(len(frame) != FRAME_BYTES for frame in script.frames):
+            raise ValueError("every frame of a caller script must be 160 bytes")
+
+    @staticmethod
+    def masked_suffix(stream_sid: str) -> bytes:
+        """The masked end of this stream's media frames (it carries the streamSid)."""
+        if len(stream_sid) != _SID_LEN:
+            raise ValueError("streamSid must be 34 characters")
+        return apply_mask((_SUFFIX % stream_sid).encode("ascii"), _rotated_key(_PREFIX_LEN + _B64_LEN))
+
+    def frame(self, index: int, suffix: bytes) -> bytes:
+        """The whole client frame of media frame `index` (0-based) of a call."""
+        prefix = (_PREFIX % (index + 2, index + 1, index * 20)).encode("ascii")
+        return b"".join((_MEDIA_HEADER, apply_mask(prefix), self.bodies[index % len(self.bodies)], suffix))
+
+
+class CallState(Enum):
+    """Where a lean call is: upgrading, streaming, hanging up, or closed."""
+
+    CONNECTING = auto()
+    OPEN = auto()
+    CLOSING = auto()
+    CLOSED = auto()
+
+
+class LeanCall(asyncio.Protocol):
+    """One simulated call; created and driven by `TwilioLoad` (use `TwilioLoad.open_call`)."""
+
+    def __init__(self, load: TwilioLoad, number: int, host: str, port: int, path: str) -> None:
+        self.load = load
+        self.number = number
+        tag = f"{os.getpid():08x}{number:024x}"
+        self.call_sid = "CA" + tag
+        self.stream_sid = "MZ" + tag
+        self.state = CallState.CONNECTING
+        self.sent_at = array("d")  # when caller frame k was written (time.monotonic)
+        self.media_at = array("d")  # when each bot media message arrived
+        self.media_offset = array("q")  # its first byte's offset in the call's bot audio
+        self.received_bytes = 0
+        self.marks_received = 0
+        self.marks_echoed = 0
+        self.clears = 0
+        self.first_clear_at: float | None = None
+        self.other_messages = 0
+        self.close_code: int | None = None
+        self.next_tick = 0  # the ticker tick on which the next frame is due
+        self.opened = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+        self._host, self._port, self._path = host, port, path
+        self._key = base64.b64encode(os.urandom(16)).decode("ascii")
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._suffix = MediaTemplates.masked_suffix(self.stream_sid)
+        sid = self.stream_sid
+        self._media_prefix = f'{{"event":"media","streamSid":"{sid}","media":{{"payload":"'.encode()
+        self._mark_prefix = f'{{"event":"mark","streamSid":"{sid}","mark":{{"name":"'.encode()
+        self._play_end = 0.0  # when the audio queued so far finishes playing
+        self._pending: deque[tuple[float, str]] = deque()  # marks waiting for their audio to play
+        self._seq = itertools.count(1_000_000_000)  # sequence numbers of non-media events
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Send the upgrade request."""
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self._transport.write(client_handshake(self._host, self._port, self._path, self._key))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is gone: stop sending, resolve the waiters."""
+        self.state = CallState.CLOSED
+        self.load.forget(self)
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"closed during the upgrade: {exc}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse whatever frames are complete."""
+        now = time.monotonic()
+        buffer = self._buffer
+        buffer += data
+        if self.state is CallState.CONNECTING and not self._finish_upgrade():
+            return
+        pos = 0
+        while (header := read_frame_header(buffer, pos)) is not None:
+            opcode, start, end, _key, _fin = header
+            if opcode == OP_TEXT:
+                self._on_text(buffer, start, end, now)
+            else:
+                self._on_control(opcode, bytes(buffer[start:end]))
+            pos = end
+        if pos:
+            del buffer[:pos]
+
+    # -- upgrade and set-up ------------------------------------------------------------------------------
+
+    def _finish_upgrade(self) -> bool:
+        split = split_http_head(self._buffer)
+        if split is None:
+            return False
+        head, used = split
+        del self._buffer[:used]
+        try:
+            verify_server_handshake(head, self._key)
+        except HandshakeError as exc:
+            self.opened.set_exception(exc)
+            assert self._transport is not None
+            self._transport.close()
+            return False
+        self.state = CallState.OPEN
+        self._send_text(b'{"event":"connected","protocol":"Call","version":"1.0.0"}')
+        start = (
+            f'{{"event":"start","sequenceNumber":"1","start":{{"accountSid":"AC{"0" * 32}",'
+            f'"streamSid":"{self.stream_sid}","callSid":"{self.call_sid}","tracks":["inbound"],'
+            f'"customParameters":{{"From":"+15550100","To":"+15550199"}},"mediaFormat":'
+            f'{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}},"streamSid":"{self.stream_sid}"}}'
+        )
+        self._send_text(start.encode())
+        self.opened.set_result(None)
+        return True
+
+    def _send_text(self, payload: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(client_frame(payload))
+
+    # -- caller audio --------------------------------------------------------------------------------------
+
+    def send_due_frames(self, tick: int, now: float) -> None:
+        """Write every frame due by `tick` (one, unless the loop fell behind)."""
+        transport = self._transport
+        if transport is None or self.state is not CallState.OPEN:
+            return
+        templates, sent_at, suffix = self.load.templates, self.sent_at, self._suffix
+        while self.next_tick <= tick:
+            transport.write(templates.frame(len(sent_at), suffix))
+            sent_at.append(now)
+            self.next_tick += PHASES
+
+    def send_frame(self) -> None:
+        """Write the next frame now, off the schedule (for an unpaced `TwilioLoad`)."""
+        if self._transport is not None and self.state is CallState.OPEN:
+            self._transport.write(self.load.templates.frame(len(self.sent_at), self._suffix))
+            self.sent_at.append(time.monotonic())
+
+    # -- bot audio and marks -------------------------------------------------------------------------------
+
+    def _on_text(self, buffer: bytearray, start: int, end: int, now: float) -> None:
+        if buffer.startswith(self._media_prefix, start):
+            digits = end - 3 - start - len(self._media_prefix)
+            size = digits // 4 * 3 - (buffer[end - 4] == 61) - (buffer[end - 5] == 61)
+            self.media_at.append(now)
+            self.media_offset.append(self.received_bytes)
+            self.received_bytes += size
+            self._play_end = max(now, self._play_end) + size / BYTES_PER_S
+        elif buffer.startswith(self._mark_prefix, start):
+            self.marks_received += 1
+            name = buffer[start + len(self._mark_prefix) : end - 3].decode()
+            if self._play_end <= now and not self._pending:
+                self._echo(name)
+            else:
+                self._pending.append((self._play_end, name))
+                if len(self._pending) == 1:
+                    self.load.due(self._play_end, self)
+        elif buffer.startswith(b'{"event":"clear"', start):
+            self.clears += 1
+            if self.first_clear_at is None:
+                self.first_clear_at = now
+            self._play_end = now
+            while self._pending:
+                self._echo(self._pending.popleft()[1])
+        else:
+            self.other_messages += 1
+
+    def echo_due(self, now: float) -> None:
+        """Echo the marks whose audio has played by `now`; the ticker calls this when one is due."""
+        pending = self._pending
+        while pending and pending[0][0] <= now:
+            self._echo(pending.popleft()[1])
+        if pending:
+            self.load.due(pending[0][0], self)
+
+    def _echo(self, name: str) -> None:
+        self.marks_echoed += 1
+        self._send_text(
+            f'{{"event":"mark","sequenceNumber":"{next(self._seq)}","streamSid":"{self.stream_sid}",'
+            f'"mark":{{"name":"{name}"}}}}'.encode()
+        )
+
+    def _on_control(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_PING and self._transport is not None:
+            self._transport.write(client_frame(payload, OP_PONG))
+        elif opcode == OP_CLOSE:
+            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            if self.state is not CallState.CLOSING and self._transport is not None:
+                self._transport.write(client_frame(payload[:2], OP_CLOSE))
+            self.state = CallState.CLOSING
+            if self._transport is not None:
+                self._transport.close()
+
+    # -- ending ----------------------------------------------------------------------------------------------
+
+    async def hang_up(self) -> None:
+        """Send `stop` and a close frame, then wait (bounded) for the gateway to close the socket."""
+        if self.state is CallState.OPEN and self._transport is not None:
+            self._send_text(
+                f'{{"event":"stop","sequenceNumber":"{next(self._seq)}","stop":{{"accountSid":"AC{"0" * 32}",'
+                f'"callSid":"{self.call_sid}"}},"streamSid":"{self.stream_sid}"}}'.encode()
+            )
+            self._transport.write(client_frame(close_payload(1000), OP_CLOSE))
+            self.state = CallState.CLOSING
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), _CLOSE_WAIT_S)
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()
+
+
+class TwilioLoad:
+    """Many lean calls on the running event loop, driven by one ticker. `await aclose()` at the end.
+
+    Unpaced (`paced=False`), no ticker runs: the owner sends frames with `LeanCall.send_frame` and marks
+    are not echoed (tests that step a call frame by frame).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str = "/media",
+        script: CallerScript | None = None,
+        *,
+        paced: bool = True,
+    ) -> None:
+        self.host, self.port, self.path = host, port, path
+        self.paced = paced  # False: no ticker (no frames, no mark echoes) unless the owner sends them
+        self.script = script if script is not None else CallerScript.speech_then_silence()
+        self.templates = MediaTemplates(self.script)
+        self.calls: list[LeanCall] = []
+        self.lag_at = array("d")  # when each tick was due
+        self.lag_s = array("d")  # how late it ran
+        self._phases: list[list[LeanCall]] = [[] for _ in range(PHASES)]
+        self._heap: list[tuple[float, int, LeanCall]] = []
+        self._order = itertools.count()
+        self._numbers = itertools.count()
+        self._base = time.monotonic()
+        self._tick = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def open_call(self, timeout_s: float = 10.0) -> LeanCall:
+        """Connect one call, upgrade, send `connected` and `start`; its frames start on its next phase."""
+        loop = asyncio.get_running_loop()
+        number = next(self._numbers)
+        call = LeanCall(self, number, self.host, self.port, self.path)
+        await asyncio.wait_for(loop.create_connection(lambda: call, self.host, self.port), timeout_s)
+        await asyncio.wait_for(asyncio.shield(call.opened), timeout_s)
+        phase = number % PHASES
+        tick = self._tick + 1
+        call.next_tick = tick + (phase - tick) % PHASES
+        self._phases[phase].append(call)
+        self.calls.append(call)
+        if self._task is None and self.paced:
+            self._task = loop.create_task(self._run())
+        return call
+
+    def forget(self, call: LeanCall) -> None:
+        """Stop sending for `call` (its socket closed)."""
+        bucket = self._phases[call.number % PHASES]
+        if call in bucket:
+            bucket.remove(call)
+
+    def due(self, at: float, call: LeanCall) -> None:
+        """`call` has a mark due at `at`: the ticker will call its `echo_due`."""
+        heapq.heappush(self._heap, (at, next(self._order), call))
+
+    async def hang_up(self, calls: Sequence[LeanCall]) -> None:
+        """Hang up these calls, concurrently."""
+        await asyncio.gather(*(call.hang_up() for call in calls))
+
+    async def aclose(self) -> None:
+        """Hang up every call still open and stop the ticker."""
+        await self.hang_up([c for c in self.calls if c.state is not CallState.CLOSED])
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        base, phases, heap = self._base, self._phases, self._heap
+        while True:
+            now = time.monotonic()
+            while base + self._tick * TICK_S <= now:  # every tick due by now, in order (catch-up)
+                tick = self._tick
+                self.lag_at.append(base + tick * TICK_S)
+                self.lag_s.append(now - base - tick * TICK_S)
+                for call in phases[tick % PHASES]:
+                    call.send_due_frames(tick, now)
+                self._tick += 1
+            while heap and heap[0][0] <= now:
+                heapq.heappop(heap)[2].echo_due(now)
+            await asyncio.sleep(max(0.0, base + self._tick * TICK_S - time.monotonic()))
