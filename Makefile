@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run emulator test lint bench loadtest soak clean
+.PHONY: install run emulator test lint bench loadtest soak capacity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: install  ## benchmarks (printed tables): codec cost and quality, barge-in
 
 loadtest: install  ## replay recorded calls against `make run`'s gateway (python -m gateway.loadtest --help)
 	$(PY) -m gateway.loadtest --url ws://127.0.0.1:8080/media $(ARGS)
+
+capacity: install  ## calls one gateway core carries at p99 added latency <= 10 ms (python -m bench.capacity --help)
+	$(PY) -m bench.capacity $(ARGS)
 
 soak: install  ## several minutes of calls with injected faults and hostile clients; fails on any leak
 	$(PY) -m bench.soak $(ARGS)

@@ -77,6 +77,9 @@ log = structlog.get_logger(__name__)
 
 FRAME_MS = 20
 PROVIDER_CLOSE_TIMEOUT_S = 2.0
+# Below this many bytes waiting in a transport a send cannot block (asyncio pauses writers at 64 KiB), so
+# the send timeout, which costs a timer per message, is armed only above it.
+UNHURRIED_BUFFER_BYTES = 16 * 1024
 FRAMES_PER_S = 1000 // FRAME_MS
 FLOOD_BURST_FRAMES = 3 * FRAMES_PER_S  # Twilio may deliver a few seconds of backlog after a stall
 FLOOD_LIMIT_FRAMES = 10 * FRAMES_PER_S  # dropping more than 10 s of excess audio: a hostile client
@@ -155,6 +158,13 @@ class CallBridge:
             server_interrupts=settings.vad_interrupt_response,
         )
         self.summary = CallSummary()
+        # Per-frame metrics, bound once: labels() on every frame showed up in profiles.
+        self._m_frames_in = metrics.frames_in
+        self._m_frames_out = metrics.frames_out
+        self._m_codec_caller = metrics.codec_time.labels(direction="caller")
+        self._m_codec_bot = metrics.codec_time.labels(direction="bot")
+        self._m_added_caller = metrics.added_latency.labels(direction="caller")
+        self._m_added_bot = metrics.added_latency.labels(direction="bot")
         self.transcript = Transcript()
         self._link: UpstreamLink | None = None
         self._budget = FrameBudget(FRAMES_PER_S, FLOOD_BURST_FRAMES)
@@ -205,6 +215,7 @@ class CallBridge:
             async with asyncio.timeout(self.settings.max_call_s), asyncio.TaskGroup() as group:
                 group.create_task(self._caller_loop())
                 group.create_task(self._upstream_loop())
+                group.create_task(self._silence_watchdog())
         except* _CallEnded as ended:
             first = ended.exceptions[0]
             assert isinstance(first, _CallEnded)
@@ -230,10 +241,13 @@ class CallBridge:
             if isinstance(event, ProtocolViolation) and event.fatal:
                 raise _CallEnded("protocol_error", event.reason)
 
-    async def _receive(self, timeout_s: float, timeout_outcome: str, timeout_detail: str) -> TelephonyEvent:
-        """The provider's next message as an event; a close, a socket error or silence ends the call."""
+    async def _receive(
+        self, timeout_s: float | None = None, timeout_outcome: str = "", timeout_detail: str = ""
+    ) -> TelephonyEvent:
+        """The provider's next message as an event; a close, a socket error or a timeout ends the call."""
         try:
-            msg = await self.ws.receive(timeout=max(0.0, timeout_s))
+            # Without a timeout aiohttp arms no timer; the call loop's silence check is the watchdog.
+            msg = await self.ws.receive(timeout=None if timeout_s is None else max(0.001, timeout_s))
         except TimeoutError:
             raise _CallEnded(timeout_outcome, timeout_detail) from None
         self._caller_msg_at = time.perf_counter()
@@ -318,10 +332,17 @@ class CallBridge:
     # -- caller -> upstream --------------------------------------------------------------------------
 
     async def _caller_loop(self) -> None:
-        idle_s = self.settings.caller_idle_timeout_s
-        detail = f"no message from the provider for {idle_s:g}s"
         while True:
-            await self._on_telephony(await self._receive(idle_s, "caller_timeout", detail))
+            await self._on_telephony(await self._receive())
+
+    async def _silence_watchdog(self) -> None:
+        """End the call when the provider sends nothing for CALLER_IDLE_TIMEOUT_S (Twilio streams 50 frames
+        a second, silence included). One timer per call instead of one per message."""
+        idle_s = self.settings.caller_idle_timeout_s
+        while True:
+            await asyncio.sleep(idle_s / 4)
+            if time.perf_counter() - self._caller_msg_at > idle_s:
+                raise _CallEnded("caller_timeout", f"no message from the provider for {idle_s:g}s")
 
     async def _on_telephony(self, event: TelephonyEvent) -> None:
         match event:
@@ -345,7 +366,7 @@ class CallBridge:
 
     async def _on_caller_media(self, payload: bytes) -> None:
         self.summary.frames_in += 1
-        self.metrics.frames_in.inc()
+        self._m_frames_in.inc()
         now = now_ms()
         if not self._budget.allow(now):
             self.summary.flood_dropped += 1
@@ -356,7 +377,7 @@ class CallBridge:
         await self._renew_if_due(now)
         started = time.perf_counter()
         converted = self.audio.caller_to_session(payload)
-        self.metrics.codec_time.labels(direction="caller").observe(time.perf_counter() - started)
+        self._m_codec_caller.observe(time.perf_counter() - started)
         if self._local_vad is not None:
             await self._detect_local_speech(payload)
         self._append_buffer += converted
@@ -366,9 +387,7 @@ class CallBridge:
             chunk = bytes(self._append_buffer[:ready])
             del self._append_buffer[:ready]
             await self._send_upstream(AppendAudio(chunk))
-            self.metrics.added_latency.labels(direction="caller").observe(
-                time.perf_counter() - self._caller_msg_at
-            )
+            self._m_added_caller.observe(time.perf_counter() - self._caller_msg_at)
 
     async def _detect_local_speech(self, ulaw: bytes) -> None:
         assert self._local_vad is not None
@@ -387,6 +406,9 @@ class CallBridge:
 
     async def _send_upstream(self, command: RealtimeCommand) -> None:
         assert self._link is not None
+        if self._link.write_buffer_size() < UNHURRIED_BUFFER_BYTES:
+            await self._link.send(command)  # cannot block: the transport is far below its high-water mark
+            return
         try:
             async with asyncio.timeout(self.settings.send_timeout_s):
                 await self._link.send(command)
@@ -466,7 +488,7 @@ class CallBridge:
         self._current_item = event.item_id
         started = time.perf_counter()
         ulaw = self.audio.bot_to_provider(event.audio)
-        self.metrics.codec_time.labels(direction="bot").observe(time.perf_counter() - started)
+        self._m_codec_bot.observe(time.perf_counter() - started)
         await self._send_bot_audio(event.item_id, ulaw, generation)
 
     async def _send_bot_audio(self, item_id: str | None, ulaw: bytes, generation: int) -> None:
@@ -492,18 +514,23 @@ class CallBridge:
             await self._send_caller(SendMedia(chunk))
             if start == 0:
                 added = time.perf_counter() - self._upstream_msg_at
-                self.metrics.added_latency.labels(direction="bot").observe(added)
+                self._m_added_bot.observe(added)
             await self._send_caller(mark)
             self.summary.media_out += 1
             self.summary.bot_audio_bytes += len(chunk)
-            self.metrics.frames_out.inc()
+            self._m_frames_out.inc()
 
     async def _send_caller(self, command: TelephonyCommand) -> None:
         if not self.dialect.can_send:  # Twilio said stop: the stream is over, whatever the bot still says
             raise _CallEnded("completed", "caller hung up")
+        text = self.dialect.send(command)
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
         try:
-            async with asyncio.timeout(self.settings.send_timeout_s):
-                await self.ws.send_str(self.dialect.send(command))
+            if buffered < UNHURRIED_BUFFER_BYTES:
+                await self.ws.send_str(text)  # cannot block: the transport is far below its high-water mark
+            else:
+                async with asyncio.timeout(self.settings.send_timeout_s):
+                    await self.ws.send_str(text)
         except ConnectionResetError:
             raise _CallEnded("completed", "caller went away") from None
         except TimeoutError:

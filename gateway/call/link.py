@@ -110,6 +110,11 @@ class UpstreamLink:
             if excess > 0:
                 del self._pending[:excess]  # keep the most recent audio: it is what the caller says now
 
+    def write_buffer_size(self) -> int:
+        """Bytes waiting to go out on the current session's socket (0 while reconnecting)."""
+        conn = self._conn
+        return conn.write_buffer_size() if conn is not None else 0
+
     def sent_command(self, event_id: str | None) -> RealtimeCommand | None:
         """The recent command of the current session that carried `event_id` (to label its error)."""
         conn = self._conn

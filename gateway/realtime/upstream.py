@@ -100,6 +100,10 @@ class RealtimeConnection:
         except ConnectionClosed:
             return
 
+    def write_buffer_size(self) -> int:
+        """Bytes waiting in the socket's transport (a send blocks only when this is high)."""
+        return int(self._ws.transport.get_write_buffer_size())
+
     @property
     def close_code(self) -> int | None:
         """The close code once closed (1000 = normal), else None."""
