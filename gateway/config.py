@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
+from gateway.realtime.endpoint import RealtimeEndpoint, resolve_endpoint
 
 __all__ = [
     "SECRET_SETTINGS",
@@ -328,10 +329,23 @@ class Settings:
     log_level: str
     log_format: str
 
+    def endpoint(self) -> RealtimeEndpoint | None:
+        """The configured realtime endpoint, or None (then the emulator is embedded); ConfigError if bad."""
+        return resolve_endpoint(
+            realtime_url=self.realtime_url,
+            protocol_override=self.realtime_protocol,
+            azure_endpoint=self.azure_endpoint,
+            azure_deployment=self.azure_deployment,
+            azure_api_version=self.azure_api_version,
+            # OPENAI_MODEL always has a default, so it is only passed when OpenAI is actually chosen.
+            openai_model=self.openai_model if self.openai_api_key else None,
+            openai_api_key=self.openai_api_key,
+        )
+
     @property
     def uses_emulator(self) -> bool:
         """True when no realtime backend is configured: the gateway then embeds the emulator."""
-        return not (self.realtime_url or self.azure_endpoint or self.openai_api_key)
+        return self.endpoint() is None
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -353,10 +367,7 @@ def _check_combinations(settings: Settings) -> None:
     keys = (settings.realtime_api_key, settings.azure_api_key, settings.openai_api_key)
     if settings.realtime_auth == "key" and not any(keys):
         raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY, AZURE_OPENAI_API_KEY or OPENAI_API_KEY")
-    if settings.azure_endpoint and not settings.azure_deployment and not settings.realtime_url:
-        raise ConfigError("AZURE_OPENAI_DEPLOYMENT is required when AZURE_OPENAI_ENDPOINT is set")
-    if settings.azure_deployment and not settings.azure_endpoint and not settings.realtime_url:
-        raise ConfigError("AZURE_OPENAI_ENDPOINT is required when AZURE_OPENAI_DEPLOYMENT is set")
+    settings.endpoint()  # every endpoint problem names its variable at start-up, not in the first call
 
 
 def describe_settings() -> str:

@@ -220,15 +220,7 @@ async def open_upstream(
                 endpoint, None, session, settings.upstream_connect_timeout_s, embedded_emulator=True
             )
         return
-    endpoint = resolve_endpoint(
-        realtime_url=settings.realtime_url,
-        protocol_override=settings.realtime_protocol,
-        azure_endpoint=settings.azure_endpoint,
-        azure_deployment=settings.azure_deployment,
-        azure_api_version=settings.azure_api_version,
-        openai_model=settings.openai_model,
-        openai_api_key=settings.openai_api_key,
-    )
+    endpoint = settings.endpoint()
     assert endpoint is not None  # uses_emulator is False, so something is configured
     credential = _credential_for(settings, endpoint, token_provider)
     try:

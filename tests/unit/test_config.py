@@ -34,6 +34,14 @@ def test_defaults_use_the_emulator() -> None:
         ({"BARGE_IN": "always"}, "BARGE_IN"),
         ({"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"}, "AZURE_OPENAI_DEPLOYMENT"),
         ({"AZURE_OPENAI_DEPLOYMENT": "rt"}, "AZURE_OPENAI_ENDPOINT"),
+        (
+            {"AZURE_OPENAI_ENDPOINT": "ftp://r.example", "AZURE_OPENAI_DEPLOYMENT": "rt"},
+            "AZURE_OPENAI_ENDPOINT",
+        ),
+        (
+            {"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com", "AZURE_OPENAI_DEPLOYMENT": "a b"},
+            "DEPLOYMENT",
+        ),
         ({"REALTIME_AUTH": "key"}, "REALTIME_AUTH"),
         ({"REALTIME_AUTH": "cert"}, "REALTIME_AUTH"),
     ],
