@@ -121,9 +121,10 @@ def _public_base(request: web.Request, settings: Settings) -> str:
     return f"{'https' if proto in ('https', 'wss') else 'http'}://{host}"
 
 
-def _ws_url(base: str, path: str) -> str:
-    scheme, rest = base.split("://", 1)
-    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{path}"
+def _stream_url(request: web.Request, settings: Settings) -> str:
+    """The stream URL as TwiML names it and Twilio signs it: always wss:// (Twilio accepts nothing else),
+    even when the gateway sits behind plain http."""
+    return "wss://" + _public_base(request, settings).split("://", 1)[1] + MEDIA_PATH
 
 
 def _reject(state: GatewayState, route: str, reason: str, status: int = 403) -> web.Response:
@@ -138,9 +139,9 @@ async def handle_twiml(request: web.Request) -> web.Response:
     form = await request.post()
     params = {k: str(v) for k, v in form.items()}
     token = state.settings.twilio_auth_token
-    base = _public_base(request, state.settings)
     if token is not None:
-        url = base + TWIML_PATH + (f"?{request.query_string}" if request.query_string else "")
+        query = f"?{request.query_string}" if request.query_string else ""
+        url = _public_base(request, state.settings) + TWIML_PATH + query
         if not validate_signature(token, url, params, request.headers.get(SIGNATURE_HEADER, "")):
             return _reject(state, "twiml", "invalid signature")
     if state.draining:
@@ -148,9 +149,7 @@ async def handle_twiml(request: web.Request) -> web.Response:
     parameters = {k: params[k] for k in FORWARDED_CALL_FIELDS if k in params}
     if token is not None:
         parameters[STREAM_TOKEN_PARAMETER] = issue_stream_token(token, params.get("CallSid", ""), time.time())
-    # Twilio only accepts wss:// stream URLs, so the TwiML says wss even when we sit behind plain http.
-    stream_url = "wss://" + base.split("://", 1)[1] + MEDIA_PATH
-    body = connect_stream_twiml(stream_url, parameters)
+    body = connect_stream_twiml(_stream_url(request, state.settings), parameters)
     return web.Response(text=body, content_type="text/xml")
 
 
@@ -159,7 +158,7 @@ async def handle_media(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     token = state.settings.twilio_auth_token
     if token is not None:
-        url = _ws_url(_public_base(request, state.settings), MEDIA_PATH).replace("ws://", "wss://", 1)
+        url = _stream_url(request, state.settings)
         if not validate_signature(token, url, {}, request.headers.get(SIGNATURE_HEADER, "")):
             return _reject(state, "media", "invalid signature")
     if state.draining or state.upstream is None:
