@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
-from gateway.app import STATE_KEY, create_app
-from gateway.config import load_settings
-from gateway.emulator import EmulatorConfig, EmulatorServer
+from gateway.app import STATE_KEY
+from gateway.emulator import EmulatorConfig
 from gateway.loadtest.client import TwilioCall
+from gateway.loadtest.runner import embedded_target
 from gateway.loadtest.scenarios import play_interruption
 from gateway.logging import configure_logging
 
@@ -41,40 +40,32 @@ def _histogram_sum_count(app: web.Application) -> tuple[float, float]:
 async def _run_mode(mode: str, runs: int) -> list[dict[str, float]]:
     config = EmulatorConfig(reply_ms=5000, realtime_factor=1.5)
     results: list[dict[str, float]] = []
-    async with EmulatorServer(config) as emulator:
-        env = {"REALTIME_URL": emulator.ga_url(), "BARGE_IN": mode, "LOG_LEVEL": "warning"}
-        app = create_app(load_settings({"GATEWAY_HOST": "127.0.0.1", **env}), registry=CollectorRegistry())
-        runner = web.AppRunner(app, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        try:
-            for run in range(runs):
-                interrupt_after = 600 + run * 1800 / max(1, runs - 1)
-                before = _histogram_sum_count(app)
-                async with TwilioCall(f"ws://127.0.0.1:{port}/media") as call:
-                    outcome = await play_interruption(call, interrupt_after_ms=interrupt_after)
-                    session = emulator.sessions[-1]
-                    for _ in range(200):
-                        if session.truncations:
-                            break
-                        await asyncio.sleep(0.01)
-                after = _histogram_sum_count(app)
-                truncate = session.truncations[0].audio_end_ms if session.truncations else float("nan")
-                results.append(
-                    {
-                        "interrupt_after_ms": interrupt_after,
-                        "heard_at_clear_ms": outcome.heard_at_clear_ms,
-                        "truncate_ms": truncate,
-                        "truncate_error_ms": truncate - outcome.heard_at_clear_ms,
-                        "speech_started_to_clear_ms": (after[0] - before[0]) * 1000,
-                        "interrupt_to_clear_ms": outcome.interrupt_to_clear_ms,
-                        "media_after_clear": outcome.media_after_clear,
-                    }
-                )
-        finally:
-            await runner.cleanup()
+    env = {"BARGE_IN": mode}
+    async with embedded_target(config, env) as target:
+        app, emulator = target.app, target.emulator
+        for run in range(runs):
+            interrupt_after = 600 + run * 1800 / max(1, runs - 1)
+            before = _histogram_sum_count(app)
+            async with TwilioCall(target.url) as call:
+                outcome = await play_interruption(call, interrupt_after_ms=interrupt_after)
+                session = emulator.sessions[-1]
+                for _ in range(200):
+                    if session.truncations:
+                        break
+                    await asyncio.sleep(0.01)
+            after = _histogram_sum_count(app)
+            truncate = session.truncations[0].audio_end_ms if session.truncations else float("nan")
+            results.append(
+                {
+                    "interrupt_after_ms": interrupt_after,
+                    "heard_at_clear_ms": outcome.heard_at_clear_ms,
+                    "truncate_ms": truncate,
+                    "truncate_error_ms": truncate - outcome.heard_at_clear_ms,
+                    "speech_started_to_clear_ms": (after[0] - before[0]) * 1000,
+                    "interrupt_to_clear_ms": outcome.interrupt_to_clear_ms,
+                    "media_after_clear": outcome.media_after_clear,
+                }
+            )
     return results
 
 
