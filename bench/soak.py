@@ -20,11 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
+from bench.capacity import GatewayProcess
 from gateway.emulator import EmulatorConfig, EmulatorServer
 from gateway.loadtest.runner import RunConfig, run_load
 from gateway.loadtest.script import resolve_scenario
@@ -56,12 +53,6 @@ WATCHED = (
     "process_resident_memory_bytes",
     "gateway_active_calls",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _scrape(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
@@ -132,41 +123,30 @@ async def _soak(concurrency: int, duration_s: float) -> dict[str, Any]:
         response_jitter_ms=400,
     )
     async with EmulatorServer(emulator_config) as emulator, aiohttp.ClientSession() as http:
-        port = _free_port()
         env = {
-            **os.environ,
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_PORT": str(port),
             "REALTIME_URL": emulator.ga_url(),
             "LOG_LEVEL": "error",
             "UPSTREAM_MAX_RECONNECTS": "10",
             "START_TIMEOUT_S": "2",
             "TRANSCRIPTION_MODEL": "whisper-1",
         }
-        gateway = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "serve", env=env)
+        gateway = GatewayProcess(env, pin=False)
+        await gateway.start(http)
         try:
-            return await _drive(http, port, emulator, gateway, concurrency, duration_s)
+            return await _drive(http, emulator, gateway, concurrency, duration_s)
         finally:
-            if gateway.returncode is None:
-                gateway.kill()
-                await gateway.wait()
+            await gateway.stop()
 
 
 async def _drive(
     http: aiohttp.ClientSession,
-    port: int,
     emulator: EmulatorServer,
-    gateway: asyncio.subprocess.Process,
+    gateway: GatewayProcess,
     concurrency: int,
     duration_s: float,
 ) -> dict[str, Any]:
+    port = gateway.port
     url = f"ws://127.0.0.1:{port}/media"
-    for _ in range(200):
-        with contextlib.suppress(aiohttp.ClientError):
-            async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
-                if response.status == 200:
-                    break
-        await asyncio.sleep(0.05)
     mix = tuple((resolve_scenario(name), weight) for name, weight in SCENARIOS)
     # Warm-up: a few calls, so lazy imports, caches and pools exist before the baseline.
     await run_load(RunConfig(url, mix, calls=6, concurrency=6))
@@ -183,8 +163,9 @@ async def _drive(
     stop.set()
     await asyncio.wait(background)
     after = await _idle(http, port, emulator)
-    gateway.send_signal(signal.SIGTERM)
-    exit_code = await asyncio.wait_for(gateway.wait(), 30)
+    await gateway.stop()  # SIGTERM; a gateway that does not exit within 5 s is killed (exit code -9)
+    assert gateway.proc is not None
+    exit_code = gateway.proc.returncode
     rss = [(row["t"], row["process_resident_memory_bytes"] / 2**20) for row in rows]
     second_half = [(t, mb) for t, mb in rss if rss and t >= rss[-1][0] / 2]
     return {
