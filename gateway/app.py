@@ -25,7 +25,7 @@ from gateway.telephony.signature import SIGNATURE_HEADER, validate_signature
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, issue_stream_token
 from gateway.telephony.twiml import connect_stream_twiml
 
-__all__ = ["STATE_KEY", "GatewayState", "create_app", "drain"]
+__all__ = ["STATE_KEY", "GatewayState", "create_app", "drain", "start_on_loopback"]
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +73,20 @@ def create_app(
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_shutdown.append(_close_calls)
     return app
+
+
+async def start_on_loopback(
+    settings: Settings, *, token_provider: TokenProvider | None = None
+) -> tuple[web.AppRunner, int]:
+    """Serve a fresh app (own metrics registry) on 127.0.0.1 at a free port, for tests and embedded load
+    runs; returns the runner (call `cleanup()` when done) and the port."""
+    app = create_app(settings, registry=CollectorRegistry(), token_provider=token_provider)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, port
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
-from gateway.app import STATE_KEY, GatewayState, create_app
+from gateway.app import STATE_KEY, GatewayState, start_on_loopback
 from gateway.config import Settings, load_settings
 from gateway.emulator import EmulatorConfig, EmulatorServer
 from gateway.realtime.auth import TokenProvider
@@ -61,12 +60,7 @@ async def start_gateway(
 ) -> RunningGateway:
     """Start a gateway with these settings (on a free port, fresh metrics registry)."""
     settings: Settings = load_settings({"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": "0", **env})
-    app = create_app(settings, registry=CollectorRegistry(), token_provider=token_provider)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await start_on_loopback(settings, token_provider=token_provider)
     return RunningGateway(runner, port)
 
 

@@ -132,24 +132,16 @@ async def embedded_target(
     emulator_config: EmulatorConfig | None = None, gateway_env: Mapping[str, str] | None = None
 ) -> AsyncIterator[EmbeddedTarget]:
     """Start the emulator and a gateway bridged to it, both on 127.0.0.1 with free ports."""
-    from aiohttp import web
-    from prometheus_client import CollectorRegistry
-
-    from gateway.app import create_app
+    from gateway.app import start_on_loopback
     from gateway.config import load_settings
 
     async with EmulatorServer(emulator_config or EmulatorConfig()) as emulator:
         env = {"LOG_LEVEL": "warning", **(gateway_env or {})}
         env |= {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": "0", "REALTIME_URL": emulator.ga_url()}
         settings = load_settings(env)
-        app = create_app(settings, registry=CollectorRegistry())
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await start_on_loopback(settings)
         try:
-            yield EmbeddedTarget(f"ws://127.0.0.1:{port}/media", emulator, settings.append_ms, app)
+            yield EmbeddedTarget(f"ws://127.0.0.1:{port}/media", emulator, settings.append_ms, runner.app)
         finally:
             await runner.cleanup()
 
