@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install  ## the gateway on GATEWAY_PORT (8080); the embedded emulator when no backend is configured
-	$(PY) -m gateway serve
+# `make run` answers calls with the embedded realtime emulator; `make run REALTIME_BACKEND=auto` (or azure,
+# openai, url) uses the backend your environment configures instead.
+REALTIME_BACKEND ?= emulator
+
+run: install  ## the gateway on GATEWAY_PORT (8080), bridged to the embedded emulator unless REALTIME_BACKEND says
+	REALTIME_BACKEND=$(REALTIME_BACKEND) $(PY) -m gateway serve
 
 emulator: install  ## the realtime emulator on its own (port 9090)
 	$(PY) -m gateway emulator --port 9090

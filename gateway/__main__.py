@@ -37,12 +37,28 @@ def _emulator(argv: list[str]) -> int:
     return emulator_main(argv)
 
 
+USAGE = """usage: python -m gateway COMMAND [--help]
+
+commands:
+  serve      run the gateway (settings from environment variables; `serve --help` lists them)
+  emulator   run the realtime-API emulator on its own (`emulator --help` for its options)
+
+other entry points:
+  python -m gateway.loadtest   replay recorded calls against a gateway (needs the [loadtest] extra)
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand; returns the process exit code."""
     args = sys.argv[1:] if argv is None else argv
     commands = {"serve": _serve, "emulator": _emulator}
+    if args and args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
     if not args or args[0] not in commands:
-        print("usage: python -m gateway {serve,emulator} [--help]", file=sys.stderr)
+        print(USAGE, end="", file=sys.stderr)
+        if args:
+            print(f"unknown command: {args[0]}", file=sys.stderr)
         return 2
     return commands[args[0]](args[1:])
 

@@ -7,8 +7,10 @@ parsing, `python -m gateway serve --help`, and the README's table. A bad value f
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,13 +18,41 @@ from gateway.errors import ConfigError
 from gateway.realtime.endpoint import RealtimeEndpoint, resolve_endpoint
 
 __all__ = [
+    "BACKENDS",
+    "PRODUCTION_SECRETS",
     "SECRET_SETTINGS",
     "SETTINGS",
+    "Backend",
     "Setting",
     "Settings",
     "describe_settings",
     "load_settings",
 ]
+
+
+class Backend(Enum):
+    """Where calls are bridged: a configured realtime service, or the embedded emulator."""
+
+    EMULATOR = "emulator"
+    URL = "url"
+    AZURE = "azure"
+    OPENAI = "openai"
+
+
+BACKENDS = ("auto", *(b.value for b in Backend))
+# Each backend's settings; setting any of them counts as configuring that backend.
+BACKEND_SETTINGS: dict[Backend, tuple[str, ...]] = {
+    Backend.URL: ("REALTIME_URL", "REALTIME_API_KEY"),
+    Backend.AZURE: (
+        "AZURE_OPENAI_ENDPOINT",
+        "AZURE_OPENAI_DEPLOYMENT",
+        "AZURE_OPENAI_API_KEY",
+        "AZURE_OPENAI_API_VERSION",
+    ),
+    Backend.OPENAI: ("OPENAI_API_KEY",),
+}
+# Secrets that only a gateway facing real callers has; with one set, the emulator is never a fallback.
+PRODUCTION_SECRETS = ("TWILIO_AUTH_TOKEN",)
 
 
 def _str(raw: str) -> str:
@@ -44,7 +74,10 @@ def _bool(raw: str) -> bool:
 
 def _int_in(lo: int, hi: int, multiple_of: int = 1) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        value = int(raw)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("must be an integer") from None
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}")
         if value % multiple_of:
@@ -56,7 +89,12 @@ def _int_in(lo: int, hi: int, multiple_of: int = 1) -> Callable[[str], int]:
 
 def _float_in(lo: float, hi: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
-        value = float(raw)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("must be a finite number")
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}")
         return value
@@ -64,19 +102,28 @@ def _float_in(lo: float, hi: float) -> Callable[[str], float]:
     return parse
 
 
-def _choice(*options: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
+class _Choice:
+    """Parser of an enumerated setting; `options` are listed by `serve --help`."""
+
+    def __init__(self, *options: str, optional: bool = False) -> None:
+        self.options = options
+        self.optional = optional
+
+    def __call__(self, raw: str) -> str | None:
         value = raw.strip().lower()
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
+        if not value and self.optional:
+            return None
+        if value not in self.options:
+            raise ValueError(f"must be one of {', '.join(self.options)}")
         return value
 
-    return parse
+
+def _choice(*options: str) -> _Choice:
+    return _Choice(*options)
 
 
-def _opt_choice(*options: str) -> Callable[[str], str | None]:
-    pick = _choice(*options)
-    return lambda raw: pick(raw) if raw else None
+def _opt_choice(*options: str) -> _Choice:
+    return _Choice(*options, optional=True)
 
 
 def _http_url(raw: str) -> str | None:
@@ -130,7 +177,17 @@ SETTINGS: tuple[Setting, ...] = (
         "when set, /twiml and /media require a valid X-Twilio-Signature",
         secret=True,
     ),
-    Setting("REALTIME_URL", "realtime_url", "", _ws_url, "full ws(s):// realtime URL; overrides the rest"),
+    Setting(
+        "REALTIME_BACKEND",
+        "realtime_backend",
+        "auto",
+        _choice(*BACKENDS),
+        "auto: the one backend configured (REALTIME_URL, AZURE_OPENAI_*, OPENAI_API_KEY); the embedded "
+        "emulator only when none is and no production setting (provider secret, public URL) is; "
+        "emulator: always the emulator (a synthetic voice, for trials and tests); url|azure|openai: that "
+        "backend, when several are configured",
+    ),
+    Setting("REALTIME_URL", "realtime_url", "", _ws_url, "full ws(s):// realtime URL"),
     Setting(
         "REALTIME_PROTOCOL",
         "realtime_protocol",
@@ -254,7 +311,8 @@ SETTINGS: tuple[Setting, ...] = (
         "upstream_max_reconnects",
         "3",
         _int_in(0, 100),
-        "realtime sessions replaced per call (drops, expiry) before the call ends",
+        "realtime sessions that may drop per call and be replaced; the next drop ends the call "
+        "(planned renewals before expires_at do not count)",
     ),
     Setting(
         "UPSTREAM_RENEW_MARGIN_S",
@@ -262,6 +320,20 @@ SETTINGS: tuple[Setting, ...] = (
         "60",
         _float_in(0, 3600),
         "replace a session this long before its expires_at, at a quiet moment",
+    ),
+    Setting(
+        "UPSTREAM_PROBE_INTERVAL_S",
+        "upstream_probe_interval_s",
+        "10",
+        _float_in(0.5, 3600),
+        "how often the realtime endpoint is probed (handshake, first event, close) when no call dialed it",
+    ),
+    Setting(
+        "UPSTREAM_UNHEALTHY_AFTER_S",
+        "upstream_unhealthy_after_s",
+        "30",
+        _float_in(0, 3600),
+        "/readyz turns 503 once every realtime handshake has failed for this long",
     ),
     Setting(
         "GATEWAY_MAX_CALLS",
@@ -283,6 +355,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 SECRET_SETTINGS = frozenset(s.env for s in SETTINGS if s.secret)
+_ATTR_OF = {s.env: s.attr for s in SETTINGS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +366,7 @@ class Settings:
     port: int
     public_url: str | None
     twilio_auth_token: str | None = field(repr=False)
+    realtime_backend: str
     realtime_url: str | None
     realtime_protocol: str | None
     realtime_api_key: str | None = field(repr=False)
@@ -323,29 +397,121 @@ class Settings:
     send_timeout_s: float
     upstream_max_reconnects: int
     upstream_renew_margin_s: float
+    upstream_probe_interval_s: float
+    upstream_unhealthy_after_s: float
     max_calls: int
     drain_timeout_s: float
     workers: int
     log_level: str
     log_format: str
 
+    def _set(self, env: str) -> bool:
+        return bool(getattr(self, _ATTR_OF[env]))
+
+    def configured_backends(self) -> list[Backend]:
+        """The backends with any of their settings present, in BACKEND_SETTINGS order."""
+        return [b for b, names in BACKEND_SETTINGS.items() if any(self._set(n) for n in names)]
+
+    def production_settings(self) -> list[str]:
+        """The settings present that say real callers can reach this gateway (a provider secret, a public
+        URL that is not loopback)."""
+        present = [name for name in PRODUCTION_SECRETS if self._set(name)]
+        if self.public_url and not _is_loopback_url(self.public_url):
+            present.append("GATEWAY_PUBLIC_URL")
+        return present
+
+    def backend(self) -> Backend:
+        """The backend calls go to; ConfigError when it is ambiguous, incomplete or an unasked-for emulator
+        would face real callers."""
+        configured = self.configured_backends()
+        if self.realtime_backend != "auto":
+            chosen = Backend(self.realtime_backend)
+            if chosen is not Backend.EMULATOR and chosen not in configured:
+                needs = " or ".join(BACKEND_SETTINGS[chosen][:2])
+                raise ConfigError(f"REALTIME_BACKEND={chosen.value} needs {needs} to be set")
+            return chosen
+        if len(configured) > 1:
+            found = " and ".join(_present(self, b) for b in configured)
+            raise ConfigError(
+                f"REALTIME_BACKEND=auto found conflicting realtime backends: {found}; "
+                "set REALTIME_BACKEND=url|azure|openai to choose one, or unset the others"
+            )
+        if configured:
+            return configured[0]
+        production = self.production_settings()
+        if production:
+            raise ConfigError(
+                f"no realtime backend is configured, but {' and '.join(production)} says real callers can "
+                "reach this gateway: set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT, or "
+                "OPENAI_API_KEY, or REALTIME_URL (REALTIME_BACKEND=emulator answers callers with the "
+                "emulator's synthetic voice: for trials only)"
+            )
+        return Backend.EMULATOR
+
+    def ignored_settings(self) -> list[str]:
+        """Settings of backends that REALTIME_BACKEND did not choose (logged at start-up as ignored)."""
+        chosen = self.backend()
+        return [
+            name
+            for b in self.configured_backends()
+            if b is not chosen
+            for name in BACKEND_SETTINGS[b]
+            if self._set(name)
+        ]
+
+    def backend_key(self) -> str | None:
+        """The API key of the chosen backend, if one is set."""
+        return {
+            Backend.URL: self.realtime_api_key,
+            Backend.AZURE: self.azure_api_key,
+            Backend.OPENAI: self.openai_api_key,
+        }.get(self.backend())
+
     def endpoint(self) -> RealtimeEndpoint | None:
-        """The configured realtime endpoint, or None (then the emulator is embedded); ConfigError if bad."""
-        return resolve_endpoint(
-            realtime_url=self.realtime_url,
-            protocol_override=self.realtime_protocol,
-            azure_endpoint=self.azure_endpoint,
-            azure_deployment=self.azure_deployment,
-            azure_api_version=self.azure_api_version,
-            # OPENAI_MODEL always has a default, so it is only passed when OpenAI is actually chosen.
-            openai_model=self.openai_model if self.openai_api_key else None,
-            openai_api_key=self.openai_api_key,
-        )
+        """The chosen realtime endpoint, or None for the embedded emulator; ConfigError if bad."""
+        backend = self.backend()
+        override = self.realtime_protocol
+        if backend is Backend.URL:
+            if not self.realtime_url:
+                raise ConfigError("REALTIME_URL must be set when REALTIME_API_KEY is")
+            return resolve_endpoint(realtime_url=self.realtime_url, protocol_override=override)
+        if backend is Backend.AZURE:
+            if not self.azure_endpoint:
+                raise ConfigError(
+                    "AZURE_OPENAI_ENDPOINT must be set (https://RESOURCE.openai.azure.com) when other "
+                    "AZURE_OPENAI_* settings are"
+                )
+            return resolve_endpoint(
+                azure_endpoint=self.azure_endpoint,
+                azure_deployment=self.azure_deployment,
+                azure_api_version=self.azure_api_version,
+                protocol_override=override,
+            )
+        if backend is Backend.OPENAI:
+            return resolve_endpoint(
+                openai_model=self.openai_model, openai_api_key=self.openai_api_key, protocol_override=override
+            )
+        return None
 
     @property
     def uses_emulator(self) -> bool:
-        """True when no realtime backend is configured: the gateway then embeds the emulator."""
-        return self.endpoint() is None
+        """True when calls go to the embedded emulator (asked for, or nothing configured on a private
+        gateway)."""
+        return self.backend() is Backend.EMULATOR
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _present(settings: Settings, backend: Backend) -> str:
+    return "/".join(n for n in BACKEND_SETTINGS[backend] if settings._set(n))
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -364,10 +530,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
 
 def _check_combinations(settings: Settings) -> None:
-    keys = (settings.realtime_api_key, settings.azure_api_key, settings.openai_api_key)
-    if settings.realtime_auth == "key" and not any(keys):
+    settings.endpoint()  # every backend problem names its variable at start-up, not in the first call
+    if settings.realtime_auth == "key" and not settings.backend_key():
         raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY, AZURE_OPENAI_API_KEY or OPENAI_API_KEY")
-    settings.endpoint()  # every endpoint problem names its variable at start-up, not in the first call
 
 
 def describe_settings() -> str:
@@ -375,5 +540,6 @@ def describe_settings() -> str:
     lines = ["environment variables:"]
     for s in SETTINGS:
         default = "(unset)" if not s.default else s.default
-        lines.append(f"  {s.env:<28} {s.help} [default: {default}]")
+        options = f" (one of: {', '.join(s.parse.options)})" if isinstance(s.parse, _Choice) else ""
+        lines.append(f"  {s.env:<28} {s.help}{options} [default: {default}]")
     return "\n".join(lines)
