@@ -14,12 +14,16 @@ from typing import Any
 
 import structlog
 
-__all__ = ["SECRET_KEY_PATTERN", "configure_logging", "redact_secrets"]
+__all__ = ["QUIET_LIBRARY_LOGGERS", "SECRET_KEY_PATTERN", "configure_logging", "redact_secrets"]
 
 # Keys whose values are never written, whatever logged them.
 SECRET_KEY_PATTERN = re.compile(r"(api[-_]?key|token|secret|password|authorization|signature)", re.I)
 # Values that look like credentials even under an innocent key (Bearer tokens, OpenAI keys).
 _SECRET_VALUE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{8,}")
+# Libraries whose info lines are chatter to an operator ("server listening", "connection open",
+# "DefaultAzureCredential acquired a token from ..."): warnings only, unless LOG_LEVEL=debug, which shows
+# them from the level given here (websockets' own debug is a line per frame, too much even then).
+QUIET_LIBRARY_LOGGERS = {"websockets": logging.INFO, "azure": logging.DEBUG}
 
 
 def _scrub(value: Any) -> Any:
@@ -41,7 +45,8 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Route structlog (and the stdlib loggers of aiohttp/websockets) to stderr in one format."""
+    """Route structlog (and the stdlib loggers of aiohttp, websockets, azure) to stderr in one format;
+    the libraries' info chatter only at `level` debug."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
@@ -68,5 +73,6 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-    # aiohttp.access logs every request at info; keep it, but websockets' per-frame debug is noise.
-    logging.getLogger("websockets").setLevel(max(numeric, logging.INFO))
+    for name, debug_level in QUIET_LIBRARY_LOGGERS.items():
+        quiet = max(numeric, logging.WARNING)
+        logging.getLogger(name).setLevel(debug_level if numeric <= logging.DEBUG else quiet)

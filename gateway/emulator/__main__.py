@@ -1,4 +1,8 @@
-"""Run the realtime-API emulator standalone: `python -m gateway.emulator --host 127.0.0.1 --port 8765`."""
+"""Run the realtime-API emulator standalone: `python -m gateway.emulator --host 127.0.0.1 --port 8765`.
+
+Logs go to stderr as the gateway's do: at info the start-up line (`emulator.listening`, with its URLs)
+and problems; `--log-level debug` (or LOG_LEVEL=debug) adds every connection and session.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,13 @@ import structlog
 
 from gateway.emulator.server import EmulatorServer
 from gateway.emulator.session import EmulatorConfig
+from gateway.logging import configure_logging
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
 API_KEY_ENV = "EMULATOR_API_KEY"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--refuse-status", type=int, default=None, help="fault: refuse every handshake (401/403/429)"
     )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=os.environ.get("LOG_LEVEL", "info").lower(),
+        help="default: $LOG_LEVEL, else info; debug logs every connection",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("LOG_FORMAT", "json").lower(),
+        help="default: $LOG_FORMAT, else json",
+    )
     return parser
 
 
@@ -76,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 async def _serve(server: EmulatorServer) -> None:
     await server.start()
-    print(f"realtime emulator on {server.url} (GA: {server.ga_url()}, preview: {server.preview_url()})")
+    log.info("emulator.listening", url=server.url, ga_url=server.ga_url(), preview_url=server.preview_url())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,7 +109,12 @@ async def _serve(server: EmulatorServer) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the emulator until SIGINT/SIGTERM; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # argparse checks the choices of command-line values only, not of defaults taken from the environment.
+    if args.log_level not in LOG_LEVELS or args.log_format not in LOG_FORMATS:
+        parser.error(f"LOG_LEVEL must be one of {LOG_LEVELS}, LOG_FORMAT one of {LOG_FORMATS}")
+    configure_logging(args.log_level, args.log_format)
     server = EmulatorServer(config_from_args(args), host=args.host, port=args.port)
     asyncio.run(_serve(server))
     return 0

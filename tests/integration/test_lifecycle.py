@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -63,6 +64,46 @@ async def calls_completed(port: int) -> float:
     return 0.0
 
 
+# What a worker reports about itself, one series per worker (`pid` label), with several workers.
+WORKER_METRICS = (
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_cpu_seconds_total",
+    "process_virtual_memory_bytes",
+    "process_start_time_seconds",
+    "process_max_fds",
+    "gateway_asyncio_tasks",
+)
+# Tasks a call adds at least: its handler, the directions of its TaskGroup, the realtime client's and the
+# embedded emulator's connection tasks (8 when this was written).
+CALL_TASKS = 5
+
+
+def child_pids(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
+
+
+async def per_worker_samples(port: int) -> dict[str, dict[int, float]]:
+    """Each of WORKER_METRICS in one scrape of /metrics: its value by the `pid` label of the series."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    found: dict[str, dict[int, float]] = {name: {} for name in WORKER_METRICS}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in found and "pid" in sample.labels:
+                found[sample.name][int(sample.labels["pid"])] = sample.value
+    return found
+
+
 async def test_sigterm_drains_then_exits_zero() -> None:
     """On SIGTERM readiness turns 503 at once and new streams are refused, while the call in progress
     still gets its answer; when it hangs up the process exits 0."""
@@ -109,5 +150,38 @@ async def test_workers_share_the_port_and_their_metrics() -> None:
             await asyncio.sleep(0.05)
         scrapes = [await calls_completed(port) for _ in range(8)]
         assert scrapes == [6.0] * 8
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), scaled(20)) == 0
+
+
+async def test_workers_each_report_process_metrics_and_tasks() -> None:
+    """With GATEWAY_WORKERS=2 every scrape has the process metrics and the asyncio task gauge of each
+    worker, one series per worker pid, and a worker's task count rises while it carries a call."""
+    async with gateway_process(GATEWAY_WORKERS="2", CALLER_IDLE_TIMEOUT_S="600") as (proc, port):
+        workers = child_pids(proc.pid)
+        assert len(workers) == 2, workers
+        for _ in range(int(scaled(15) / 0.05)):  # the other worker may still be starting
+            samples = await per_worker_samples(port)
+            sampled = all(set(by_pid) == workers for by_pid in samples.values())
+            # Sampled at start-up only the main task runs; from the first refresh on, the sampler too.
+            if sampled and all(tasks >= 2 for tasks in samples["gateway_asyncio_tasks"].values()):
+                break
+            await asyncio.sleep(0.05)
+        assert {name: set(by_pid) for name, by_pid in samples.items()} == dict.fromkeys(
+            WORKER_METRICS, workers
+        )
+        for pid in workers:
+            assert samples["process_resident_memory_bytes"][pid] > 1e6
+            assert samples["process_open_fds"][pid] >= 3
+            assert samples["gateway_asyncio_tasks"][pid] >= 2
+        idle = samples["gateway_asyncio_tasks"]
+        async with TwilioCall(f"ws://127.0.0.1:{port}/media") as call:
+            await call.send_audio(silence_ulaw(200), realtime=False)
+            for _ in range(int(scaled(15) / 0.05)):  # until the next sample of the worker with the call
+                busy = (await per_worker_samples(port))["gateway_asyncio_tasks"]
+                if any(busy[pid] >= idle[pid] + CALL_TASKS for pid in workers):
+                    break
+                await asyncio.sleep(0.05)
+            assert any(busy[pid] >= idle[pid] + CALL_TASKS for pid in workers), (idle, busy)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), scaled(20)) == 0
