@@ -8,6 +8,7 @@ upstream (a configured realtime endpoint, or the embedded emulator) is set up in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from gateway.call.bridge import CallBridge
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
 from gateway.realtime.auth import TokenProvider
+from gateway.realtime.health import Health, UpstreamHealth
+from gateway.realtime.monitor import watch_upstream
 from gateway.realtime.upstream import Upstream, open_upstream
 from gateway.telephony.signature import SIGNATURE_HEADER, validate_signature
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, issue_stream_token
@@ -44,6 +47,9 @@ class GatewayState:
     metrics: GatewayMetrics
     token_provider: TokenProvider | None = None
     upstream: Upstream | None = None
+    health: UpstreamHealth | None = None
+    # Start-up's verdict on the realtime backend: HEALTHY (serve) or FATAL (misconfigured: stop).
+    first_verdict: asyncio.Future[Health] | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False
 
@@ -71,33 +77,67 @@ def create_app(
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
     app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(state.metrics.sample_worker)
     app.on_shutdown.append(_close_calls)
     return app
 
 
 async def start_on_loopback(
-    settings: Settings, *, token_provider: TokenProvider | None = None
+    settings: Settings, *, token_provider: TokenProvider | None = None, wait_ready: bool = True
 ) -> tuple[web.AppRunner, int]:
     """Serve a fresh app (own metrics registry) on 127.0.0.1 at a free port, for tests and embedded load
-    runs; returns the runner (call `cleanup()` when done) and the port."""
+    runs; returns the runner (call `cleanup()` when done) and the port.
+
+    With `wait_ready` it returns once start-up's first verdict on the realtime backend is in (or after
+    the handshake timeout, whichever is first), as `serve` does before it logs `gateway_ready`.
+    """
     app = create_app(settings, registry=CollectorRegistry(), token_provider=token_provider)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    verdict = app[STATE_KEY].first_verdict
+    if wait_ready and verdict is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(verdict), settings.upstream_connect_timeout_s + 1)
     return runner, port
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE_KEY]
-    async with open_upstream(state.settings, token_provider=state.token_provider) as upstream:
-        state.upstream = upstream
-        if state.settings.twilio_auth_token is None:
-            log.warning("twilio_signature_check_disabled", hint="set TWILIO_AUTH_TOKEN in production")
-        log.info("gateway_ready", upstream=upstream.describe())
-        yield
-        state.upstream = None
+    settings = state.settings
+    _warn_about_settings(settings)
+    state.metrics.emulator_in_use.set(1 if settings.uses_emulator else 0)
+    health = UpstreamHealth(settings.upstream_unhealthy_after_s, settings.upstream_probe_interval_s)
+    async with open_upstream(settings, token_provider=state.token_provider) as upstream:
+        upstream.health = health
+        state.upstream, state.health = upstream, health
+        state.first_verdict = asyncio.get_running_loop().create_future()
+        watcher = asyncio.create_task(watch_upstream(upstream, health, state.metrics, state.first_verdict))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            state.upstream = None
+
+
+def _warn_about_settings(settings: Settings) -> None:
+    """Start-up warnings for settings that are legal but risky."""
+    if settings.uses_emulator:
+        log.warning(
+            "embedded_emulator_in_use",
+            hint="calls are answered by a synthetic test voice, not a realtime service; "
+            "configure AZURE_OPENAI_ENDPOINT/AZURE_OPENAI_DEPLOYMENT, OPENAI_API_KEY or REALTIME_URL",
+            realtime_backend=settings.realtime_backend,
+        )
+    ignored = settings.ignored_settings()
+    if ignored:
+        log.warning("settings_ignored", settings=ignored, realtime_backend=settings.realtime_backend)
+    if settings.twilio_auth_token is None:
+        log.warning("twilio_signature_check_disabled", hint="set TWILIO_AUTH_TOKEN in production")
 
 
 async def drain(app: web.Application, timeout_s: float) -> int:
@@ -141,9 +181,9 @@ def _stream_url(request: web.Request, settings: Settings) -> str:
     return "wss://" + _public_base(request, settings).split("://", 1)[1] + MEDIA_PATH
 
 
-def _reject(state: GatewayState, route: str, reason: str, status: int = 403) -> web.Response:
+def _reject(state: GatewayState, route: str, reason: str, status: int = 403, **context: str) -> web.Response:
     state.metrics.rejected_requests.labels(route=route, reason=reason).inc()
-    log.warning("request_rejected", route=route, reason=reason)
+    log.warning("request_rejected", route=route, reason=reason, status=status, **context)
     return web.Response(status=status, text=f"{reason}\n")
 
 
@@ -152,17 +192,27 @@ async def handle_twiml(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     form = await request.post()
     params = {k: str(v) for k, v in form.items()}
+    if not params.get("CallSid"):
+        # Twilio always posts the call's fields; an empty or foreign body is not a call to answer.
+        return _reject(state, "twiml", "no CallSid", status=400)
     token = state.settings.twilio_auth_token
     if token is not None:
         query = f"?{request.query_string}" if request.query_string else ""
         url = _public_base(request, state.settings) + TWIML_PATH + query
         if not validate_signature(token, url, params, request.headers.get(SIGNATURE_HEADER, "")):
-            return _reject(state, "twiml", "invalid signature")
+            # The URL shows a GATEWAY_PUBLIC_URL mismatch; the signature itself is never logged.
+            return _reject(state, "twiml", "invalid signature", checked_url=url, call_sid=params["CallSid"])
     if state.draining:
-        return _reject(state, "twiml", "draining", status=503)
+        return _reject(state, "twiml", "draining", status=503, call_sid=params["CallSid"])
+    log.info(
+        "call_answered",
+        call_sid=params["CallSid"],
+        direction=params.get("Direction"),
+        signed=token is not None,
+    )
     parameters = {k: params[k] for k in FORWARDED_CALL_FIELDS if k in params}
     if token is not None:
-        parameters[STREAM_TOKEN_PARAMETER] = issue_stream_token(token, params.get("CallSid", ""), time.time())
+        parameters[STREAM_TOKEN_PARAMETER] = issue_stream_token(token, params["CallSid"], time.time())
     body = connect_stream_twiml(_stream_url(request, state.settings), parameters)
     return web.Response(text=body, content_type="text/xml")
 
@@ -174,9 +224,9 @@ async def handle_media(request: web.Request) -> web.StreamResponse:
     if token is not None:
         url = _stream_url(request, state.settings)
         if not validate_signature(token, url, {}, request.headers.get(SIGNATURE_HEADER, "")):
-            return _reject(state, "media", "invalid signature")
+            return _reject(state, "media", "invalid signature", checked_url=url)
     if state.draining or state.upstream is None:
-        return _reject(state, "media", "not ready", status=503)
+        return _reject(state, "media", "draining" if state.draining else "not ready", status=503)
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, timeout=2.0, compress=False)
     await ws.prepare(request)
     if len(state.calls) >= state.settings.max_calls:
@@ -202,10 +252,16 @@ async def handle_healthz(_request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    """Readiness: 200 while the gateway accepts calls; 503 before start-up completes and while draining."""
+    """Readiness: 200 while calls can be served; 503 while draining, before the realtime backend has
+    answered once, and once every handshake has failed for UPSTREAM_UNHEALTHY_AFTER_S."""
     state = request.app[STATE_KEY]
-    if state.draining or state.upstream is None:
-        return web.Response(status=503, text="not ready\n")
+    if state.draining:
+        return web.Response(status=503, text="draining\n")
+    if state.upstream is None or state.health is None:
+        return web.Response(status=503, text="starting\n")
+    health = state.health.health(time.monotonic())
+    if not state.health.ready(time.monotonic()):
+        return web.Response(status=503, text=f"realtime backend {health.value}\n")
     return web.Response(text="ready\n")
 
 

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, multiprocess
 
-__all__ = ["GatewayMetrics"]
+__all__ = ["WORKER_SAMPLE_S", "GatewayMetrics"]
 
 # Latency buckets in seconds: telephony cares about 10 ms steps up to a second, then coarser.
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 CODEC_BUCKETS = (2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3)
 CALL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# With several workers, how often each one writes its process metrics and task count for the scrape.
+WORKER_SAMPLE_S = 2.0
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client; set by the supervisor
+
+
+def _multiprocess() -> bool:
+    """True in a worker of several: metrics go to files in PROMETHEUS_MULTIPROC_DIR, summed on scrape."""
+    return bool(os.environ.get(MULTIPROC_ENV))
 
 
 def _count_tasks() -> float:
-    """Tasks of the running event loop (0 when read outside one, e.g. by a multiprocess collector)."""
+    """Tasks of the running event loop (0 when read outside one)."""
     try:
         return float(len(asyncio.all_tasks()))
     except RuntimeError:
@@ -56,7 +66,8 @@ class GatewayMetrics:
         )
         self.response_latency = Histogram(
             "gateway_response_latency_seconds",
-            "Caller speech stopped -> first bot audio sent to the provider",
+            "Caller speech stopped (the end of the caller's voiced audio, as placed by VAD) -> first bot "
+            "audio sent to the provider",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -121,15 +132,85 @@ class GatewayMetrics:
             registry=r,
         )
         self.dtmf = Counter("gateway_dtmf", "DTMF digits received", registry=r)
+        self.model_latency = Histogram(
+            "gateway_model_latency_seconds",
+            "speech_stopped event received -> first bot audio sent (the service's share of a response, "
+            "without VAD's silence window)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.emulator_in_use = Gauge(
+            "gateway_emulator_in_use",
+            "1 while calls go to the embedded realtime emulator (a synthetic voice), not a real service",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.upstream_healthy = Gauge(
+            "gateway_upstream_healthy",
+            "1 while realtime handshakes succeed (or have failed for less than UPSTREAM_UNHEALTHY_AFTER_S)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.upstream_probes = Counter(
+            "gateway_upstream_probes",
+            "Readiness probes of the realtime endpoint, by result (ok or the failure code)",
+            ["result"],
+            registry=r,
+        )
         # Leak watch: resident memory and open file descriptors of the process, and its asyncio tasks.
-        ProcessCollector(registry=r)
-        self.tasks = Gauge("gateway_asyncio_tasks", "asyncio tasks alive in this process", registry=r)
-        self.tasks.set_function(_count_tasks)
+        # One process: read at scrape time. Several workers: the scrape reads only the metrics files, so each
+        # worker copies its own values into "liveall" gauges (a series per live worker, `pid` label) when
+        # created and then while `sample_worker` runs.
+        self._process = ProcessCollector(registry=None if _multiprocess() else r)
+        self._process_gauges: dict[str, Gauge] = {}
+        if _multiprocess():
+            self.tasks = Gauge(
+                "gateway_asyncio_tasks",
+                "asyncio tasks alive in this worker",
+                registry=r,
+                multiprocess_mode="liveall",
+            )
+            self._process_gauges = {
+                sample.name: Gauge(sample.name, family.documentation, registry=r, multiprocess_mode="liveall")
+                for family in self._process.collect()
+                for sample in family.samples
+            }
+            self._sample()  # the scrape may come before the app starts
+        else:
+            self.tasks = Gauge("gateway_asyncio_tasks", "asyncio tasks alive in this process", registry=r)
+            self.tasks.set_function(_count_tasks)
 
     def exposition_registry(self) -> CollectorRegistry:
         """What /metrics serves: this registry, or with several workers the sum over all of them."""
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if not _multiprocess():
             return self.registry
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return merged
+
+    async def sample_worker(self, _app: object) -> AsyncIterator[None]:
+        """aiohttp cleanup context: with several workers, refresh this worker's process metrics and task
+        count every WORKER_SAMPLE_S while the app runs; with one process it does nothing."""
+        if not _multiprocess():
+            yield
+            return
+        task = asyncio.create_task(self._sample_every(WORKER_SAMPLE_S))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _sample_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self._sample()
+
+    def _sample(self) -> None:
+        self.tasks.set(_count_tasks())
+        for family in self._process.collect():
+            for sample in family.samples:
+                gauge = self._process_gauges.get(sample.name)
+                if gauge is not None:
+                    gauge.set(sample.value)

@@ -14,9 +14,11 @@ creates unless one is given), and whichever worker answers `/metrics` sums them.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,10 +29,11 @@ import structlog
 from aiohttp import web
 from prometheus_client import multiprocess
 
-from gateway.app import create_app, drain
+from gateway.app import STATE_KEY, create_app, drain
 from gateway.config import Settings
+from gateway.realtime.health import Health
 
-__all__ = ["WORKER_ENV", "run", "serve"]
+__all__ = ["EXIT_CONFIG", "WORKER_ENV", "listen", "run", "serve"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,15 +41,42 @@ WORKER_ENV = "GATEWAY_WORKER_INDEX"  # set in each worker's environment by the s
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until a signal, then drain and shut down cleanly."""
+EXIT_CONFIG = 2  # what a configuration error exits with, at start-up
+
+
+def listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """Bind and listen before anything else starts, so a taken port is one clear error (OSError)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(settings: Settings) -> int:
+    """Serve until a signal, then drain and shut down cleanly; returns the exit code (2: the port is taken
+    or the realtime service refused the configured credentials at start-up)."""
+    worker = os.environ.get(WORKER_ENV)
+    try:
+        sock = listen(settings.host, settings.port, reuse_port=worker is not None)
+    except OSError as exc:
+        reason = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        log.error("cannot_listen", host=settings.host, port=settings.port, reason=reason)
+        return EXIT_CONFIG
+    port = sock.getsockname()[1]
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
     await runner.setup()
-    reuse_port = WORKER_ENV in os.environ
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
-    await site.start()
-    log.info("listening", host=settings.host, port=settings.port, worker=os.environ.get(WORKER_ENV))
+    await web.SockSite(runner, sock).start()
+    log.info("listening", host=settings.host, port=port, worker=worker)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen: list[int] = []
@@ -58,6 +88,8 @@ async def serve(settings: Settings) -> None:
     for signum in SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
+        if not await _started(app, stop, port):
+            return EXIT_CONFIG
         await stop.wait()
         log.info("shutdown_requested", signal=signal.Signals(signals_seen[0]).name)
         stop.clear()
@@ -73,13 +105,36 @@ async def serve(settings: Settings) -> None:
             loop.remove_signal_handler(signum)
         await runner.cleanup()
         log.info("stopped")
+    return 0
+
+
+async def _started(app: web.Application, stop: asyncio.Event, port: int) -> bool:
+    """Wait for start-up's verdict on the realtime backend (or a signal); False if it is fatal.
+
+    Meanwhile the port answers: /healthz 200, /readyz 503 while the first handshake is retried.
+    """
+    state = app[STATE_KEY]
+    assert state.first_verdict is not None
+    assert state.upstream is not None
+    verdict: asyncio.Future[object] = asyncio.ensure_future(state.first_verdict)
+    signalled: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({verdict, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+    if not state.first_verdict.done():
+        return True  # a signal came first: drain (nothing to drain) and stop
+    if state.first_verdict.result() is Health.FATAL:
+        log.error("gateway_not_started", reason="the realtime service refused the configured credentials")
+        return False
+    log.info("gateway_ready", port=port, upstream=state.upstream.describe())
+    return True
 
 
 def run(settings: Settings) -> int:
     """Run the gateway (or its workers) to the end; returns the process exit code."""
     if settings.workers == 1 or WORKER_ENV in os.environ:
-        asyncio.run(serve(settings))
-        return 0
+        return asyncio.run(serve(settings))
     return _supervise(settings)
 
 

@@ -3,7 +3,9 @@
 Thin I/O around `EmulatorSession`: the handshake is checked by `negotiate` in `process_request`
 (404 / 401 / 400 / fault statuses are plain HTTP answers), then each connection runs one loop that
 sends what the session returns, waits for the next client message or the session's next due time,
-and closes or drops the socket when told. Usage in tests::
+and closes or drops the socket when told. Its log lines are per connection, at debug (embedded in the
+gateway they would be chatter); only errors it sends that are not expected races are warnings. Usage in
+tests::
 
     async with EmulatorServer(EmulatorConfig(realtime_factor=20)) as emulator:
         async with connect(emulator.ga_url()) as ws: ...
@@ -13,6 +15,7 @@ and closes or drops the socket when told. Usage in tests::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from gateway.emulator.session import Accepted, EmulatorConfig, EmulatorSession, Output, Rejected, negotiate
+from gateway.realtime.upstream import PROBE_HEADER
 
 __all__ = ["MAX_MESSAGE_BYTES", "EmulatorServer", "HandshakeRejection"]
 
@@ -61,7 +65,9 @@ class EmulatorServer:
         self.port = port
         self.sessions: list[EmulatorSession] = []
         self.rejections: list[HandshakeRejection] = []
-        self.handshakes = 0  # upgrade requests seen, accepted or not
+        self.handshakes = 0  # upgrade requests seen, accepted or not (readiness probes not counted)
+        self.probes = 0  # readiness probes seen (x-gateway-probe), accepted or not
+        self.probe_rejections = 0
         self._accepted: dict[ServerConnection, Accepted] = {}
         self._server: Server | None = None
         self._t0 = 0.0
@@ -96,7 +102,7 @@ class EmulatorServer:
             max_size=MAX_MESSAGE_BYTES,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("emulator.started", url=self.url)
+        log.debug("emulator.started", url=self.url)
 
     async def stop(self) -> None:
         """Close every connection (1001) and the listener; return when all handlers have finished."""
@@ -105,7 +111,7 @@ class EmulatorServer:
         self._server.close()
         await self._server.wait_closed()
         self._server = None
-        log.info("emulator.stopped", sessions=len(self.sessions))
+        log.debug("emulator.stopped", sessions=len(self.sessions))
 
     async def serve_forever(self) -> None:
         """Start if needed, then run until cancelled; stops cleanly on the way out."""
@@ -148,6 +154,8 @@ class EmulatorServer:
         return (asyncio.get_running_loop().time() - self._t0) * 1000.0
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if PROBE_HEADER in request.headers:
+            return self._process_probe(connection, request)
         self.handshakes += 1
         verdict = negotiate(
             request.path, dict(request.headers.raw_items()), self.config, attempt=self.handshakes
@@ -155,8 +163,20 @@ class EmulatorServer:
         if isinstance(verdict, Rejected):
             path = request.path.split("?", 1)[0]
             self.rejections.append(HandshakeRejection(verdict.status, path, verdict.reason))
-            log.info("emulator.handshake_rejected", status=verdict.status, path=path, reason=verdict.reason)
+            log.debug("emulator.handshake_rejected", status=verdict.status, path=path, reason=verdict.reason)
             self._notify()
+            return connection.respond(verdict.status, verdict.reason + "\n")
+        self._accepted[connection] = verdict
+        return None
+
+    def _process_probe(self, connection: ServerConnection, request: Request) -> Response | None:
+        """A gateway's readiness probe: answered as the next call's handshake would be (refused by the
+        same faults), but kept out of `handshakes`, `rejections` and `sessions`, which count calls."""
+        self.probes += 1
+        attempt = self.handshakes + 1
+        verdict = negotiate(request.path, dict(request.headers.raw_items()), self.config, attempt=attempt)
+        if isinstance(verdict, Rejected):
+            self.probe_rejections += 1
             return connection.respond(verdict.status, verdict.reason + "\n")
         self._accepted[connection] = verdict
         return None
@@ -168,17 +188,22 @@ class EmulatorServer:
         session = EmulatorSession(
             verdict, self.config, now_ms=self._now_ms(), epoch_s=time.time(), number=len(self.sessions)
         )
+        if PROBE_HEADER in request.headers:
+            # A probe reads session.created and closes; it is no call, so it is not recorded.
+            with contextlib.suppress(ConnectionClosed):
+                await self._run(connection, session)
+            return
         self.sessions.append(session)
         bound = log.bind(session=session.id, protocol=session.protocol.value, model=session.model)
-        bound.info("emulator.connected", path=session.path, auth=session.auth)
+        bound.debug("emulator.connected", path=session.path, auth=session.auth)
         try:
             await self._run(connection, session)
         except ConnectionClosed as exc:
-            bound.info("emulator.client_closed", code=exc.rcvd.code if exc.rcvd else None)
+            bound.debug("emulator.client_closed", code=exc.rcvd.code if exc.rcvd else None)
         finally:
             session.mark_closed()
             self._notify()
-            bound.info("emulator.disconnected", responses=len(session.responses), errors=len(session.errors))
+            bound.debug("emulator.disconnected", responses=len(session.responses), errors=len(session.errors))
 
     async def _run(self, connection: ServerConnection, session: EmulatorSession) -> None:
         output = session.poll(self._now_ms())
@@ -208,7 +233,7 @@ class EmulatorServer:
         self._notify()
         if output.close is None:
             return True
-        log.info("emulator.closing", session=session.id, code=output.close.code, reason=output.close.reason)
+        log.debug("emulator.closing", session=session.id, code=output.close.code, reason=output.close.reason)
         if output.close.code is None:
             connection.transport.abort()
         else:
@@ -217,7 +242,8 @@ class EmulatorServer:
 
 
 def _log_error(session: EmulatorSession, error: dict[str, Any]) -> None:
-    # Expected races of the protocol are debug-level; anything else is worth seeing.
+    # Expected races of the protocol are debug-level; anything else (a client mistake the real service
+    # would refuse too, an expired session, an injected fault) is a problem worth a warning.
     benign = error.get("code") in ("response_cancel_not_active", "invalid_value")
-    emit = log.debug if benign else log.info
+    emit = log.debug if benign else log.warning
     emit("emulator.error_sent", session=session.id, code=error.get("code"), message=error.get("message"))

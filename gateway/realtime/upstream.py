@@ -7,6 +7,7 @@ emulator when nothing is configured) and yields an `Upstream`; each call then `c
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,12 +25,14 @@ from gateway.errors import AuthError, ConfigError, UpstreamError
 from gateway.realtime.auth import Credential, EntraToken, StaticKey, TokenProvider, azure_token_provider
 from gateway.realtime.codec import RealtimeCodec
 from gateway.realtime.endpoint import EndpointKind, RealtimeEndpoint, resolve_endpoint
-from gateway.realtime.events import RealtimeCommand, RealtimeEvent
+from gateway.realtime.events import ErrorReported, RealtimeCommand, RealtimeEvent
+from gateway.realtime.health import UpstreamHealth
 from gateway.realtime.session import AudioFormat, Protocol, SessionSettings, TurnDetection
 from gateway.sockets import close_or_abort
 
 __all__ = [
     "CLIENT_REQUEST_ID_HEADER",
+    "PROBE_HEADER",
     "RealtimeConnection",
     "Upstream",
     "UpstreamConnectError",
@@ -44,6 +47,8 @@ log = structlog.get_logger(__name__)
 MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024
 CLOSE_TIMEOUT_S = 2.0
 CLIENT_REQUEST_ID_HEADER = "x-ms-client-request-id"  # Azure's correlation header; harmless elsewhere
+# Marks a readiness probe, so a server that wants to (the emulator) does not count it as a call.
+PROBE_HEADER = "x-gateway-probe"
 
 
 class UpstreamConnectError(UpstreamError):
@@ -123,6 +128,7 @@ class Upstream:
     session: SessionSettings
     connect_timeout_s: float
     embedded_emulator: bool = False
+    health: UpstreamHealth | None = None  # told of every handshake's outcome
 
     @property
     def protocol(self) -> Protocol:
@@ -145,14 +151,63 @@ class Upstream:
         """Dial a session; returns it and the handshake seconds. Raises UpstreamConnectError, AuthError.
 
         `request_id` goes out as `x-ms-client-request-id`, so the service's logs (and the emulator's
-        records) can be matched to the call; `client_request_id` derives it from a CallSid.
+        records) can be matched to the call; `client_request_id` derives it from a CallSid. Every outcome
+        is reported to `health`, when set.
         """
-        headers = dict(self.endpoint.headers)
+        started = time.perf_counter()
+        ws = await self._handshake(request_id, {})
+        elapsed = time.perf_counter() - started
+        return RealtimeConnection(ws, RealtimeCodec(self.protocol, self.session)), elapsed
+
+    async def probe(self) -> float:
+        """Check the backend without placing a call: the upgrade (with its auth) and the service's first
+        event, then close at once. No client event is sent, so no session is configured and nothing is
+        billed. Returns the seconds it took; raises UpstreamConnectError (or AuthError) on failure."""
+        started = time.perf_counter()
+        ws = await self._handshake(str(uuid.uuid4()), {PROBE_HEADER: "1"}, record_success=False)
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                first = await ws.recv()
+        except TimeoutError:
+            failure = UpstreamConnectError("no first event from the realtime service", "timeout")
+            raise self._failed(failure) from None
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+            failure = UpstreamConnectError(
+                f"realtime service closed before its first event ({code})", "closed"
+            )
+            raise self._failed(failure) from None
+        finally:
+            await close_or_abort(ws.close(), ws.transport, CLOSE_TIMEOUT_S)
+        event = RealtimeCodec(self.protocol, self.session).decode(first)
+        if isinstance(event, ErrorReported):
+            failure = UpstreamConnectError(
+                f"realtime service answered with an error: {event.code or event.error_type}: {event.message}",
+                "error",
+            )
+            raise self._failed(failure)
+        if self.health is not None:
+            self.health.on_success(time.monotonic())
+        return time.perf_counter() - started
+
+    def _failed(self, failure: UpstreamConnectError) -> UpstreamConnectError:
+        if self.health is not None:
+            self.health.on_failure(time.monotonic(), failure.code, str(failure))
+        return failure
+
+    async def _handshake(
+        self, request_id: str | None, extra: dict[str, str], *, record_success: bool = True
+    ) -> ClientConnection:
+        headers = dict(self.endpoint.headers) | extra
         if request_id is not None:
             headers[CLIENT_REQUEST_ID_HEADER] = request_id
-        if self.credential is not None:
-            headers.update(await self.credential.handshake_headers())
-        started = time.perf_counter()
+        try:
+            if self.credential is not None:
+                headers.update(await self.credential.handshake_headers())
+        except AuthError as exc:
+            if self.health is not None:
+                self.health.on_failure(time.monotonic(), "auth", str(exc))
+            raise
         try:
             ws = await connect(
                 self.endpoint.url,
@@ -166,15 +221,16 @@ class Upstream:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            raise UpstreamConnectError(f"realtime handshake refused with HTTP {status}", status) from None
+            failure = UpstreamConnectError(f"realtime handshake refused with HTTP {status}", status)
+            raise self._failed(failure) from None
         except TimeoutError:
-            raise UpstreamConnectError("realtime handshake timed out", "timeout") from None
+            raise self._failed(UpstreamConnectError("realtime handshake timed out", "timeout")) from None
         except (OSError, InvalidHandshake) as exc:
-            raise UpstreamConnectError(
-                f"realtime connect failed: {type(exc).__name__}: {exc}", "connect"
-            ) from None
-        elapsed = time.perf_counter() - started
-        return RealtimeConnection(ws, RealtimeCodec(self.protocol, self.session)), elapsed
+            failure = UpstreamConnectError(f"realtime connect failed: {type(exc).__name__}: {exc}", "connect")
+            raise self._failed(failure) from None
+        if record_success and self.health is not None:
+            self.health.on_success(time.monotonic())
+        return ws
 
 
 def _credential_for(
@@ -182,12 +238,7 @@ def _credential_for(
 ) -> Credential | None:
     """The handshake credential: a key if one is set (or REALTIME_AUTH=key), Entra ID for Azure hosts
     without a key (or REALTIME_AUTH=entra), nothing otherwise (or REALTIME_AUTH=none)."""
-    if settings.realtime_url:
-        key = settings.realtime_api_key
-    elif endpoint.kind is EndpointKind.AZURE:
-        key = settings.azure_api_key
-    else:
-        key = settings.openai_api_key
+    key = settings.backend_key()
     mode = settings.realtime_auth
     if mode == "auto":
         mode = "key" if key else "entra" if endpoint.kind is EndpointKind.AZURE else "none"

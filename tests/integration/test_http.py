@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import structlog.testing
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 
@@ -125,3 +126,32 @@ async def test_metrics_scrape_moves(gateway: RunningGateway, emulator: EmulatorS
     assert samples[("gateway_active_calls", ())] == 0
     assert samples[("gateway_upstream_connect_seconds_count", ())] == 1
     assert samples[("gateway_codec_seconds_count", (("direction", "caller"),))] == 20
+
+
+async def test_twiml_without_a_call_is_400_and_answers_are_logged(gateway: RunningGateway) -> None:
+    """An empty webhook body is a 400 (no TwiML); a real one is logged with its CallSid, not its numbers."""
+    with structlog.testing.capture_logs() as logs:
+        assert (await post_twiml(gateway, {}, None)).status == 400
+        assert (await post_twiml(gateway, FORM, None)).status == 200
+    refused = next(entry for entry in logs if entry["event"] == "request_rejected")
+    assert (refused["log_level"], refused["status"], refused["route"]) == ("warning", 400, "twiml")
+    answered = next(entry for entry in logs if entry["event"] == "call_answered")
+    assert answered["call_sid"] == "CA123"
+    assert "+15550001111" not in repr(answered)
+    assert (
+        gateway.state.metrics.rejected_requests.labels(route="twiml", reason="no CallSid")._value.get() == 1
+    )
+
+
+async def test_signature_failure_logs_the_url_it_checked(secured: RunningGateway) -> None:
+    """A refused signature logs the URL it was checked against (to show a public-URL mismatch), never
+    the signature or the auth token."""
+    with structlog.testing.capture_logs() as logs:
+        assert (await post_twiml(secured, FORM, "Zm9yZ2VkLXNpZ25hdHVyZQ==")).status == 403
+        with pytest.raises(InvalidStatus):
+            await TwilioCall(secured.media_url).open()
+    rejected = [entry for entry in logs if entry["event"] == "request_rejected"]
+    assert [entry["checked_url"] for entry in rejected] == [f"{PUBLIC}/twiml", "wss://gw.example.com/media"]
+    assert {entry["log_level"] for entry in rejected} == {"warning"}
+    assert "Zm9yZ2VkLXNpZ25hdHVyZQ==" not in repr(logs)
+    assert AUTH_TOKEN not in repr(logs)
