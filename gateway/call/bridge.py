@@ -27,8 +27,10 @@ from gateway.call.audio import PROVIDER_RATE, CallAudio
 from gateway.call.bargein import BargeInController, BargeInMode, CancelPolicy, SpeechDecision, Verdict
 from gateway.call.link import SessionReconnected, UpstreamLink, UpstreamLostError
 from gateway.call.localvad import LocalVad
+from gateway.call.outcome import Outcome
 from gateway.call.playback import PlaybackTracker
 from gateway.call.ratelimit import FrameBudget
+from gateway.call.timeline import CallerTimeline
 from gateway.call.transcript import Transcript
 from gateway.config import Settings
 from gateway.errors import AuthError
@@ -86,17 +88,8 @@ FLOOD_LIMIT_FRAMES = 10 * FRAMES_PER_S  # dropping more than 10 s of excess audi
 PROVIDER_BYTES_PER_MS = PROVIDER_RATE // 1000  # mu-law: one byte per sample
 
 
-# How each outcome closes the provider's socket; anything else is 1011 (an error on our side or upstream).
-CLOSE_CODES = {
-    "completed": WSCloseCode.OK,
-    "max_duration": WSCloseCode.OK,
-    "caller_timeout": WSCloseCode.GOING_AWAY,
-    "shutdown": WSCloseCode.GOING_AWAY,
-    "protocol_error": WSCloseCode.POLICY_VIOLATION,
-    "start_timeout": WSCloseCode.POLICY_VIOLATION,
-    "rejected": WSCloseCode.POLICY_VIOLATION,
-    "flood": WSCloseCode.POLICY_VIOLATION,
-}
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 1) if values else None
 
 
 def now_ms() -> int:
@@ -105,9 +98,9 @@ def now_ms() -> int:
 
 
 class _CallEnded(Exception):  # noqa: N818 - ends a call on purpose; not an error
-    """Raised inside the call to end it on purpose; `outcome` is the metric label."""
+    """Raised inside the call to end it on purpose, with its outcome and the cause."""
 
-    def __init__(self, outcome: str, detail: str = "") -> None:
+    def __init__(self, outcome: Outcome, detail: str = "") -> None:
         super().__init__(outcome, detail)
         self.outcome = outcome
         self.detail = detail
@@ -117,7 +110,7 @@ class _CallEnded(Exception):  # noqa: N818 - ends a call on purpose; not an erro
 class CallSummary:
     """What the per-call summary line reports."""
 
-    outcome: str = "completed"
+    outcome: Outcome = Outcome.COMPLETED
     detail: str = ""
     frames_in: int = 0
     media_out: int = 0
@@ -125,8 +118,9 @@ class CallSummary:
     barge_ins: int = 0
     dtmf: list[str] = field(default_factory=list)
     upstream_connect_ms: float | None = None
-    setup_ms: float | None = None
+    session_ready_ms: float | None = None  # provider socket open -> realtime session.updated
     response_latencies_ms: list[float] = field(default_factory=list)
+    model_latencies_ms: list[float] = field(default_factory=list)
     upstream_errors: int = 0
     reconnects: int = 0
     flood_dropped: int = 0
@@ -172,7 +166,11 @@ class CallBridge:
         self._append_bytes = upstream.session.input_format.bytes_per_ms * settings.append_ms
         self._append_buffer = bytearray()
         self._chunk_bytes = PROVIDER_BYTES_PER_MS * settings.playout_chunk_ms
-        self._speech_stopped_at: float | None = None
+        # Response latency runs from when the caller stopped talking: the arrival of the frame holding the
+        # end of speech, found through the timeline from speech_stopped's position in the input buffer.
+        self.timeline = CallerTimeline()
+        self._speech_ended_at: float | None = None
+        self._speech_stopped_at: float | None = None  # when speech_stopped arrived (model latency)
         # When the message being handled arrived, per direction: the start of the added-latency clock.
         self._caller_msg_at = self._upstream_msg_at = 0.0
         self._local_vad = LocalVad(PROVIDER_RATE) if settings.barge_in != "server" else None
@@ -189,16 +187,16 @@ class CallBridge:
         except _CallEnded as end:
             self._end(end.outcome, end.detail)
         except asyncio.CancelledError:
-            self._end("shutdown")
+            self._end(Outcome.SHUTDOWN)
             raise
         except Exception as exc:  # a bug must end this call cleanly, never the process
             log.exception("call_failed")
-            self._end("error", type(exc).__name__)
+            self._end(Outcome.ERROR, type(exc).__name__)
         finally:
             await self._close_all()
             self.metrics.active_calls.dec()
             duration = time.perf_counter() - self._opened_at
-            self.metrics.calls.labels(outcome=self.summary.outcome).inc()
+            self.metrics.calls.labels(outcome=self.summary.outcome.label).inc()
             self.metrics.call_duration.observe(duration)
             self._log_summary(duration)
             structlog.contextvars.unbind_contextvars("call_sid", "stream_sid", "upstream_request_id")
@@ -207,7 +205,7 @@ class CallBridge:
         call = await self._await_start()
         structlog.contextvars.bind_contextvars(call_sid=call.call_id, stream_sid=call.stream_id)
         self._check_stream_token(call)
-        log.info("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
+        log.debug("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
         self._link = await self._dial(call.call_id)
         if self.upstream.session.greeting:
             await self._send_upstream(CreateResponse(instructions=self.upstream.session.greeting))
@@ -222,27 +220,32 @@ class CallBridge:
             raise first from None
         except* TimeoutError:
             raise _CallEnded(
-                "max_duration", f"call reached MAX_CALL_S={self.settings.max_call_s:g}"
+                Outcome.MAX_DURATION, f"call reached MAX_CALL_S={self.settings.max_call_s:g}"
             ) from None
 
-    def _end(self, outcome: str, detail: str = "") -> None:
+    def _end(self, outcome: Outcome, detail: str = "") -> None:
         """Record the first reason the call ended; later ones (the other side closing) do not overwrite it."""
-        if self.summary.outcome == "completed" and not self.summary.detail:
+        if self.summary.outcome is Outcome.COMPLETED and not self.summary.detail:
             self.summary.outcome, self.summary.detail = outcome, detail
 
     async def _await_start(self) -> CallStarted:
         deadline = time.monotonic() + self.settings.start_timeout_s
         while True:
-            event = await self._receive(deadline - time.monotonic(), "start_timeout", "no start in time")
+            event = await self._receive(
+                deadline - time.monotonic(), Outcome.START_TIMEOUT, "no start in time"
+            )
             if isinstance(event, CallStarted):
                 return event
             if isinstance(event, CallStopped):
-                raise _CallEnded("completed", "stopped before start")
+                raise _CallEnded(Outcome.COMPLETED, "stopped before start")
             if isinstance(event, ProtocolViolation) and event.fatal:
-                raise _CallEnded("protocol_error", event.reason)
+                raise _CallEnded(Outcome.PROTOCOL_ERROR, event.reason)
 
     async def _receive(
-        self, timeout_s: float | None = None, timeout_outcome: str = "", timeout_detail: str = ""
+        self,
+        timeout_s: float | None = None,
+        timeout_outcome: Outcome = Outcome.START_TIMEOUT,
+        timeout_detail: str = "",
     ) -> TelephonyEvent:
         """The provider's next message as an event; a close, a socket error or a timeout ends the call."""
         try:
@@ -256,10 +259,10 @@ class CallBridge:
         if msg.type is WSMsgType.BINARY:
             return self.dialect.receive_bytes(msg.data)
         if self.ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
-            raise _CallEnded("protocol_error", "message over the size limit")
+            raise _CallEnded(Outcome.PROTOCOL_ERROR, "message over the size limit")
         if msg.type is WSMsgType.ERROR:
-            raise _CallEnded("protocol_error", f"provider socket error: {self.ws.exception()}")
-        raise _CallEnded("completed", f"caller closed the socket (code {self.ws.close_code})")
+            raise _CallEnded(Outcome.PROTOCOL_ERROR, f"provider socket error: {self.ws.exception()}")
+        raise _CallEnded(Outcome.COMPLETED, f"caller closed the socket (code {self.ws.close_code})")
 
     def _check_stream_token(self, call: CallStarted) -> None:
         secret = self.settings.twilio_auth_token
@@ -269,7 +272,7 @@ class CallBridge:
         problem = verify_stream_token(secret, call.call_id, token, time.time())
         if problem is not None:
             self.metrics.rejected_requests.labels(route="media", reason="stream token").inc()
-            raise _CallEnded("rejected", problem)
+            raise _CallEnded(Outcome.REJECTED, problem)
 
     async def _dial(self, call_id: str) -> UpstreamLink:
         request_id = client_request_id(call_id)
@@ -285,12 +288,12 @@ class CallBridge:
         try:
             elapsed = await link.open()
         except UpstreamConnectError as exc:
-            raise _CallEnded("upstream_failed", str(exc)) from None
+            raise _CallEnded(Outcome.UPSTREAM_FAILED, str(exc)) from None
         except AuthError as exc:
             self.metrics.upstream_errors.labels(code="auth").inc()
-            raise _CallEnded("upstream_failed", str(exc)) from None
+            raise _CallEnded(Outcome.UPSTREAM_FAILED, str(exc)) from None
         except ConnectionClosed:
-            raise _CallEnded("upstream_failed", "realtime session closed during set-up") from None
+            raise _CallEnded(Outcome.UPSTREAM_FAILED, "realtime session closed during set-up") from None
         self.summary.upstream_connect_ms = round(elapsed * 1000, 1)
         return link
 
@@ -300,19 +303,21 @@ class CallBridge:
             with contextlib.suppress(Exception):
                 await self._link.close()
         if not self.ws.closed:
-            await self._close_provider(CLOSE_CODES.get(self.summary.outcome, WSCloseCode.INTERNAL_ERROR))
+            await self._close_provider(self.summary.outcome.close_code)
 
     async def _close_provider(self, code: int) -> None:
         """Close the provider's socket; a peer that does not read cannot hold the close: abort after 2 s."""
-        closing = self.ws.close(code=code, message=self.summary.outcome.encode())
+        closing = self.ws.close(code=code, message=self.summary.outcome.label.encode())
         await close_or_abort(closing, self.transport, PROVIDER_CLOSE_TIMEOUT_S)
 
     def _log_summary(self, duration: float) -> None:
+        """One line per call, at the outcome's level: a failed call is a warning (an error if ours)."""
         s = self.summary
         latencies = s.response_latencies_ms
-        log.info(
+        log.log(
+            s.outcome.level,
             "call_summary",
-            outcome=s.outcome,
+            outcome=s.outcome.label,
             detail=s.detail or None,
             duration_s=round(duration, 3),
             frames_in=s.frames_in,
@@ -321,9 +326,11 @@ class CallBridge:
             barge_ins=s.barge_ins,
             dtmf="".join(s.dtmf) or None,
             upstream_connect_ms=s.upstream_connect_ms,
-            setup_ms=s.setup_ms,
+            session_ready_ms=s.session_ready_ms,
             responses=len(latencies),
-            response_latency_ms_avg=round(sum(latencies) / len(latencies), 1) if latencies else None,
+            response_latency_ms_avg=_mean(latencies),
+            response_latency_ms_max=max(latencies) if latencies else None,
+            model_latency_ms_avg=_mean(s.model_latencies_ms),
             upstream_errors=s.upstream_errors,
             reconnects=s.reconnects,
             flood_dropped=s.flood_dropped or None,
@@ -342,7 +349,7 @@ class CallBridge:
         while True:
             await asyncio.sleep(idle_s / 4)
             if time.perf_counter() - self._caller_msg_at > idle_s:
-                raise _CallEnded("caller_timeout", f"no message from the provider for {idle_s:g}s")
+                raise _CallEnded(Outcome.CALLER_TIMEOUT, f"no message from the provider for {idle_s:g}s")
 
     async def _on_telephony(self, event: TelephonyEvent) -> None:
         match event:
@@ -353,14 +360,14 @@ class CallBridge:
             case DtmfReceived(digit=digit):
                 self.summary.dtmf.append(digit)
                 self.metrics.dtmf.inc()
-                log.info("dtmf", digit=digit)
+                log.debug("dtmf", digit=digit)
             case CallStopped():
-                raise _CallEnded("completed", "caller hung up")
+                raise _CallEnded(Outcome.COMPLETED, "caller hung up")
             case ProtocolViolation(reason=reason, fatal=fatal):
                 self.metrics.protocol_violations.labels(peer="provider").inc()
                 log.warning("provider_protocol_violation", reason=reason, fatal=fatal)
                 if fatal:
-                    raise _CallEnded("protocol_error", reason)
+                    raise _CallEnded(Outcome.PROTOCOL_ERROR, reason)
             case _:
                 pass
 
@@ -372,7 +379,7 @@ class CallBridge:
             self.summary.flood_dropped += 1
             self.metrics.dropped_frames.labels(reason="flood").inc()
             if self._budget.dropped > FLOOD_LIMIT_FRAMES:
-                raise _CallEnded("flood", "caller audio far faster than real time")
+                raise _CallEnded(Outcome.FLOOD, "caller audio far faster than real time")
             return
         await self._renew_if_due(now)
         started = time.perf_counter()
@@ -381,6 +388,7 @@ class CallBridge:
         if self._local_vad is not None:
             await self._detect_local_speech(payload)
         self._append_buffer += converted
+        self.timeline.on_audio(len(payload) / PROVIDER_BYTES_PER_MS, self._caller_msg_at)
         # Appends are whole multiples of APPEND_MS; the resampler's held-back delay waits for the next.
         ready = len(self._append_buffer) - len(self._append_buffer) % self._append_bytes
         if ready:
@@ -413,7 +421,7 @@ class CallBridge:
             async with asyncio.timeout(self.settings.send_timeout_s):
                 await self._link.send(command)
         except TimeoutError:
-            raise _CallEnded("upstream_failed", "realtime session stopped reading") from None
+            raise _CallEnded(Outcome.UPSTREAM_FAILED, "realtime session stopped reading") from None
 
     # -- upstream -> caller --------------------------------------------------------------------------
 
@@ -424,8 +432,8 @@ class CallBridge:
                 self._upstream_msg_at = time.perf_counter()
                 await self._on_realtime(event)
         except UpstreamLostError as lost:
-            raise _CallEnded("upstream_closed", str(lost)) from None
-        raise _CallEnded("upstream_closed", "realtime session ended")
+            raise _CallEnded(Outcome.UPSTREAM_CLOSED, str(lost)) from None
+        raise _CallEnded(Outcome.UPSTREAM_CLOSED, "realtime session ended")
 
     async def _on_realtime(self, event: RealtimeEvent | SessionReconnected) -> None:
         now = now_ms()
@@ -433,13 +441,14 @@ class CallBridge:
             case SessionReconnected():
                 # The old session's responses died with it; audio already queued at the provider plays on.
                 owed = self._turn_owed or self.bargein.responding
+                self.timeline.reset(event.carried_audio_ms)
                 self.bargein.on_session_lost(now)
                 self.audio.drop_bot_audio()
                 self._current_item = None
                 if owed:  # the caller is waiting for an answer the old session never finished
                     self._turn_owed = False
                     await self._send_upstream(CreateResponse())
-                    log.info("response_requested_after_reconnect")
+                    log.debug("response_requested_after_reconnect")
             case AudioDelta():
                 await self._on_audio_delta(event, now)
             case AudioDone():
@@ -450,8 +459,11 @@ class CallBridge:
                     self._current_item = None
             case SpeechStarted():
                 await self._on_speech_started(now)
-            case SpeechStopped():
+            case SpeechStopped(audio_end_ms=audio_end_ms):
                 self._speech_stopped_at = time.perf_counter()
+                # audio_end_ms includes VAD's silence window; the caller stopped that much earlier.
+                silence_ms = self.upstream.session.turn_detection.silence_duration_ms
+                self._speech_ended_at = self.timeline.arrival_of(audio_end_ms - silence_ms)
                 self._turn_owed = self.upstream.session.turn_detection.create_response
             case ResponseCreated():
                 self._turn_owed = False
@@ -468,8 +480,8 @@ class CallBridge:
             case UserTranscript(item_id=item_id, transcript=text):
                 self.transcript.on_user(item_id, text)
             case SessionUpdated() | SessionCreated():
-                if self.summary.setup_ms is None and isinstance(event, SessionUpdated):
-                    self.summary.setup_ms = round((time.perf_counter() - self._opened_at) * 1000, 1)
+                if self.summary.session_ready_ms is None and isinstance(event, SessionUpdated):
+                    self.summary.session_ready_ms = round((time.perf_counter() - self._opened_at) * 1000, 1)
             case MalformedEvent(reason=reason):
                 self.metrics.protocol_violations.labels(peer="realtime").inc()
                 log.warning("realtime_malformed_event", reason=reason)
@@ -501,10 +513,7 @@ class CallBridge:
         if item_id is None or not ulaw:
             return
         if item_id == self._current_item and self._speech_stopped_at is not None:
-            latency = time.perf_counter() - self._speech_stopped_at
-            self._speech_stopped_at = None
-            self.metrics.response_latency.observe(latency)
-            self.summary.response_latencies_ms.append(round(latency * 1000, 1))
+            self._record_response_latency(time.perf_counter())
         for start in range(0, len(ulaw), self._chunk_bytes):
             if self.tracker.generation != generation:
                 self.metrics.dropped_deltas.inc()
@@ -520,9 +529,22 @@ class CallBridge:
             self.summary.bot_audio_bytes += len(chunk)
             self._m_frames_out.inc()
 
+    def _record_response_latency(self, first_audio_at: float) -> None:
+        """The first bot audio of an answer goes out: response latency (from the end of the caller's
+        speech) and model latency (from the speech_stopped event)."""
+        assert self._speech_stopped_at is not None
+        model = first_audio_at - self._speech_stopped_at
+        self.metrics.model_latency.observe(model)
+        self.summary.model_latencies_ms.append(round(model * 1000, 1))
+        if self._speech_ended_at is not None:  # unknown right after a session was replaced
+            latency = first_audio_at - self._speech_ended_at
+            self.metrics.response_latency.observe(latency)
+            self.summary.response_latencies_ms.append(round(latency * 1000, 1))
+        self._speech_stopped_at = self._speech_ended_at = None
+
     async def _send_caller(self, command: TelephonyCommand) -> None:
         if not self.dialect.can_send:  # Twilio said stop: the stream is over, whatever the bot still says
-            raise _CallEnded("completed", "caller hung up")
+            raise _CallEnded(Outcome.COMPLETED, "caller hung up")
         text = self.dialect.send(command)
         buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
         try:
@@ -532,9 +554,9 @@ class CallBridge:
                 async with asyncio.timeout(self.settings.send_timeout_s):
                     await self.ws.send_str(text)
         except ConnectionResetError:
-            raise _CallEnded("completed", "caller went away") from None
+            raise _CallEnded(Outcome.COMPLETED, "caller went away") from None
         except TimeoutError:
-            raise _CallEnded("slow_consumer", "the provider stopped reading bot audio") from None
+            raise _CallEnded(Outcome.SLOW_CONSUMER, "the provider stopped reading bot audio") from None
 
     async def _on_speech_started(self, now: int) -> None:
         received = time.perf_counter()
@@ -560,7 +582,7 @@ class CallBridge:
         self.summary.barge_ins += 1
         self.metrics.barge_ins.inc()
         self.metrics.flushed_audio.inc(decision.flushed_ms / 1000)
-        log.info(
+        log.debug(
             "barge_in",
             source=decision.source,
             flushed_ms=decision.flushed_ms,

@@ -41,10 +41,14 @@ BACKOFF_S = (0.25, 0.5, 1.0, 2.0)
 
 @dataclass(frozen=True, slots=True)
 class SessionReconnected:
-    """The realtime session was replaced (`reason`: drop or expiry); anything in flight upstream is gone."""
+    """The realtime session was replaced (`reason`: drop or expiry); anything in flight upstream is gone.
+
+    The new session's input buffer starts with `carried_audio_ms` of caller audio buffered during the gap.
+    """
 
     reason: str
     replayed_turns: int
+    carried_audio_ms: float = 0.0
 
 
 class UpstreamLostError(UpstreamError):
@@ -156,8 +160,10 @@ class UpstreamLink:
             reason = "expiry" if self._renewing else "drop"
             detail = f"realtime session closed (code {conn.close_code})"
             self._conn, self._renewing = None, False
-            replayed = await self._reconnect(reason, detail)
-            yield SessionReconnected(reason, replayed)
+            replayed, carried = await self._reconnect(reason, detail)
+            yield SessionReconnected(
+                reason, replayed, carried / self.upstream.session.input_format.bytes_per_ms
+            )
 
     async def close(self) -> None:
         """Close the session for good (the call is over)."""
@@ -165,7 +171,8 @@ class UpstreamLink:
         if self._conn is not None:
             await self._conn.close()
 
-    async def _reconnect(self, reason: str, detail: str) -> int:
+    async def _reconnect(self, reason: str, detail: str) -> tuple[int, int]:
+        """Dial a new session and carry the call over; returns (turns replayed, audio bytes carried)."""
         # Planned renewals are free; only drops spend the budget.
         if reason == "drop":
             if self.drops >= self.max_reconnects:
@@ -181,6 +188,7 @@ class UpstreamLink:
         except UpstreamConnectError as exc:
             raise UpstreamLostError(f"{detail}; reconnect failed: {exc}") from None
         turns = self.transcript.replay()
+        carried = len(self._pending)
         try:
             await conn.send(UpdateSession())
             for role, text in turns:
@@ -197,7 +205,7 @@ class UpstreamLink:
             replayed_turns=len(turns),
             pause_ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        return len(turns)
+        return len(turns), carried
 
     async def _dial(self) -> tuple[RealtimeConnection, float]:
         """Connect, retrying rate limits and transient failures with backoff within `max_attempts`."""
@@ -209,7 +217,7 @@ class UpstreamLink:
                 if exc.code not in RETRYABLE_CODES or attempt == self.max_attempts:
                     raise
                 delay = BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)]
-                log.info("upstream_retry", code=exc.code, attempt=attempt, delay_s=delay)
+                log.warning("upstream_retry", code=exc.code, cause=str(exc), attempt=attempt, delay_s=delay)
                 await asyncio.sleep(delay)
                 continue
             self.metrics.upstream_connect.observe(elapsed)
