@@ -1,8 +1,10 @@
 """Command line: `python -m gateway.loadtest --url ws://HOST:PORT/media [options]`, or `--embedded`.
 
-Replays recorded calls against a gateway as Twilio would and reports what callers experienced. Exit
-status: 0 when every call completed, 1 when some failed, 2 on bad usage (options, scenario files,
-recordings).
+Replays recorded calls against a gateway as Twilio would and reports what callers experienced. Each run
+writes into its own folder, `--output`/<UTC start>-<run id>/ (summary.txt, results.json, report.html),
+and points `--output`/latest at it. Exit status: 0 when every call completed, 1 when some failed, 2 on
+bad usage (options, scenario files, recordings) or when the `loadtest` extra (rich, matplotlib) is not
+installed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
+import importlib.util
 import math
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -18,11 +20,11 @@ from pathlib import Path
 
 from gateway.emulator import EmulatorConfig
 from gateway.loadtest.recordings import Recording, RecordingError
-from gateway.loadtest.report import render_text, write_outputs
-from gateway.loadtest.runner import LiveStats, RunConfig, RunResult, embedded_target, run_load
+from gateway.loadtest.report import new_run_folder, point_latest, render_text, write_outputs
+from gateway.loadtest.runner import LiveStats, RunConfig, RunResult, embedded_target, new_run_id, run_load
 from gateway.loadtest.script import DEFAULT_SCENARIO_DIR, Scenario, ScenarioError, parse_mix, resolve_scenario
 
-__all__ = ["FAULTS", "build_parser", "main"]
+__all__ = ["EXTRA_MODULES", "FAULTS", "build_parser", "main", "missing_extra"]
 
 FAULTS = (
     "drop_after_ms",
@@ -33,6 +35,7 @@ FAULTS = (
     "created_delay_ms",
 )
 EXIT_OK, EXIT_FAILED_CALLS, EXIT_USAGE = 0, 1, 2
+EXTRA_MODULES = ("rich", "matplotlib")  # the `loadtest` extra: live progress, the report's plots
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: question_answer)",
     )
     load.add_argument("--scenario-dir", type=Path, default=DEFAULT_SCENARIO_DIR, help="where names are found")
-    load.add_argument("--seed", type=int, default=0, help="CallSids and the emulator's randomness")
+    load.add_argument("--seed", type=int, default=0, help="the embedded emulator's randomness")
     out = parser.add_argument_group("output")
     out.add_argument(
-        "--output", type=Path, default=Path("loadtest-out"), help="directory (default loadtest-out/)"
+        "--output",
+        type=Path,
+        default=Path("loadtest-out"),
+        help="where each run gets its own folder, <UTC start>-<run id>/, and `latest` points at the last "
+        "(default loadtest-out/)",
     )
     out.add_argument("--no-progress", action="store_true", help="no live progress display")
     out.add_argument("--log-level", default="warning", help="log level of the embedded gateway and emulator")
@@ -123,6 +130,11 @@ def _mix(args: argparse.Namespace) -> tuple[tuple[Scenario, float], ...]:
     return tuple((resolve_scenario(name, args.scenario_dir, cache), weight) for name, weight in specs)
 
 
+def missing_extra() -> list[str]:
+    """The modules of the `loadtest` extra that are not installed (found without importing them)."""
+    return [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
 def _run_config(args: argparse.Namespace, url: str, append_ms: int) -> RunConfig:
     calls = args.calls if args.calls is not None or args.duration is not None else 10
     return RunConfig(
@@ -133,6 +145,7 @@ def _run_config(args: argparse.Namespace, url: str, append_ms: int) -> RunConfig
         ramp_up_s=args.ramp_up,
         duration_s=args.duration,
         seed=args.seed,
+        run_id=args.run_id,
         auth_token=args.twilio_auth_token,
         public_url=args.public_url,
         keep_audio=args.embedded,  # bot audio lost is checked byte for byte against the emulator's
@@ -201,6 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --url ws://HOST:PORT/media, or --embedded")
     if args.embedded and args.url:
         parser.error("--url and --embedded exclude each other")
+    if missing := missing_extra():
+        print(
+            f"{parser.prog}: error: {' and '.join(missing)} not installed; "
+            "install the load generator with: pip install 'voice-gateway[loadtest]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    args.run_id = new_run_id()
     from gateway.logging import configure_logging
 
     configure_logging(args.log_level, "console")
@@ -215,12 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     result = asyncio.run(_run(args, show_progress))
     render_text(result, sys.stdout, use_rich=sys.stdout.isatty())
-    paths = write_outputs(result, args.output)
-    text = io.StringIO()
-    render_text(result, text, use_rich=False)
-    summary_path = args.output / "summary.txt"
-    summary_path.write_text(text.getvalue(), encoding="utf-8")
-    print(f"wrote {summary_path}, {paths['json']}, {paths['html']}")
+    folder = new_run_folder(args.output, result)
+    paths = write_outputs(result, folder)
+    latest = point_latest(args.output, folder)
+    print(f"wrote {paths['summary']}, {paths['json']}, {paths['html']}")
+    if latest is not None:
+        print(f"{latest} -> {folder.name}")
     return EXIT_OK if result.summary.failed == 0 else EXIT_FAILED_CALLS
 
 

@@ -1,8 +1,10 @@
 """Runs many simulated calls: concurrency, ramp-up, duration, a weighted scenario mix.
 
 The mix is dealt by smooth weighted round-robin (deterministic: `barge_in:2, dtmf:1` gives
-barge_in, dtmf, barge_in, barge_in, dtmf, barge_in, ...), so even a short run follows the weights;
-`seed` decides the CallSids (and, embedded, the emulator's randomness).
+barge_in, dtmf, barge_in, barge_in, dtmf, barge_in, ...), so even a short run follows the weights.
+Each run has a fresh random `run_id` (12 hex digits); call N's CallSid is "CA" + the run id + N in hex,
+so the calls of two runs (or of two Locust processes) never share a CallSid, and one run's calls are
+found in the gateway's logs by the prefix `CA<run id>`.
 
 `run_load(config)` starts calls until `config.calls` have started or `config.duration_s` has passed,
 never more than `config.concurrency` at once, the first wave spread over `config.ramp_up_s`. Each
@@ -17,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import re
+import secrets
 import time
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -53,12 +55,26 @@ __all__ = [
     "LiveStats",
     "RunConfig",
     "RunResult",
+    "call_sid",
     "embedded_target",
+    "new_run_id",
     "public_base_url",
     "run_load",
 ]
 
 SESSION_CLOSE_WAIT_S = 3.0  # after hang-up, how long to wait for the emulator to record the session's end
+SID_HEX_DIGITS = 32  # a Twilio SID is two letters and 32 hex digits
+RUN_ID_HEX_DIGITS = 12  # 48 random bits: runs started at the same moment on many machines still differ
+
+
+def new_run_id() -> str:
+    """A fresh random run id (12 hex digits): the first part of each of the run's CallSids."""
+    return secrets.token_hex(RUN_ID_HEX_DIGITS // 2)
+
+
+def call_sid(run_id: str, index: int) -> str:
+    """The CallSid of call `index` of run `run_id`: "CA", the run id, the index in hex; 32 digits in all."""
+    return f"CA{run_id}{index:0{SID_HEX_DIGITS - len(run_id)}x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +87,8 @@ class RunConfig:
     concurrency: int = 10
     ramp_up_s: float = 0.0
     duration_s: float | None = None
-    seed: int = 0
+    seed: int = 0  # recorded with the results: the embedded emulator's seed
+    run_id: str = field(default_factory=new_run_id)
     auth_token: str | None = None
     public_url: str | None = None  # the https:// base Twilio would use; default: from `url`
     keep_audio: bool = False
@@ -86,6 +103,8 @@ class RunConfig:
             raise ValueError("give a number of calls, a duration, or both")
         if self.concurrency < 1 or (self.calls is not None and self.calls < 1):
             raise ValueError("calls and concurrency must be at least 1")
+        if not re.fullmatch(r"[0-9a-f]{1,16}", self.run_id):
+            raise ValueError(f"run_id {self.run_id!r}: 1 to 16 lowercase hex digits")
 
 
 @dataclass(slots=True)
@@ -115,6 +134,8 @@ class RunResult:
     summary: Summary
     loop_lag_ms: tuple[float, ...]
     started_at: float  # wall clock (epoch seconds)
+    run_id: str = ""
+    embedded: bool = False  # the target was an in-process gateway bridged to the emulator
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +193,6 @@ class CallRunner:
         self.emulator = emulator
         self.live = live
         self.results: list[CallResult] = []
-        self.rng = random.Random(config.seed)
         self.scenarios = [scenario for scenario, _ in config.mix]
         self.weights = [weight for _, weight in config.mix]
         self.credit = [0.0] * len(self.weights)
@@ -187,9 +207,6 @@ class CallRunner:
         best = max(range(len(self.weights)), key=lambda i: self.credit[i])
         self.credit[best] -= total
         return self.scenarios[best]
-
-    def new_call_sid(self) -> str:
-        return "CA" + uuid.UUID(int=self.rng.getrandbits(128), version=4).hex
 
     async def signed_twiml(self, call_sid: str) -> tuple[str, dict[str, str], float]:
         """POST /twiml as Twilio's webhook would; returns the stream URL, its parameters, the time taken."""
@@ -218,24 +235,24 @@ class CallRunner:
     async def run_call(self, index: int, scenario: Scenario | None = None) -> CallResult:
         """Run one call (of `scenario`, or the next of the mix) to its end; record and return its result."""
         scenario = scenario if scenario is not None else self.pick()
-        call_sid = self.new_call_sid()
+        sid = call_sid(self.config.run_id, index)
         self.live.started += 1
         self.live.active += 1
         error: str | None = None
         detail = ""
         twiml_ms = None
-        call = TwilioCall(self.config.url, call_sid=call_sid, keep_audio=self.config.keep_audio)
+        call = TwilioCall(self.config.url, call_sid=sid, keep_audio=self.config.keep_audio)
         call.open_timeout_s = self.config.open_timeout_s
         try:
             if self.config.auth_token is not None:
-                stream_url, params, twiml_ms = await self.signed_twiml(call_sid)
+                stream_url, params, twiml_ms = await self.signed_twiml(sid)
                 call.auth_token, call.signed_url, call.custom_parameters = (
                     self.config.auth_token,
                     stream_url,
                     params,
                 )
             else:
-                call.custom_parameters = {"CallSid": call_sid, "From": "+15550100000", "To": "+15550199999"}
+                call.custom_parameters = {"CallSid": sid, "From": "+15550100000", "To": "+15550199999"}
             await self.open(call)
             await play_scenario(call, scenario)
         except _CallError as exc:
@@ -398,6 +415,7 @@ def _describe(config: RunConfig) -> dict[str, Any]:
         "ramp_up_s": config.ramp_up_s,
         "duration_s": config.duration_s,
         "seed": config.seed,
+        "run_id": config.run_id,
         "signed": config.auth_token is not None,
         "public_url": config.public_url,
         "scenarios": {scenario.name: weight for scenario, weight in config.mix},
@@ -417,4 +435,5 @@ async def run_load(
     lag = tuple(ticker.lag_ms[lag_before:])
     results = tuple(sorted(run.results, key=lambda r: r.index))
     summary = aggregate(results, duration_s, lag)
-    return RunResult(_describe(config), results, summary, lag, started_at)
+    embedded = emulator is not None
+    return RunResult(_describe(config), results, summary, lag, started_at, config.run_id, embedded)

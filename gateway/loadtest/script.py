@@ -26,8 +26,10 @@ Steps (one action each; the caller streams 20 ms frames continuously, silence wh
   script hangs up too (`stop`, then close).
 
 Recording paths are relative to the scenario file, or to a `recordings/` folder beside it or beside
-its folder. `timeout_s` (default 60) bounds the whole call. The first step being `wait_for_bot` means
-the bot speaks first (a gateway with `BOT_GREETING`): the call's setup time is then measured.
+its folder, or name one of the shipped recordings (`SHIPPED_RECORDINGS`). The shipped scenarios and
+recordings are package data (`gateway/loadtest/data/`), so they come with any install, editable or
+not. `timeout_s` (default 60) bounds the whole call. The first step being `wait_for_bot` means the bot
+speaks first (a gateway with `BOT_GREETING`): the call's setup time is then measured.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from gateway.loadtest.recordings import Recording, RecordingError, load_recordin
 __all__ = [
     "DEFAULT_SCENARIO_DIR",
     "DTMF_DIGITS",
+    "SHIPPED_RECORDINGS",
     "Dtmf",
     "HangUp",
     "Interrupt",
@@ -60,7 +63,9 @@ __all__ = [
     "resolve_scenario",
 ]
 
-DEFAULT_SCENARIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "scenarios"
+# Package data beside this module: found the same way in a source checkout, an editable and a wheel install.
+DEFAULT_SCENARIO_DIR = Path(__file__).resolve().parent / "data" / "scenarios"
+SHIPPED_RECORDINGS = DEFAULT_SCENARIO_DIR.parent / "recordings"
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 DEFAULT_CALL_TIMEOUT_S = 60.0
 DEFAULT_STEP_TIMEOUT_S = 10.0
@@ -252,7 +257,7 @@ def parse_scenario(
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise ScenarioError(f"{where}: not valid {fmt.upper()}: {exc}") from None
     base = base_dir if base_dir is not None else Path.cwd()
-    search = [base, base / "recordings", base.parent / "recordings"]
+    search = list(dict.fromkeys([base, base / "recordings", base.parent / "recordings", SHIPPED_RECORDINGS]))
     default_name = Path(where).stem if where != "<scenario>" else "scenario"
     return _Parser(where, search, cache if cache is not None else {}).scenario(doc, default_name)
 

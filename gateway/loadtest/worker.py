@@ -6,6 +6,10 @@ cannot run beside them. So each Locust worker starts one of these processes
 it for calls: a line `{"id": 7, "scenario": "barge_in"}` in, a line `{"id": 7, "result": {...}}` out
 (the `CallResult` as in results.json) when that call has ended. Calls run concurrently, on the same
 shared playout ticker and absolute send schedules as the CLI's, so one worker process drives hundreds.
+
+The first line out, before any request, is `{"ready": {"pid": ..., "run_id": "..."}}`: every CallSid of
+this process starts with `CA<run id>`, a fresh random id per process, so two workers (or two runs)
+never share a CallSid. It needs neither rich nor matplotlib (the `loadtest` extra).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +30,7 @@ from gateway.loadtest.recordings import Recording
 from gateway.loadtest.runner import CallRunner, LiveStats, RunConfig
 from gateway.loadtest.script import DEFAULT_SCENARIO_DIR, Scenario, resolve_scenario
 
-__all__ = ["handle_request", "main", "serve"]
+__all__ = ["build_parser", "handle_request", "main", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +57,11 @@ async def handle_request(
     return {"id": request.get("id"), "result": result.as_dict()}
 
 
+def _write_line(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Read requests from stdin until it closes; write each response as soon as its call ends."""
     cache: dict[Path, Recording] = {}
@@ -66,6 +76,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     runner = CallRunner(config, None, LiveStats())
     runner.t0_ms = monotonic_ms()
+    _write_line({"ready": {"pid": os.getpid(), "run_id": config.run_id}})
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -74,9 +85,7 @@ async def serve(args: argparse.Namespace) -> None:
         while line := await reader.readline():
 
             async def answer(text: str, number: int) -> None:
-                response = await handle_request(runner, scenarios, text, number)
-                sys.stdout.write(json.dumps(response) + "\n")
-                sys.stdout.flush()
+                _write_line(await handle_request(runner, scenarios, text, number))
 
             group.create_task(answer(line.decode("utf-8"), index))
             index += 1

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from gateway.loadtest.measure import CallResult
 from gateway.loadtest.runner import RunConfig, RunResult, embedded_target, run_load
 from gateway.loadtest.script import resolve_scenario
 from tests.conftest import scaled
+from tests.integration.test_cli import free_port
 
 SCENARIOS = ("question_answer", "multi_turn", "barge_in", "dtmf_hangup")
 TRUNCATE_TOLERANCE_MS = 40
@@ -117,7 +119,7 @@ def test_no_frames_lost_in_either_direction(run: RunResult) -> None:
 
 def test_cli_embedded_run_writes_outputs(tmp_path: Path) -> None:
     """`python -m gateway.loadtest --embedded --calls 2 --no-progress` exits 0 and writes the summary,
-    results.json and report.html."""
+    results.json and report.html into the run's own folder, which `latest` points at."""
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "gateway.loadtest", "--embedded", "--calls", "2", "--no-progress",
@@ -128,11 +130,16 @@ def test_cli_embedded_run_writes_outputs(tmp_path: Path) -> None:
         command, capture_output=True, text=True, timeout=scaled(60), cwd=REPO, env=os.environ
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert {p.name for p in out.iterdir()} == {"summary.txt", "results.json", "report.html"}
-    document = json.loads((out / "results.json").read_text())
+    (folder,) = [p for p in out.iterdir() if p.name != "latest"]
+    assert (out / "latest").resolve() == folder.resolve()
+    assert {p.name for p in folder.iterdir()} == {"summary.txt", "results.json", "report.html"}
+    document = json.loads((folder / "results.json").read_text())
     assert document["summary"]["completed"] == 2
-    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert document["run"]["mode"] == "embedded"
+    assert folder.name.endswith("-" + document["run"]["id"])
+    assert "data:image/png;base64," in (folder / "report.html").read_text()
     assert "calls: 2 (2 completed, 0 failed)" in done.stdout
+    assert f"wrote {folder / 'summary.txt'}" in done.stdout
 
 
 def test_cli_bad_usage_exits_2(tmp_path: Path) -> None:
@@ -141,3 +148,61 @@ def test_cli_bad_usage_exits_2(tmp_path: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=scaled(30), cwd=tmp_path)
     assert done.returncode == 2
     assert "no scenario 'nope'" in done.stderr
+
+
+def test_cli_runs_never_overwrite_or_share_call_sids(tmp_path: Path) -> None:
+    """Two CLI runs with the same seed into the same --output (against a port nobody listens on, so
+    every call fails at once) each get their own folder, and their CallSids are disjoint."""
+    out = tmp_path / "out"
+    url = f"ws://127.0.0.1:{free_port()}/media"
+    command = [
+        sys.executable, "-m", "gateway.loadtest", "--url", url, "--calls", "3", "--no-progress",
+        "--seed", "1", "--output", str(out),
+    ]  # fmt: skip
+    documents = []
+    for _ in range(2):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=scaled(60), cwd=tmp_path)
+        assert done.returncode == 1, done.stdout + done.stderr  # every call failed: connect_failed
+        document = json.loads((out / "latest" / "results.json").read_text())
+        assert document["summary"]["errors"] == {"connect_failed": 3}
+        assert document["run"]["target"] == url
+        assert document["run"]["mode"] == "external"
+        documents.append(document)
+    assert len([p for p in out.iterdir() if p.name != "latest"]) == 2
+    first, second = ({call["call_sid"] for call in d["calls"]} for d in documents)
+    assert len(first) == len(second) == 3
+    assert first.isdisjoint(second)
+    for document in documents:
+        assert all(call["call_sid"].startswith("CA" + document["run"]["id"]) for call in document["calls"])
+
+
+def _ask_worker(url: str, calls: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Start `python -m gateway.loadtest.worker`, place `calls` calls, close its stdin; (hello, answers)."""
+    requests = "".join(json.dumps({"id": i, "scenario": "question_answer"}) + "\n" for i in range(calls))
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.loadtest.worker", "--url", url, "--scenario", "question_answer"],
+        input=requests,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    hello, *answers = (json.loads(line) for line in done.stdout.splitlines())
+    return hello["ready"], answers
+
+
+def test_worker_processes_never_share_call_sids() -> None:
+    """Two Locust worker children (as two Locust processes start them) announce different run ids, and
+    every CallSid each makes starts with its own run id."""
+    url = f"ws://127.0.0.1:{free_port()}/media"
+    sids: list[set[str]] = []
+    for _ in range(2):
+        ready, answers = _ask_worker(url, 3)
+        assert sorted(a["id"] for a in answers) == [0, 1, 2]
+        assert {a["result"]["error"] for a in answers} == {"connect_failed"}
+        mine = {a["result"]["call_sid"] for a in answers}
+        assert all(sid.startswith("CA" + ready["run_id"]) for sid in mine)
+        sids.append(mine)
+    assert len(sids[0]) == len(sids[1]) == 3
+    assert sids[0].isdisjoint(sids[1])

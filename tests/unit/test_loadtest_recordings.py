@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import struct
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,10 @@ from gateway.loadtest.recordings import (
     decode_wav,
     load_recording,
 )
+from gateway.loadtest.script import SHIPPED_RECORDINGS
 from telcodec import Resampler, alaw_encode, ulaw_encode
 
-RECORDINGS = Path(__file__).parents[1] / "data" / "recordings"
+RECORDINGS = SHIPPED_RECORDINGS
 
 
 def pcm_wav(samples: np.ndarray, rate: int, channels: int = 1) -> bytes:

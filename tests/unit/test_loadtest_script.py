@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.loadtest import script as script_module
 from gateway.loadtest.recordings import Recording
 from gateway.loadtest.script import (
     DEFAULT_SCENARIO_DIR,
+    SHIPPED_RECORDINGS,
     Dtmf,
     HangUp,
     Interrupt,
@@ -22,7 +24,7 @@ from gateway.loadtest.script import (
     resolve_scenario,
 )
 
-RECORDINGS = DEFAULT_SCENARIO_DIR.parent / "recordings"
+RECORDINGS = SHIPPED_RECORDINGS
 
 
 def parse(text: str, fmt: str = "json") -> Scenario:
@@ -42,6 +44,23 @@ def test_shipped_scenarios_load() -> None:
     assert dtmf.steps[1] == Dtmf("123")
     assert resolve_scenario("question_answer").timeout_s == 30
     assert {p.stem for p in DEFAULT_SCENARIO_DIR.iterdir()} >= {"question_answer", "multi_turn"}
+
+
+def test_shipped_data_is_package_data() -> None:
+    """The shipped scenarios and recordings live inside the gateway.loadtest package, beside its modules."""
+    package = Path(script_module.__file__).resolve().parent
+    assert package / "data" / "scenarios" == DEFAULT_SCENARIO_DIR
+    assert package / "data" / "recordings" == SHIPPED_RECORDINGS
+    assert {p.name for p in SHIPPED_RECORDINGS.glob("*.wav")} >= {"hello.wav", "stop.wav"}
+
+
+def test_own_scenario_may_name_a_shipped_recording(tmp_path: Path) -> None:
+    """A scenario written elsewhere finds a shipped recording by its bare name (the last place looked)."""
+    path = tmp_path / "mine.json"
+    path.write_text('{"steps": [{"say": "hello.wav"}, {"wait_for_bot": true}]}')
+    scenario = load_scenario(path)
+    assert isinstance(scenario.steps[0], Say)
+    assert scenario.steps[0].recording.name == "hello.wav"
 
 
 def test_recordings_are_shared_between_scenarios() -> None:
