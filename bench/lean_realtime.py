@@ -41,6 +41,7 @@ from bench.wsframes import (
 )
 from gateway.emulator.voice import reply_audio
 from gateway.realtime.session import AudioFormat
+from gateway.realtime.upstream import PROBE_HEADER
 
 __all__ = ["DeltaRecord", "RealtimeStub", "StubConfig", "StubSession"]
 
@@ -172,7 +173,10 @@ class StubSession(asyncio.Protocol):
         del self._buffer[:used]
         self._transport.write(server_handshake_response(self.headers["sec-websocket-key"]))
         self._open = True
-        self.stub.sessions.append(self)
+        if PROBE_HEADER in self.headers:  # a gateway's readiness probe: answered, never counted as a call
+            self.stub.probes += 1
+        else:
+            self.stub.sessions.append(self)
         self._send("session.created", session=self._session())
         return True
 
@@ -351,6 +355,7 @@ class RealtimeStub:
         self.host, self.port = host, port
         self.reply = _Reply(self.config)
         self.sessions: list[StubSession] = []
+        self.probes = 0  # readiness probes answered (not in `sessions`)
         self._server: asyncio.Server | None = None
         self._count = 0
 

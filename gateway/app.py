@@ -17,13 +17,14 @@ import structlog
 from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.call.bridge import CallBridge
+from gateway.backend import bridge_settings_from, open_upstream
+from gateway.call.bridge import BridgeSettings, CallBridge
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
 from gateway.realtime.auth import TokenProvider
 from gateway.realtime.health import Health, UpstreamHealth
 from gateway.realtime.monitor import watch_upstream
-from gateway.realtime.upstream import Upstream, open_upstream
+from gateway.realtime.upstream import Upstream
 from gateway.telephony.signature import SIGNATURE_HEADER, validate_signature
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, issue_stream_token
 from gateway.telephony.twiml import connect_stream_twiml
@@ -48,6 +49,7 @@ class GatewayState:
     token_provider: TokenProvider | None = None
     upstream: Upstream | None = None
     health: UpstreamHealth | None = None
+    bridge_settings: BridgeSettings | None = None
     # Start-up's verdict on the realtime backend: HEALTHY (serve) or FATAL (misconfigured: stop).
     first_verdict: asyncio.Future[Health] | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)
@@ -113,6 +115,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_upstream(settings, token_provider=state.token_provider) as upstream:
         upstream.health = health
         state.upstream, state.health = upstream, health
+        state.bridge_settings = bridge_settings_from(settings, upstream.session)
         state.first_verdict = asyncio.get_running_loop().create_future()
         watcher = asyncio.create_task(watch_upstream(upstream, health, state.metrics, state.first_verdict))
         try:
@@ -235,7 +238,8 @@ async def handle_media(request: web.Request) -> web.StreamResponse:
         log.warning("call_refused", reason="capacity", max_calls=state.settings.max_calls)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"gateway at capacity")
         return ws
-    bridge = CallBridge(ws, state.settings, state.metrics, state.upstream, request.transport)
+    assert state.bridge_settings is not None  # set with the upstream
+    bridge = CallBridge(ws, state.bridge_settings, state.metrics, state.upstream, request.transport)
     task = asyncio.current_task()
     assert task is not None
     state.calls.add(task)

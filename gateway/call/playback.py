@@ -1,8 +1,9 @@
 """Playback tracker: how much of each bot item the caller has heard, from sends, mark echoes and time.
 
-A sans-I/O core. The bridge tells it what it sent (in samples at the provider's rate, 8 kHz for G.711)
-and when, hands it every mark echo, and asks it how much of an item has been heard at a given `now_ms`.
-Nothing in here reads a clock.
+A sans-I/O core. The call core tells it what it sent (in samples at the leg's playback rate) and when,
+hands it every confirmation the leg gives ("everything up to position P has played", from Twilio's mark
+echoes, Plivo's checkpoints, ...), and asks it how much of an item has been heard at a given `now_ms`.
+Legs without confirmations (a clock model) simply never confirm. Nothing in here reads a clock.
 
 The model. Everything sent since the last clear forms one queue of samples at global positions
 `[0, sent_end)`; the provider plays that queue in order, in real time, and waits when it runs dry. So
@@ -13,15 +14,15 @@ that audio's sent end would have finished playing, and a pause of the model betw
 ran dry) does not count as heard time. This improves on `heard = confirmed + (now - ack time)`, which
 counts such pauses as playback.
 
-A mark echo of the current generation is a measurement: "everything up to this mark had played by
-now". It re-anchors the model at `(end of the mark's chunk, now)`. A mark echo can come back later than
-the model predicted (network and jitter buffer latency); the estimate then holds still at the figure it
-had already reached, rather than going backwards, until the re-anchored model catches up. So the heard
-figure never decreases and never exceeds what was sent.
+A confirmation is a measurement: "everything up to position P had played by now" (P is the end of a
+chunk, as `on_audio_sent` returned it). It re-anchors the model at `(P, now)`. A confirmation can come
+later than the model predicted (network and jitter buffer latency); the estimate then holds still at the
+figure it had already reached, rather than going backwards, until the re-anchored model catches up. So
+the heard figure never decreases and never exceeds what was sent.
 
-Mark names are `"{generation}:{sequence}"`. The generation goes up on every clear, so an echo of a mark
-sent before a clear (providers echo pending marks at once when they clear) is recognised as a flush,
-not as playback. Names this tracker did not make are ignored.
+Positions grow across clears (a clear does not reset them), so a confirmation of audio sent before a
+clear (providers echo pending marks at once when they clear) is recognised as a flush, not as playback:
+its position is at or before the clear. The generation goes up on every clear.
 
 Integer arithmetic only: positions are in samples, times in ms, and the model compares them scaled to
 `ms * rate` and `samples * 1000`, so there is no float drift over a long call.
@@ -29,12 +30,9 @@ Integer arithmetic only: positions are in samples, times in ms, and the model co
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
-
-from gateway.telephony.events import SendMark
 
 __all__ = [
     "SAMPLE_RATE",
@@ -48,20 +46,18 @@ __all__ = [
 SAMPLE_RATE = 8000
 """Provider playback rate (G.711): sample counts given to the tracker are at this rate by default."""
 
-_MARK_NAME = re.compile(r"(\d{1,18}):(\d{1,18})", re.ASCII)
-
 
 class MarkOutcome(StrEnum):
-    """What a mark echo meant."""
+    """What a playback confirmation (a mark echo, a checkpoint) meant."""
 
     PLAYED = "played"
-    """Current generation: the audio before it has played; confirmed playback advanced."""
+    """Audio sent since the last clear has played up to it; confirmed playback advanced."""
     FLUSHED = "flushed"
-    """Sent before the last clear: the provider flushed it; it says nothing about playback."""
+    """At or before the last clear: the provider flushed that audio; it says nothing about playback."""
     STALE = "stale"
-    """Current generation but already confirmed (duplicate, out of order) or never issued."""
+    """Since the last clear but already confirmed (a duplicate, out of order)."""
     FOREIGN = "foreign"
-    """Not a name this tracker makes."""
+    """Past anything sent: not a position this tracker gave out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +134,9 @@ class _Item:
 class PlaybackTracker:
     """Tracks bot audio sent to the provider and estimates what the caller has heard.
 
-    Call `on_audio_sent` after each chunk you send and send the returned mark right after it; pass
-    every mark echo to `on_mark_played`; call `clear` when you send the provider's clear. `now_ms`
-    must never go backwards between calls (a monotonic clock in ms).
+    Call `on_audio_sent` for each chunk as you send it (the leg asks for a confirmation of the returned
+    position where it can); pass every confirmation to `on_played_to`; call `clear` when you send the
+    provider's clear. `now_ms` must never go backwards between calls (a monotonic clock in ms).
     """
 
     def __init__(self, sample_rate: int = SAMPLE_RATE) -> None:
@@ -158,7 +154,8 @@ class PlaybackTracker:
         # one): the only places where playback waits. Increasing in both position and `u`.
         self._breaks: deque[tuple[int, int]] = deque()
         self._floor = 0
-        self._pending: deque[tuple[int, int]] = deque()  # (seq, end position) of unconfirmed marks
+        self._pending: deque[int] = deque()  # end positions of chunks not yet confirmed
+        self._cleared_at = 0  # the position of the last clear: confirmations at or before it are flushes
         self._items: dict[str, _Item] = {}
         self._live: dict[str, _Item] = {}  # items with runs in the current generation, in send order
         self._last_item: str | None = None
@@ -188,8 +185,9 @@ class PlaybackTracker:
             foreign_marks=self._foreign,
         )
 
-    def on_audio_sent(self, item_id: str, samples: int, now_ms: int) -> SendMark:
-        """Record a chunk of `item_id` just sent to the provider; send the returned mark right after it."""
+    def on_audio_sent(self, item_id: str, samples: int, now_ms: int) -> int:
+        """Record a chunk of `item_id` just sent to the provider; returns the position its end has (what
+        a confirmation of this chunk names)."""
         if samples <= 0:
             raise ValueError(f"a sent chunk must have at least one sample, got {samples}")
         start = self._sent_end
@@ -206,23 +204,22 @@ class PlaybackTracker:
         self._sent_end = start + samples
         self._last_item = item_id
         self._seq += 1
-        self._pending.append((self._seq, self._sent_end))
-        return SendMark(f"{self._generation}:{self._seq}")
+        self._pending.append(self._sent_end)
+        return self._sent_end
 
-    def on_mark_played(self, name: str, now_ms: int) -> MarkOutcome:
-        """Take a mark echo from the provider; only `PLAYED` advances the figures, the rest are counted."""
-        match = _MARK_NAME.fullmatch(name)
-        if match is None or int(match[1]) > self._generation:
+    def on_played_to(self, position: int, now_ms: int) -> MarkOutcome:
+        """Take the leg's confirmation that everything up to `position` has played; only `PLAYED`
+        advances the figures, the rest are counted."""
+        if position > self._sent_end or position <= 0:
             self._foreign += 1
             return MarkOutcome.FOREIGN
-        if int(match[1]) < self._generation:
+        if position <= self._cleared_at:
             self._flush_echoes += 1
             return MarkOutcome.FLUSHED
-        seq = int(match[2])
-        if not self._pending or not self._pending[0][0] <= seq <= self._pending[-1][0]:
+        if not self._pending or not self._pending[0] <= position <= self._pending[-1]:
             self._stale += 1
             return MarkOutcome.STALE
-        self._confirm(seq, now_ms)
+        self._confirm(position, now_ms)
         self._marks_played += 1
         return MarkOutcome.PLAYED
 
@@ -275,6 +272,7 @@ class PlaybackTracker:
         self._generation += 1
         self._pending.clear()
         self._breaks.clear()
+        self._cleared_at = self._sent_end
         self._anchor_pos = self._floor = self._sent_end
         self._anchor_u = now_ms * self._rate - self._sent_end * 1000
         self._last_item = None
@@ -298,12 +296,12 @@ class PlaybackTracker:
                 pos = max(pos, (clock - u) // 1000)
         return min(max(pos, self._floor), self._sent_end)
 
-    def _confirm(self, seq: int, now_ms: int) -> None:
-        """Re-anchor the model: everything up to mark `seq` had played at `now_ms`."""
+    def _confirm(self, position: int, now_ms: int) -> None:
+        """Re-anchor the model: everything up to `position` had played at `now_ms`."""
         self._floor = max(self._floor, self._playhead(now_ms))
         end = self._anchor_pos
-        while self._pending and self._pending[0][0] <= seq:
-            end = self._pending.popleft()[1]
+        while self._pending and self._pending[0] <= position:
+            end = self._pending.popleft()
         u = now_ms * self._rate - end * 1000
         self._anchor_pos, self._anchor_u = end, u
         while self._breaks and (self._breaks[0][0] <= end or self._breaks[0][1] <= u):

@@ -1,8 +1,8 @@
 """The realtime side's I/O: which service to dial, with which credential, and one connection per call.
 
-`open_upstream(settings)` resolves the endpoint and credential once at start-up (or starts the embedded
-emulator when nothing is configured) and yields an `Upstream`; each call then `connect()`s its own
-`RealtimeConnection`, a thin asyncio layer over the sans-I/O `RealtimeCodec`.
+An `Upstream` is a resolved endpoint with its credential (`gateway.backend.open_upstream` builds it from
+the settings at start-up); each call `connect()`s its own `RealtimeConnection`, a thin asyncio layer over
+the sans-I/O `RealtimeCodec`, and `probe()` checks the endpoint without placing a call.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -20,14 +19,13 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from gateway.config import Settings
-from gateway.errors import AuthError, ConfigError, UpstreamError
-from gateway.realtime.auth import Credential, EntraToken, StaticKey, TokenProvider, azure_token_provider
+from gateway.errors import AuthError, UpstreamError
+from gateway.realtime.auth import Credential
 from gateway.realtime.codec import RealtimeCodec
-from gateway.realtime.endpoint import EndpointKind, RealtimeEndpoint, resolve_endpoint
+from gateway.realtime.endpoint import RealtimeEndpoint
 from gateway.realtime.events import ErrorReported, RealtimeCommand, RealtimeEvent
 from gateway.realtime.health import UpstreamHealth
-from gateway.realtime.session import AudioFormat, Protocol, SessionSettings, TurnDetection
+from gateway.realtime.session import Protocol, SessionSettings
 from gateway.sockets import close_or_abort
 
 __all__ = [
@@ -37,8 +35,6 @@ __all__ = [
     "Upstream",
     "UpstreamConnectError",
     "client_request_id",
-    "open_upstream",
-    "session_settings_from",
 ]
 
 log = structlog.get_logger(__name__)
@@ -65,25 +61,6 @@ def client_request_id(call_id: str) -> str:
         return str(uuid.UUID(hex=call_id[2:]))
     except ValueError:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, "call:" + call_id))
-
-
-def session_settings_from(settings: Settings) -> SessionSettings:
-    """The realtime session the gateway asks for, from its settings."""
-    audio = AudioFormat.G711_ULAW if settings.audio_mode == "g711" else AudioFormat.PCM16
-    return SessionSettings(
-        instructions=settings.bot_instructions,
-        voice=settings.bot_voice,
-        input_format=audio,
-        output_format=audio,
-        turn_detection=TurnDetection(
-            threshold=settings.vad_threshold,
-            prefix_padding_ms=settings.vad_prefix_padding_ms,
-            silence_duration_ms=settings.vad_silence_duration_ms,
-            interrupt_response=settings.vad_interrupt_response,
-        ),
-        transcription_model=settings.transcription_model,
-        greeting=settings.bot_greeting,
-    )
 
 
 class RealtimeConnection:
@@ -231,55 +208,3 @@ class Upstream:
         if record_success and self.health is not None:
             self.health.on_success(time.monotonic())
         return ws
-
-
-def _credential_for(
-    settings: Settings, endpoint: RealtimeEndpoint, token_provider: TokenProvider | None
-) -> Credential | None:
-    """The handshake credential: a key if one is set (or REALTIME_AUTH=key), Entra ID for Azure hosts
-    without a key (or REALTIME_AUTH=entra), nothing otherwise (or REALTIME_AUTH=none)."""
-    key = settings.backend_key()
-    mode = settings.realtime_auth
-    if mode == "auto":
-        mode = "key" if key else "entra" if endpoint.kind is EndpointKind.AZURE else "none"
-    if mode == "key":
-        if not key:
-            raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY (or the backend's own key setting)")
-        return StaticKey(key, endpoint.auth_style)
-    if mode == "entra":
-        # Microsoft Entra ID: azure-identity's DefaultAzureCredential unless a provider is injected.
-        return EntraToken(token_provider if token_provider is not None else azure_token_provider())
-    return None
-
-
-@asynccontextmanager
-async def open_upstream(
-    settings: Settings, *, token_provider: TokenProvider | None = None
-) -> AsyncIterator[Upstream]:
-    """Resolve the configured backend, or start the embedded emulator; clean up on exit.
-
-    `token_provider` replaces azure-identity for Entra ID auth (the seam tests use to fake Azure's auth).
-    """
-    session = session_settings_from(settings)
-    if settings.uses_emulator:
-        from gateway.emulator import EmulatorServer  # imported lazily: production never loads it
-
-        async with EmulatorServer(host="127.0.0.1", port=0) as emulator:
-            endpoint = resolve_endpoint(realtime_url=emulator.url + "/v1/realtime?model=emulator")
-            assert endpoint is not None
-            yield Upstream(
-                endpoint, None, session, settings.upstream_connect_timeout_s, embedded_emulator=True
-            )
-        return
-    endpoint = settings.endpoint()
-    assert endpoint is not None  # uses_emulator is False, so something is configured
-    credential = _credential_for(settings, endpoint, token_provider)
-    try:
-        yield Upstream(endpoint, credential, session, settings.upstream_connect_timeout_s)
-    finally:
-        close = getattr(credential, "aclose", None)
-        if close is not None:
-            try:
-                await close()
-            except AuthError:
-                log.warning("credential_close_failed")

@@ -1,7 +1,12 @@
-"""Provider-neutral telephony events (what the caller's side did) and commands (what to send it).
+"""Provider-neutral caller-leg events (what the caller's side did) and commands (what to send it).
 
 Every dialect (Twilio first; Telnyx, Plivo, ... later) parses its wire format into these events and
-serializes these commands into its wire format. The bridge and the barge-in logic see only these types.
+serializes these commands into its wire format. The call core and the bridge see only these types.
+
+Playback confirmation is a position, not a provider's marker: `PlayAudio` carries the position its
+audio ends at (in samples at the leg's rate, growing across clears), and a dialect whose provider can
+confirm playback (Twilio's marks, Plivo's checkpoints, ...) asks for a confirmation of that position and
+turns the provider's answer into `PlayedTo(position)`. Marks never leave the dialects that use them.
 """
 
 from __future__ import annotations
@@ -14,11 +19,10 @@ __all__ = [
     "CallStopped",
     "ClearPlayback",
     "DtmfReceived",
-    "MarkPlayed",
     "MediaReceived",
+    "PlayAudio",
+    "PlayedTo",
     "ProtocolViolation",
-    "SendMark",
-    "SendMedia",
     "StreamConnected",
     "TelephonyCommand",
     "TelephonyEvent",
@@ -58,10 +62,10 @@ class MediaReceived:
 
 
 @dataclass(frozen=True, slots=True)
-class MarkPlayed:
-    """The provider echoed a mark: audio sent before it has played, or a clear flushed it."""
+class PlayedTo:
+    """The provider confirmed that bot audio up to `position` has played (or a clear flushed it)."""
 
-    name: str
+    position: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ TelephonyEvent = (
     StreamConnected
     | CallStarted
     | MediaReceived
-    | MarkPlayed
+    | PlayedTo
     | DtmfReceived
     | CallStopped
     | ProtocolViolation
@@ -98,17 +102,12 @@ TelephonyEvent = (
 
 
 @dataclass(frozen=True, slots=True)
-class SendMedia:
-    """Queue bot audio (provider encoding) for playback to the caller."""
+class PlayAudio:
+    """Queue bot audio (the leg's encoding) for playback; it ends at `end_position` of the playback
+    queue, which the dialect asks the provider to confirm where it can."""
 
     payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SendMark:
-    """Ask the provider to echo `name` once everything queued before it has played."""
-
-    name: str
+    end_position: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,4 +115,4 @@ class ClearPlayback:
     """Drop all audio the provider has buffered for the caller (barge-in)."""
 
 
-TelephonyCommand = SendMedia | SendMark | ClearPlayback
+TelephonyCommand = PlayAudio | ClearPlayback

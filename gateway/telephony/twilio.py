@@ -1,16 +1,22 @@
 """Twilio Media Streams (bidirectional `<Connect><Stream>`), sans-I/O.
 
 `TwilioDialect` turns each WebSocket text message Twilio sends into one provider-neutral event from
-`gateway.telephony.events`, and each command into the JSON text to send back. It owns no socket: the
+`gateway.telephony.events`, and each command into the JSON texts to send back. It owns no socket: the
 caller reads frames, feeds them in, and writes out what `send` returns.
+
+Format: a Twilio stream is G.711 mu-law at 8 kHz, mono; a `start` announcing anything else is refused
+(fatal), never decoded as mu-law. Playback is confirmed with marks: `PlayAudio` becomes a `media`
+message and a `mark` named after the playback position the audio ends at (decimal digits); Twilio
+echoes it once the audio has played, or at once when a `clear` flushes it, and the echo comes back as
+`PlayedTo(position)`. Mark names stay inside this module.
 
 Peer garbage never raises: it comes back as `ProtocolViolation(reason, fatal)`. The policy:
 
 * fatal (end the call): text that is not a JSON object; a binary frame; `media`/`mark`/`dtmf` before
-  `start` (no streamSid yet, so nothing can be answered); a `start` that is malformed or names an
-  encoding we cannot size; a second `start`.
+  `start` (no streamSid yet, so nothing can be answered); a `start` that is malformed or announces a
+  format other than mono mu-law at 8 kHz; a second `start`.
 * not fatal (drop that one message and go on): a missing, non-string or unknown `event` (Twilio may add
-  events); malformed fields, bad base64 or a partial sample in one `media`; a `streamSid` that differs
+  events); malformed fields or bad base64 in one `media`; a mark we did not send; a `streamSid` that differs
   from the one in `start`; a duplicate `connected`; anything after `stop` (the call is over anyway).
 
 `connected` may be missing in some providers' replays, so `start` is accepted first. A `stop` before
@@ -32,11 +38,10 @@ from gateway.telephony.events import (
     CallStopped,
     ClearPlayback,
     DtmfReceived,
-    MarkPlayed,
     MediaReceived,
+    PlayAudio,
+    PlayedTo,
     ProtocolViolation,
-    SendMark,
-    SendMedia,
     StreamConnected,
     TelephonyCommand,
     TelephonyEvent,
@@ -142,6 +147,12 @@ def _parse_start(msg: Mapping[str, Any]) -> CallStarted:
     channels = _counter(fmt, "channels", "start.mediaFormat") if "channels" in fmt else 1
     if rate == 0 or channels == 0:
         raise _ViolationError("start.mediaFormat sampleRate and channels must be positive")
+    if (encoding, rate, channels) != (ENCODING, SAMPLE_RATE, 1):
+        # Decoding anything else as mono mu-law would feed the model noise: refuse the stream instead.
+        raise _ViolationError(
+            f"unsupported media format {encoding} at {rate} Hz with {channels} channel(s); "
+            f"a Twilio stream is {ENCODING} at {SAMPLE_RATE} Hz, mono"
+        )
     return CallStarted(
         stream_id=stream_id,
         call_id=_string(start, "callSid", "start", ""),
@@ -154,8 +165,12 @@ def _parse_start(msg: Mapping[str, Any]) -> CallStarted:
     )
 
 
-def _parse_mark(msg: Mapping[str, Any]) -> MarkPlayed:
-    return MarkPlayed(name=_string(_object(msg, "mark"), "name", "mark"))
+def _parse_mark(msg: Mapping[str, Any]) -> PlayedTo:
+    """Our marks are named after the playback position they confirm; any other name is not ours."""
+    name = _string(_object(msg, "mark"), "name", "mark")
+    if not (0 < len(name) <= _MAX_COUNTER_DIGITS and name.isascii() and name.isdigit()):
+        raise _ViolationError(f"mark {name[:40]!r} is not one the gateway sent")
+    return PlayedTo(position=int(name))
 
 
 def _parse_dtmf(msg: Mapping[str, Any]) -> DtmfReceived:
@@ -228,22 +243,24 @@ class TwilioDialect:
         """Media Streams never sends binary frames; the caller hands them here and closes the socket."""
         return ProtocolViolation(reason=f"unexpected binary frame ({len(data)} bytes)", fatal=True)
 
-    def send(self, command: TelephonyCommand) -> str:
-        """Serialize a command; raises LocalProtocolError unless `can_send` (that is our bug)."""
+    def send(self, command: TelephonyCommand) -> tuple[str, ...]:
+        """Serialize a command into the frames to write, in order; raises LocalProtocolError unless
+        `can_send` (that is our bug). Audio is a `media` message and a `mark` named after its end
+        position, which Twilio echoes once the audio has played (or at once, when a clear flushes it)."""
         if self._state is not StreamState.STREAMING:
             raise LocalProtocolError(f"cannot send to a Twilio stream in state {self._state.name}")
-        if isinstance(command, SendMedia):
+        if isinstance(command, PlayAudio):
             if len(command.payload) % self._frame_bytes:
                 raise LocalProtocolError(
                     f"media payload of {len(command.payload)} bytes is not whole samples"
                 )
             payload = base64.b64encode(command.payload).decode("ascii")
-            return f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{payload}"}}}}'
-        if isinstance(command, SendMark):
-            name = json.dumps(command.name, ensure_ascii=False)
-            return f'{{"event":"mark","streamSid":{self._sid_json},"mark":{{"name":{name}}}}}'
+            return (
+                f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{payload}"}}}}',
+                f'{{"event":"mark","streamSid":{self._sid_json},"mark":{{"name":"{command.end_position}"}}}}',
+            )
         if isinstance(command, ClearPlayback):
-            return self._clear_json
+            return (self._clear_json,)
         assert_never(command)
 
     def _receive(self, text: str) -> TelephonyEvent:

@@ -28,7 +28,8 @@ SERVICE_RATE = 24_000  # the delta's own rate (pcm16 24 kHz); the provider plays
 
 
 class Call:
-    """Drives a controller and its tracker the way the bridge will: gate each delta, send, mark."""
+    """Drives a controller and its tracker alone: gate each delta, record each chunk sent (the call
+    core's own behaviour is tested in test_core.py)."""
 
     def __init__(
         self,
@@ -40,7 +41,7 @@ class Call:
         self.ctl = BargeInController(
             self.tracker, mode=mode, cancel_policy=cancel_policy, server_interrupts=server_interrupts
         )
-        self.marks: list[str] = []
+        self.marks: list[int] = []  # the end position of each chunk sent
 
     def created(self, response_id: str, now_ms: int) -> None:
         self.ctl.on_response_created(ResponseCreated(response_id), now_ms)
@@ -53,7 +54,7 @@ class Call:
         remaining = ms if sent_ms is None else sent_ms
         while remaining > 0:
             piece = min(100, remaining)
-            self.marks.append(self.tracker.on_audio_sent(item_id, piece * 8, now_ms).name)
+            self.marks.append(self.tracker.on_audio_sent(item_id, piece * 8, now_ms))
             remaining -= piece
         return True
 
@@ -84,7 +85,7 @@ def test_truncate_uses_mark_confirmed_playback() -> None:
     call = Call()
     call.created("r1", 0)
     call.delta("r1", "i1", 2000, now_ms=0)
-    assert call.tracker.on_mark_played(call.marks[4], 560) is MarkOutcome.PLAYED  # 500 ms played by 560
+    assert call.tracker.on_played_to(call.marks[4], 560) is MarkOutcome.PLAYED  # 500 ms played by 560
     decision = call.ctl.on_speech_started(800)
     assert decision.truncated == TruncateItem("i1", 0, 740)
 
@@ -162,7 +163,7 @@ def test_flushed_mark_echoes_after_clear_do_not_count_as_playback() -> None:
     old_marks = list(call.marks)
     call.created("r2", 1000)
     call.delta("r2", "i2", 1000, now_ms=1000)
-    assert {call.tracker.on_mark_played(m, 1005) for m in old_marks} == {MarkOutcome.FLUSHED}
+    assert {call.tracker.on_played_to(m, 1005) for m in old_marks} == {MarkOutcome.FLUSHED}
     decision = call.ctl.on_speech_started(1250)
     assert decision.truncated == TruncateItem("i2", 0, 250)
 

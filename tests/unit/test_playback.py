@@ -1,4 +1,4 @@
-"""The playback tracker: heard figures from sends, mark echoes and an injected clock."""
+"""The playback tracker: heard figures from sends, playback confirmations and an injected clock."""
 
 from __future__ import annotations
 
@@ -7,28 +7,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.call.playback import SAMPLE_RATE, MarkOutcome, PlaybackTracker
-from gateway.telephony.events import SendMark
 
 MS = SAMPLE_RATE // 1000  # samples per ms at the provider's rate
 
 
 def send(
     tracker: PlaybackTracker, item_id: str, total_ms: int, now_ms: int, chunk_ms: int = 100
-) -> list[str]:
-    """Send `total_ms` of `item_id` at `now_ms` in `chunk_ms` chunks; return the mark names."""
-    names = []
+) -> list[int]:
+    """Send `total_ms` of `item_id` at `now_ms` in `chunk_ms` chunks; return the chunks' end positions."""
+    positions = []
     for start in range(0, total_ms, chunk_ms):
-        names.append(tracker.on_audio_sent(item_id, min(chunk_ms, total_ms - start) * MS, now_ms).name)
-    return names
+        positions.append(tracker.on_audio_sent(item_id, min(chunk_ms, total_ms - start) * MS, now_ms))
+    return positions
 
 
-def test_mark_names_carry_generation_and_sequence() -> None:
-    """Each sent chunk returns a SendMark named "{generation}:{sequence}"."""
+def test_positions_grow_across_clears() -> None:
+    """Each sent chunk returns its end position in samples; a clear does not reset positions."""
     tracker = PlaybackTracker()
-    assert tracker.on_audio_sent("a", 160, 0) == SendMark("0:1")
-    assert tracker.on_audio_sent("a", 160, 0) == SendMark("0:2")
+    assert tracker.on_audio_sent("a", 160, 0) == 160
+    assert tracker.on_audio_sent("a", 160, 0) == 320
     tracker.clear(10)
-    assert tracker.on_audio_sent("b", 160, 10) == SendMark("1:3")
+    assert tracker.on_audio_sent("b", 160, 10) == 480
+    assert tracker.generation == 1
 
 
 def test_empty_chunk_is_rejected() -> None:
@@ -71,7 +71,7 @@ def test_late_echo_holds_the_figure_until_the_model_catches_up() -> None:
     """An echo later than predicted re-anchors the model without making heard go backwards."""
     tracker = PlaybackTracker()
     names = send(tracker, "a", 1000, now_ms=1000)
-    assert tracker.on_mark_played(names[0], 1150) is MarkOutcome.PLAYED  # model said 100 ms at 1100
+    assert tracker.on_played_to(names[0], 1150) is MarkOutcome.PLAYED  # model said 100 ms at 1100
     assert tracker.heard_ms("a", 1150) == 150
     assert tracker.heard_ms("a", 1200) == 150  # re-anchored: 100 ms + 50 ms elapsed, held at 150
     assert tracker.heard_ms("a", 1300) == 250
@@ -81,7 +81,7 @@ def test_early_echo_moves_the_figure_forward() -> None:
     """An echo confirming more than the model predicted is believed at once."""
     tracker = PlaybackTracker()
     names = send(tracker, "a", 1000, now_ms=1000)
-    assert tracker.on_mark_played(names[1], 1150) is MarkOutcome.PLAYED
+    assert tracker.on_played_to(names[1], 1150) is MarkOutcome.PLAYED
     assert tracker.heard_ms("a", 1150) == 200
     assert tracker.heard_ms("a", 1250) == 300
 
@@ -104,7 +104,7 @@ def test_marks_of_one_item_do_not_disturb_the_next() -> None:
     tracker = PlaybackTracker()
     a_marks = send(tracker, "a", 600, now_ms=0)
     send(tracker, "b", 600, now_ms=0)
-    tracker.on_mark_played(a_marks[-1], 640)  # all of a had played by 640 (40 ms late)
+    tracker.on_played_to(a_marks[-1], 640)  # all of a had played by 640 (40 ms late)
     assert tracker.heard_ms("a", 700) == 600
     assert tracker.heard_ms("b", 700) == 60
     assert tracker.heard_ms("b", 900) == 260
@@ -131,26 +131,27 @@ def test_flush_echoes_after_clear_are_ignored() -> None:
     old = send(tracker, "a", 1000, now_ms=0)
     tracker.clear(300)
     new = send(tracker, "b", 500, now_ms=400)
-    assert [tracker.on_mark_played(n, 410) for n in old] == [MarkOutcome.FLUSHED] * 10
+    assert [tracker.on_played_to(n, 410) for n in old] == [MarkOutcome.FLUSHED] * 10
     assert tracker.heard_ms("a", 410) == 300
     assert tracker.heard_ms("b", 410) == 10
-    assert tracker.on_mark_played(new[0], 520) is MarkOutcome.PLAYED
+    assert tracker.on_played_to(new[0], 520) is MarkOutcome.PLAYED
     assert tracker.stats().flush_echoes == 10
     assert tracker.stats().marks_played == 1
 
 
-def test_unknown_and_repeated_marks_are_ignored() -> None:
-    """Names the tracker did not make are foreign; a mark echoed twice is stale the second time."""
+def test_unknown_and_repeated_confirmations_are_ignored() -> None:
+    """Positions past anything sent are foreign; a position confirmed twice is stale the second time."""
     tracker = PlaybackTracker()
     names = send(tracker, "a", 300, now_ms=0)
-    for name in ["greeting-done", "", "1:2:3", "-1:1", "x:1", "7:1", "0:99", "0:٣"]:
-        assert tracker.on_mark_played(name, 50) in (MarkOutcome.FOREIGN, MarkOutcome.STALE), name
-    assert tracker.on_mark_played(names[1], 200) is MarkOutcome.PLAYED
-    assert tracker.on_mark_played(names[0], 210) is MarkOutcome.STALE
-    assert tracker.on_mark_played(names[1], 210) is MarkOutcome.STALE
+    for position in [0, -1, 300 * MS + 1, 10**18]:
+        assert tracker.on_played_to(position, 50) is MarkOutcome.FOREIGN, position
+    assert tracker.heard_ms("a", 50) == 50
+    assert tracker.on_played_to(names[1], 200) is MarkOutcome.PLAYED
+    assert tracker.on_played_to(names[0], 210) is MarkOutcome.STALE
+    assert tracker.on_played_to(names[1], 210) is MarkOutcome.STALE
     assert tracker.heard_ms("a", 200) == 200
     stats = tracker.stats()
-    assert (stats.foreign_marks, stats.stale_marks) == (7, 3)
+    assert (stats.foreign_marks, stats.stale_marks) == (4, 2)
 
 
 def test_new_generation_counts_from_its_own_first_send() -> None:
@@ -171,7 +172,7 @@ def test_long_backlog_of_confirmed_items_is_retired() -> None:
     for n in range(200):
         names = send(tracker, f"i{n}", 200, now_ms=now, chunk_ms=20)
         now += 200
-        tracker.on_mark_played(names[-1], now)
+        tracker.on_played_to(names[-1], now)
     assert tracker.heard_ms("i0", now) == 200
     assert tracker.heard_ms("i199", now) == 200
     assert len(tracker._live) == 0
@@ -201,19 +202,19 @@ def test_heard_is_monotone_and_never_exceeds_sent(ops: list[tuple[str, int]], it
     """For any send/echo/time/clear sequence, each item's heard never decreases nor exceeds its sent."""
     tracker = PlaybackTracker()
     now = 0
-    names: list[str] = []
+    names: list[int] = []
     acked = 0
     last = dict.fromkeys("abc", 0)
     for step, (kind, arg) in enumerate(ops):
         if kind == "send":
-            names.append(tracker.on_audio_sent(items[step], arg, now).name)
+            names.append(tracker.on_audio_sent(items[step], arg, now))
         elif kind == "tick":
             now += arg
         elif kind == "echo_next" and acked < len(names):
-            tracker.on_mark_played(names[acked], now)
+            tracker.on_played_to(names[acked], now)
             acked += 1
         elif kind == "echo_any" and names:
-            tracker.on_mark_played(names[arg % len(names)], now)
+            tracker.on_played_to(names[arg % len(names)], now)
         elif kind == "clear":
             tracker.clear(now)
         for item_id in "abc":

@@ -24,6 +24,13 @@ CORES = [
     "gateway.call.playback",
     "gateway.call.bargein",
     "gateway.call.localvad",
+    "gateway.call.core",
+    "gateway.call.audio",
+    "gateway.call.timeline",
+    "gateway.call.outcome",
+    "gateway.call.ratelimit",
+    "gateway.realtime.health",
+    "gateway.realtime.transcript",
     "gateway.emulator.session",
     "gateway.emulator.vad",
     "gateway.emulator.voice",
@@ -88,3 +95,32 @@ def test_core_imports_only_other_cores(module: str) -> None:
 def test_the_check_sees_imports() -> None:
     """The AST walk does find imports (it reports the auth module's asyncio), so the checks above can fail."""
     assert "asyncio" in _imports("gateway.realtime.auth")
+
+
+# The layers below the app take plain values: only the app (and its wiring, gateway.backend) knows the
+# settings, and that an embedded emulator can stand in for a realtime service.
+LAYERS = ("gateway.call", "gateway.realtime", "gateway.telephony")
+APP_ONLY = ("gateway.config", "gateway.app", "gateway.backend", "gateway.serve", "gateway.emulator")
+
+
+def _layer_modules() -> list[str]:
+    found = []
+    for package in LAYERS:
+        spec = importlib.util.find_spec(package)
+        assert spec is not None
+        assert spec.submodule_search_locations is not None
+        found += [info.name for info in pkgutil.iter_modules(spec.submodule_search_locations, package + ".")]
+    return found
+
+
+@pytest.mark.parametrize("module", _layer_modules())
+def test_layers_import_no_settings_app_or_emulator(module: str) -> None:
+    """Nothing under call/, realtime/ or telephony/ imports the settings, the app or the emulator."""
+    bad = {name for name in _imports(module) if name.startswith(APP_ONLY)}
+    assert not bad, sorted(bad)
+
+
+def test_the_layer_check_sees_the_app_imports() -> None:
+    """The same AST walk finds the settings import of the wiring module, so the check above can fail."""
+    assert "gateway.config" in _imports("gateway.backend")
+    assert len(_layer_modules()) > 20

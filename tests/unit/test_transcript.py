@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.call.transcript import Transcript
+from gateway.realtime.transcript import Transcript
 
 
 def test_turns_replay_in_order_and_interrupted_bot_text_is_cut() -> None:

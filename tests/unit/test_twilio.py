@@ -16,11 +16,10 @@ from gateway.telephony.events import (
     CallStopped,
     ClearPlayback,
     DtmfReceived,
-    MarkPlayed,
     MediaReceived,
     ProtocolViolation,
-    SendMark,
-    SendMedia,
+    PlayAudio,
+    PlayedTo,
     StreamConnected,
 )
 from gateway.telephony.twilio import StreamState, TwilioDialect
@@ -71,9 +70,9 @@ TRANSCRIPT: list[dict[str, Any]] = [
         "dtmf": {"track": "inbound_track", "digit": "5"},
     },
     _media(5, 3, 40),
-    {"event": "mark", "sequenceNumber": "6", "streamSid": SID, "mark": {"name": "item_abc:17"}},
+    {"event": "mark", "sequenceNumber": "6", "streamSid": SID, "mark": {"name": "17"}},
     _media(7, 4, 60),
-    {"event": "mark", "sequenceNumber": "8", "streamSid": SID, "mark": {"name": "item_abc:37"}},
+    {"event": "mark", "sequenceNumber": "8", "streamSid": SID, "mark": {"name": "37"}},
     STOP,
 ]
 
@@ -93,9 +92,9 @@ EXPECTED = [
     MediaReceived(payload=FRAME, timestamp_ms=20, chunk=2, track="inbound"),
     DtmfReceived(digit="5"),
     MediaReceived(payload=FRAME, timestamp_ms=40, chunk=3, track="inbound"),
-    MarkPlayed(name="item_abc:17"),
+    PlayedTo(position=17),
     MediaReceived(payload=FRAME, timestamp_ms=60, chunk=4, track="inbound"),
-    MarkPlayed(name="item_abc:37"),
+    PlayedTo(position=37),
     CallStopped(),
 ]
 
@@ -233,6 +232,10 @@ SETUP_GARBAGE: list[tuple[str, Any, bool]] = [
     ("start with tracks not a list", _start(tracks="inbound"), True),
     ("start with unknown encoding", _start(mediaFormat={"encoding": "audio/opus"}), True),
     ("start with zero channels", _start(mediaFormat={"encoding": "audio/x-mulaw", "channels": 0}), True),
+    ("start with A-law", _start(mediaFormat={"encoding": "audio/x-alaw", "sampleRate": 8000}), True),
+    ("start with L16", _start(mediaFormat={"encoding": "audio/x-l16", "sampleRate": 8000}), True),
+    ("start with 16 kHz", _start(mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": 16000}), True),
+    ("start with two channels", _start(mediaFormat={"encoding": "audio/x-mulaw", "channels": 2}), True),
     ("unknown event", {"event": "hello"}, False),
     ("duplicate connected", CONNECTED, False),
 ]
@@ -268,18 +271,28 @@ def test_wrong_stream_sid_is_ignored_not_fatal() -> None:
     assert event == ProtocolViolation(reason="'media' for another streamSid", fatal=False)
 
 
-def test_partial_sample_is_a_violation_for_two_byte_encodings() -> None:
-    """With 16-bit PCM announced, an odd byte count is not whole samples; an even one is fine."""
-    dialect = _streaming(mediaFormat={"encoding": "audio/x-l16", "sampleRate": 8000, "channels": 1})
-    odd = dialect.receive_text(json.dumps(_media(2, 1, 0, payload=base64.b64encode(b"\x00" * 321).decode())))
-    assert isinstance(odd, ProtocolViolation)
-    assert "whole number of samples" in odd.reason
-    assert not odd.fatal
-    even = dialect.receive_text(
-        json.dumps(_media(3, 2, 20, payload=base64.b64encode(b"\x00" * 320).decode()))
+def test_unsupported_format_is_refused_with_what_is_supported() -> None:
+    """A start announcing A-law, L16 or two channels is refused (fatal) naming the format Twilio
+    streams, rather than decoded as mono mu-law."""
+    dialect = TwilioDialect()
+    fmt = {"encoding": "audio/x-l16", "sampleRate": 16000, "channels": 2}
+    event = dialect.receive_text(json.dumps(_start(mediaFormat=fmt)))
+    assert event == ProtocolViolation(
+        reason="unsupported media format audio/x-l16 at 16000 Hz with 2 channel(s); "
+        "a Twilio stream is audio/x-mulaw at 8000 Hz, mono",
+        fatal=True,
     )
-    assert isinstance(even, MediaReceived)
-    assert len(even.payload) == 320
+    assert dialect.call is None
+
+
+def test_marks_we_did_not_send_are_non_fatal_violations() -> None:
+    """A mark name that is not a position the gateway sent is reported, not taken as playback."""
+    dialect = _streaming()
+    for name in ("greeting-done", "", "1:2", "-5", "٣", "9" * 19):
+        event = dialect.receive_text(json.dumps({"event": "mark", "streamSid": SID, "mark": {"name": name}}))
+        assert isinstance(event, ProtocolViolation), name
+        assert not event.fatal
+    assert dialect.receive_text(json.dumps({"event": "mark", "mark": {"name": "320"}})) == PlayedTo(320)
 
 
 def test_mulaw_accepts_any_byte_count() -> None:
@@ -298,30 +311,30 @@ def test_binary_frames_are_fatal_violations() -> None:
     assert violation == ProtocolViolation(reason="unexpected binary frame (3 bytes)", fatal=True)
 
 
-def test_outbound_media_matches_protocols_1_4() -> None:
-    """SendMedia becomes {"event":"media","streamSid":...,"media":{"payload":base64}} exactly."""
+def test_outbound_audio_is_media_then_a_mark_for_its_end() -> None:
+    """PlayAudio becomes {"event":"media",...,"media":{"payload":base64}} exactly, then a mark named
+    after the position the audio ends at (PROTOCOLS.md 1.4)."""
     dialect = _streaming()
-    text = dialect.send(SendMedia(FRAME))
-    assert json.loads(text) == {"event": "media", "streamSid": SID, "media": {"payload": FRAME_B64}}
-    assert text == f'{{"event":"media","streamSid":"{SID}","media":{{"payload":"{FRAME_B64}"}}}}'
+    media, mark = dialect.send(PlayAudio(FRAME, end_position=480))
+    assert json.loads(media) == {"event": "media", "streamSid": SID, "media": {"payload": FRAME_B64}}
+    assert media == f'{{"event":"media","streamSid":"{SID}","media":{{"payload":"{FRAME_B64}"}}}}'
+    assert json.loads(mark) == {"event": "mark", "streamSid": SID, "mark": {"name": "480"}}
 
 
-def test_outbound_mark_and_clear_match_protocols_1_4() -> None:
-    """SendMark and ClearPlayback become the documented mark and clear messages, nothing more."""
+def test_outbound_clear_matches_protocols_1_4() -> None:
+    """ClearPlayback becomes the documented clear message, nothing more."""
     dialect = _streaming()
-    assert json.loads(dialect.send(SendMark("item_abc:17"))) == {
-        "event": "mark",
-        "streamSid": SID,
-        "mark": {"name": "item_abc:17"},
-    }
-    assert json.loads(dialect.send(ClearPlayback())) == {"event": "clear", "streamSid": SID}
+    assert [json.loads(text) for text in dialect.send(ClearPlayback())] == [
+        {"event": "clear", "streamSid": SID}
+    ]
 
 
-def test_mark_names_are_json_escaped() -> None:
-    """A mark name with quotes, backslashes and non-ASCII survives the round trip."""
+def test_mark_echo_round_trips_the_position() -> None:
+    """Twilio's echo of the mark the dialect sent comes back as PlayedTo of the same position."""
     dialect = _streaming()
-    name = 'it"em\\ü:1'
-    assert json.loads(dialect.send(SendMark(name)))["mark"]["name"] == name
+    _, mark = dialect.send(PlayAudio(FRAME, end_position=123456))
+    echo = json.loads(mark) | {"sequenceNumber": "5"}
+    assert dialect.receive_text(json.dumps(echo)) == PlayedTo(123456)
 
 
 def test_send_before_start_is_a_local_error() -> None:
@@ -330,7 +343,7 @@ def test_send_before_start_is_a_local_error() -> None:
     dialect.receive_text(json.dumps(CONNECTED))
     assert not dialect.can_send
     with pytest.raises(LocalProtocolError, match="AWAITING_START"):
-        dialect.send(SendMedia(FRAME))
+        dialect.send(PlayAudio(FRAME, 160))
     assert issubclass(LocalProtocolError, ProtocolError)
     assert issubclass(ProtocolError, GatewayError)
 
@@ -343,13 +356,6 @@ def test_send_after_stop_is_a_local_error() -> None:
     assert not dialect.can_send
     with pytest.raises(LocalProtocolError, match="STOPPED"):
         dialect.send(ClearPlayback())
-
-
-def test_send_of_partial_samples_is_a_local_error() -> None:
-    """Bot audio that is not whole samples of the stream's encoding is refused before it reaches Twilio."""
-    dialect = _streaming(mediaFormat={"encoding": "audio/x-l16", "sampleRate": 8000, "channels": 1})
-    with pytest.raises(LocalProtocolError, match="whole samples"):
-        dialect.send(SendMedia(b"\x00" * 3))
 
 
 json_values = st.recursive(

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import structlog
 from websockets.exceptions import ConnectionClosed
 
-from gateway.call.transcript import Transcript
 from gateway.errors import UpstreamError
 from gateway.metrics import GatewayMetrics
 from gateway.realtime.events import (
@@ -28,6 +27,7 @@ from gateway.realtime.events import (
     SessionCreated,
     UpdateSession,
 )
+from gateway.realtime.transcript import Transcript
 from gateway.realtime.upstream import RealtimeConnection, Upstream, UpstreamConnectError
 
 __all__ = ["RETRYABLE_CODES", "SessionReconnected", "UpstreamLink", "UpstreamLostError"]

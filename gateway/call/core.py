@@ -1,0 +1,359 @@
+"""The call core: every decision of one call, sans-I/O, between a caller leg and a realtime session.
+
+It owns the audio conversion, the aggregation of caller audio into appends, the playback tracker, the
+barge-in controller, which bot item is playing, whether the caller is owed an answer, and the timeline
+that dates the caller's speech. It takes leg events and realtime events with `now_ms` and returns
+commands for each side separately, in the style of python-websockets' `Protocol`:
+
+- feed it: `receive_caller_audio`, `receive_played_to`, `receive_dtmf`, `receive_realtime`,
+  `session_replaced`;
+- drain it: `realtime_to_send()` (send in order), `next_leg_command(now_ms)` (pull one at a time, and
+  write each before pulling the next: a barge-in between two pulls drops the audio not yet pulled, so no
+  bot audio can follow a clear), and `notes()` (what happened, for metrics and logs).
+
+The I/O around it (`bridge.py`) moves bytes, stamps time and counts. Nothing in here reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from gateway.call.audio import CallAudio
+from gateway.call.bargein import (
+    BargeInController,
+    BargeInMode,
+    CancelPolicy,
+    ErrorClass,
+    SpeechDecision,
+    Verdict,
+)
+from gateway.call.localvad import LocalVad
+from gateway.call.outcome import Outcome
+from gateway.call.playback import PlaybackTracker
+from gateway.call.ratelimit import FrameBudget
+from gateway.call.timeline import CallerTimeline
+from gateway.realtime.events import (
+    AppendAudio,
+    AudioDelta,
+    AudioDone,
+    CancelResponse,
+    CreateResponse,
+    ErrorReported,
+    RealtimeCommand,
+    RealtimeEvent,
+    ResponseCreated,
+    ResponseDone,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptDone,
+    TruncateItem,
+    UserTranscript,
+)
+from gateway.realtime.session import AudioFormat
+from gateway.realtime.transcript import Transcript
+from gateway.telephony.events import ClearPlayback, PlayAudio, TelephonyCommand
+from telcodec import ulaw_decode
+
+__all__ = [
+    "Answered",
+    "AudioDropped",
+    "BargedIn",
+    "CallConfig",
+    "CallCore",
+    "CallMustEnd",
+    "CallerAudioDropped",
+    "DtmfPressed",
+    "Note",
+    "ResponseFailed",
+]
+
+FRAMES_PER_S = 50  # the legs send 20 ms frames
+FLOOD_BURST_FRAMES = 3 * FRAMES_PER_S  # a provider may deliver a few seconds of backlog after a stall
+FLOOD_LIMIT_FRAMES = 10 * FRAMES_PER_S  # dropping more than 10 s of excess audio: a hostile client
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfig:
+    """The few settings a call's decisions depend on."""
+
+    append_ms: int = 20
+    playout_chunk_ms: int = 40
+    barge_in: BargeInMode = BargeInMode.SERVER
+    cancel_policy: CancelPolicy = CancelPolicy.ALWAYS
+    server_interrupts: bool = True  # the session's VAD cancels its own response on speech
+    create_response: bool = True  # the session's VAD starts a response when the caller stops
+    vad_silence_ms: int = 500  # speech_stopped.audio_end_ms includes this much silence
+    greeting: str | None = None
+    leg_rate: int = 8000  # the leg's playback rate (G.711: 8 kHz)
+
+
+# -- notes: what happened, for the I/O layer's metrics and logs --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BargedIn:
+    """The caller talked over the bot; `decision` says what was sent. `heard_of_ms` is the truncated
+    item's audio received from the service (0 without a truncate)."""
+
+    decision: SpeechDecision
+    heard_of_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The first bot audio of an answer went to the leg. `response_ms`: from the end of the caller's
+    speech (None when that moment is unknown, right after a session was replaced); `model_ms`: from the
+    speech_stopped event."""
+
+    response_ms: float | None
+    model_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDropped:
+    """Bot audio of an interrupted response was dropped, never played."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallerAudioDropped:
+    """A caller frame beyond the flood budget was dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfPressed:
+    """The caller pressed a key."""
+
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFailed:
+    """A response ended with status failed."""
+
+    response_id: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallMustEnd:
+    """The call cannot go on: end it with this outcome."""
+
+    outcome: Outcome
+    detail: str
+
+
+Note = BargedIn | Answered | AudioDropped | CallerAudioDropped | DtmfPressed | ResponseFailed | CallMustEnd
+
+
+@dataclass(slots=True)
+class _BotAudio:
+    """Converted bot audio of one item, waiting to be pulled in chunks."""
+
+    item_id: str
+    audio: bytes
+    generation: int
+    offset: int = 0
+
+
+class CallCore:
+    """One call's decisions. Construct once the leg has started (its format is known)."""
+
+    def __init__(self, config: CallConfig, session_format: AudioFormat) -> None:
+        self.config = config
+        self.audio = CallAudio(session_format)
+        self.tracker = PlaybackTracker(config.leg_rate)
+        self.bargein = BargeInController(
+            self.tracker,
+            mode=config.barge_in,
+            cancel_policy=config.cancel_policy,
+            server_interrupts=config.server_interrupts,
+        )
+        self.transcript = Transcript()
+        self.timeline = CallerTimeline()
+        self._local_vad = LocalVad(config.leg_rate) if config.barge_in is not BargeInMode.SERVER else None
+        self._budget = FrameBudget(FRAMES_PER_S, FLOOD_BURST_FRAMES)
+        self._leg_ms_per_byte = 1000 / config.leg_rate  # G.711: one byte per sample
+        self._append_bytes = session_format.bytes_per_ms * config.append_ms
+        self._chunk_bytes = config.leg_rate // 1000 * config.playout_chunk_ms
+        self._append_buffer = bytearray()
+        self._to_realtime: list[RealtimeCommand] = []
+        self._clear_pending = False
+        self._bot_queue: deque[_BotAudio] = deque()
+        self._notes: list[Note] = []
+        self._current_item: str | None = None
+        self._turn_owed = False  # the caller finished a turn and no response has started since
+        self._speech_ended_ms: float | None = None
+        self._speech_stopped_ms: int | None = None
+
+    # -- outputs -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """The realtime session is configured: a greeting, if any, is asked for now."""
+        if self.config.greeting:
+            self._to_realtime.append(CreateResponse(instructions=self.config.greeting))
+
+    def realtime_to_send(self) -> list[RealtimeCommand]:
+        """Commands for the realtime session, in order (drains them)."""
+        out, self._to_realtime = self._to_realtime, []
+        return out
+
+    def realtime_pending(self) -> bool:
+        """Commands for the realtime session are waiting."""
+        return bool(self._to_realtime)
+
+    def notes(self) -> list[Note]:
+        """What happened since the last call (drains them)."""
+        out, self._notes = self._notes, []
+        return out
+
+    def next_leg_command(self, now_ms: int) -> TelephonyCommand | None:
+        """The next command for the leg, or None. Audio is committed to the tracker when pulled: write
+        it before pulling again."""
+        if self._clear_pending:
+            self._clear_pending = False
+            return ClearPlayback()
+        while self._bot_queue:
+            head = self._bot_queue[0]
+            if head.generation != self.tracker.generation:  # queued before a barge-in: never played
+                self._bot_queue.popleft()
+                self._notes.append(AudioDropped())
+                continue
+            chunk = head.audio[head.offset : head.offset + self._chunk_bytes]
+            head.offset += len(chunk)
+            if head.offset >= len(head.audio):
+                self._bot_queue.popleft()
+            if head.item_id == self._current_item and self._speech_stopped_ms is not None:
+                self._answered(now_ms)
+            end = self.tracker.on_audio_sent(head.item_id, len(chunk), now_ms)
+            return PlayAudio(chunk, end)
+        return None
+
+    # -- the caller's side ---------------------------------------------------------------------------
+
+    def receive_caller_audio(self, payload: bytes, now_ms: int) -> None:
+        """One frame of caller audio in the leg's encoding."""
+        if not self._budget.allow(now_ms):
+            self._notes.append(CallerAudioDropped())
+            if self._budget.dropped > FLOOD_LIMIT_FRAMES:
+                self._notes.append(CallMustEnd(Outcome.FLOOD, "caller audio far faster than real time"))
+            return
+        if self._local_vad is not None:
+            speaking = self._local_vad.on_frame(
+                ulaw_decode(payload), bot_audible=self.tracker.is_audible(now_ms)
+            )
+            if speaking:
+                self._speech(self.bargein.on_local_speech(now_ms))
+        self._append_buffer += self.audio.caller_to_session(payload)
+        self.timeline.on_audio(len(payload) * self._leg_ms_per_byte, now_ms)
+        # Appends are whole multiples of APPEND_MS; the resampler's held-back delay waits for the next.
+        ready = len(self._append_buffer) - len(self._append_buffer) % self._append_bytes
+        if ready:
+            self._to_realtime.append(AppendAudio(bytes(self._append_buffer[:ready])))
+            del self._append_buffer[:ready]
+
+    def receive_played_to(self, position: int, now_ms: int) -> None:
+        """The leg confirmed playback up to `position`."""
+        self.tracker.on_played_to(position, now_ms)
+
+    def receive_dtmf(self, digit: str, now_ms: int) -> None:
+        """The caller pressed a key (counted; the model does not hear keys yet)."""
+        self._notes.append(DtmfPressed(digit))
+
+    # -- the realtime side ---------------------------------------------------------------------------
+
+    def receive_realtime(self, event: RealtimeEvent, now_ms: int) -> None:
+        """A realtime event; lifecycle events (session.*, errors) are the I/O layer's, and ignored here."""
+        match event:
+            case AudioDelta():
+                self._on_delta(event, now_ms)
+            case AudioDone(item_id=item_id):
+                self.bargein.on_audio_done(event, now_ms)
+                if item_id == self._current_item:
+                    self._queue_bot(item_id, self.audio.end_bot_item())
+                    self._current_item = None
+            case SpeechStarted():
+                self._speech(self.bargein.on_speech_started(now_ms))
+            case SpeechStopped(audio_end_ms=audio_end_ms):
+                self._speech_stopped_ms = now_ms
+                self._speech_ended_ms = self.timeline.arrival_of(audio_end_ms - self.config.vad_silence_ms)
+                self._turn_owed = self.config.create_response
+            case ResponseCreated():
+                self._turn_owed = False
+                self.bargein.on_response_created(event, now_ms)
+            case ResponseDone(response_id=response_id, status=status, reason=reason):
+                self.bargein.on_response_done(event, now_ms)
+                if status == "failed":
+                    self._notes.append(ResponseFailed(response_id, reason))
+            case TranscriptDone(item_id=item_id, transcript=text):
+                self.transcript.on_assistant(item_id, text)
+            case UserTranscript(item_id=item_id, transcript=text):
+                self.transcript.on_user(item_id, text)
+            case _:
+                pass
+
+    def session_replaced(self, carried_audio_ms: float, now_ms: int) -> bool:
+        """The realtime session was replaced; its responses died with it (audio already queued at the
+        leg plays on). Returns True when an answer was owed and has been asked for again."""
+        owed = self._turn_owed or self.bargein.responding
+        self.timeline.reset(carried_audio_ms)
+        self.bargein.on_session_lost(now_ms)
+        self.audio.drop_bot_audio()
+        self._current_item = None
+        if owed:  # the caller is waiting for an answer the old session never finished
+            self._turn_owed = False
+            self._to_realtime.append(CreateResponse())
+        return owed
+
+    def classify_error(self, error: ErrorReported) -> ErrorClass:
+        """Tell the expected races of barge-in from real errors (counting the benign ones)."""
+        return self.bargein.on_error(error)
+
+    def quiet(self, now_ms: int) -> bool:
+        """No response running and no bot audio queued or playing: a safe moment to swap sessions."""
+        return self.bargein.quiet(now_ms)
+
+    # -- decisions -----------------------------------------------------------------------------------
+
+    def _on_delta(self, event: AudioDelta, now_ms: int) -> None:
+        samples = self.audio.session_samples(event.audio)
+        if not self.bargein.on_audio_delta(event, samples, self.audio.session_rate, now_ms):
+            self._notes.append(AudioDropped())
+            return
+        if self._current_item not in (None, event.item_id):
+            # A new item without the previous one's audio.done: the old tail goes first.
+            self._queue_bot(self._current_item, self.audio.end_bot_item())
+        self._current_item = event.item_id
+        self._queue_bot(event.item_id, self.audio.bot_to_provider(event.audio))
+
+    def _queue_bot(self, item_id: str | None, audio: bytes) -> None:
+        if item_id is not None and audio:
+            self._bot_queue.append(_BotAudio(item_id, audio, self.tracker.generation))
+
+    def _speech(self, decision: SpeechDecision) -> None:
+        if decision.verdict is not Verdict.BARGE_IN:
+            return
+        self.audio.drop_bot_audio()
+        self._current_item = None
+        dropped = len(self._bot_queue)
+        self._bot_queue.clear()
+        self._notes.extend(AudioDropped() for _ in range(dropped))
+        heard_of_ms = 0
+        for command in decision.commands:
+            if isinstance(command, ClearPlayback):
+                self._clear_pending = True
+            elif isinstance(command, CancelResponse):
+                self._to_realtime.append(command)
+            elif isinstance(command, TruncateItem):
+                self._to_realtime.append(command)
+                heard_of_ms = self.bargein.received_ms(command.item_id)
+                self.transcript.on_truncated(command.item_id, command.audio_end_ms, heard_of_ms)
+        self._notes.append(BargedIn(decision, heard_of_ms))
+
+    def _answered(self, now_ms: int) -> None:
+        assert self._speech_stopped_ms is not None
+        ended = self._speech_ended_ms
+        self._notes.append(
+            Answered(None if ended is None else now_ms - ended, now_ms - self._speech_stopped_ms)
+        )
+        self._speech_stopped_ms = self._speech_ended_ms = None
