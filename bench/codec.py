@@ -10,6 +10,13 @@ How it is measured:
   per 20 ms of audio; the figure is the median of REPEATS runs of TICKS ticks (after a warm-up tick).
   OpenBLAS is held to one thread: a gateway process uses one core.
 - "batched" converts the tick's N frames in one `BatchCallerPath.process` call.
+- Every wire format (mu-law and A-law 8 kHz, L16 8/16/24 kHz) gets one row per direction at N = 1, in a
+  second block: `CallerPath(encoding, rate)` fed 20 ms frames of that format, `BotPath(encoding, rate)`
+  fed the same 100 ms deltas; the figure is the best of REPEATS runs of FORMAT_TICKS chunks (one
+  stream for 5 ticks is all noise, and other load on the machine only ever adds time). Compare them
+  with this block's mu-law row, measured the same way, not with the N=1 column above.
+  Quality is measured through the path itself for L16 and on the linear-PCM resampling stage for
+  G.711 (as above).
 - Quality comes from `telcodec.quality` (tones on exact FFT bins; see its docstring), measured on the
   linear-PCM resampling stage (mu-law's own noise would bury a 90 dB measurement): image rejection for the
   caller direction (8 kHz -> 24 kHz), alias rejection for the bot direction (24 kHz -> 8 kHz), passband
@@ -23,6 +30,7 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads OpenBLAS
 
+import gc
 import json
 import statistics
 import sys
@@ -40,7 +48,7 @@ import soxr
 import telcodec
 from telcodec import quality
 from telcodec.g711 import ULAW_DECODE_TABLE, ulaw_encode
-from telcodec.resample import _ULAW_DECODE_F64, _output_tables
+from telcodec.resample import _ULAW_DECODE_F64, _output_tables, _UlawCaller
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -57,6 +65,8 @@ FRAMES_PER_DELTA = 5
 TARGET_CALLER_US = 4.0
 TARGET_BOT_US = 7.0
 TARGET_DB = 85.0
+SESSION_RATE = 24000
+FORMAT_TICKS = 400  # chunks per run in the per-format block (one stream: 5 chunks would be all noise)
 OUT = Path(__file__).parent / "out" / "codec.json"
 
 Pcm16 = npt.NDArray[np.int16]
@@ -155,6 +165,20 @@ def time_streams(make: Callable[[], Callable[[bytes], bytes]], chunks: list[byte
     return statistics.median(runs)
 
 
+def time_one_stream(make: Callable[[], Callable[[bytes], bytes]], chunk: bytes) -> float:
+    """Seconds per chunk of one stream: the best of REPEATS runs of FORMAT_TICKS chunks."""
+    convert = make()
+    for _ in range(FORMAT_TICKS):  # warm-up: past the first (shorter) output, caches and branch predictors
+        convert(chunk)
+    runs = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        for _ in range(FORMAT_TICKS):
+            convert(chunk)
+        runs.append((time.perf_counter() - t0) / FORMAT_TICKS)
+    return min(runs)
+
+
 def time_batched(frames: npt.NDArray[np.uint8], calls: int) -> float:
     """Median seconds of one tick of `BatchCallerPath.process` over `calls` frames."""
     batch = telcodec.BatchCallerPath(calls)
@@ -238,8 +262,14 @@ def chunked_ours(a: int, b: int) -> Callable[[], Callable[[Pcm16], Pcm16]]:
     return lambda: telcodec.Resampler(a, b).process
 
 
-def measure_quality(row: Row, conv: quality.Convert, chunked: Callable[[], Callable[[Pcm16], Pcm16]]) -> None:
-    a, b = (8000, 24000) if row.direction == "caller" else (24000, 8000)
+def measure_quality(
+    row: Row,
+    conv: quality.Convert,
+    chunked: Callable[[], Callable[[Pcm16], Pcm16]],
+    rate: int = 8000,
+) -> None:
+    """Fill in a row's rejection, ripple and latency; `rate` is the provider side's (24 kHz on the other)."""
+    a, b = (rate, SESSION_RATE) if row.direction == "caller" else (SESSION_RATE, rate)
     if row.direction == "caller":
         row.rejection_db = quality.image_rejection_db(conv, a, b)
     else:
@@ -248,12 +278,77 @@ def measure_quality(row: Row, conv: quality.Convert, chunked: Callable[[], Calla
     row.latency_ms = quality.group_delay_ms(conv, a, b) + holdback_ms(chunked, a, b)
 
 
+# --- every wire format: per-call paths at N = 1 -----------------------------------------------------------
+
+
+def _as_pcm(data: bytes) -> Pcm16:
+    return np.frombuffer(data, "<i2").astype(np.int16)
+
+
+def _path(fmt: telcodec.WireFormat, direction: str) -> telcodec.CallerPath | telcodec.BotPath:
+    if direction == "caller":
+        return telcodec.CallerPath(fmt.encoding, fmt.rate)
+    return telcodec.BotPath(fmt.encoding, fmt.rate)
+
+
+def path_factory(fmt: telcodec.WireFormat, direction: str) -> Callable[[], Callable[[bytes], bytes]]:
+    """New per-call paths for `fmt`, as the stateful byte converters the timers take."""
+    return lambda: _path(fmt, direction).process
+
+
+def path_chunked(fmt: telcodec.WireFormat, direction: str) -> Callable[[], Callable[[Pcm16], Pcm16]]:
+    """An L16 path as a streaming int16 converter (for the hold-back measurement)."""
+
+    def make() -> Callable[[Pcm16], Pcm16]:
+        convert = _path(fmt, direction).process
+        return lambda x: _as_pcm(convert(x.tobytes()))
+
+    return make
+
+
+def path_whole(fmt: telcodec.WireFormat, direction: str) -> quality.Convert:
+    """An L16 path as a whole-signal int16 converter, flushed."""
+
+    def convert(x: Pcm16) -> Pcm16:
+        path = _path(fmt, direction)
+        return _as_pcm(path.process(x.tobytes()) + path.flush())
+
+    return convert
+
+
+def format_rows(rng: np.random.Generator, delta: bytes) -> list[Row]:
+    """Cost (N = 1) and quality of CallerPath and BotPath for each wire format, mu-law 8 kHz included."""
+    frames = {
+        fmt: (rng.standard_normal(fmt.rate // 50) * 3000).astype("<i2").tobytes()
+        if fmt.encoding is telcodec.Encoding.L16
+        else rng.integers(0, 256, fmt.rate // 50, dtype=np.uint8).tobytes()
+        for fmt in telcodec.SUPPORTED_FORMATS
+    }
+    rows = []
+    gc.collect()  # the thousands of streams of the table above are garbage now: collect them before timing
+    for direction in ("caller", "bot"):
+        for fmt in telcodec.SUPPORTED_FORMATS:
+            row = Row(direction, f"telcodec {direction.capitalize()}Path {fmt}")
+            chunk, per = (frames[fmt], 1) if direction == "caller" else (delta, FRAMES_PER_DELTA)
+            row.us_per_frame[1] = 1e6 * time_one_stream(path_factory(fmt, direction), chunk) / per
+            if fmt.rate == SESSION_RATE:
+                row.ripple_db, row.latency_ms = 0.0, 0.0  # pass-through: nothing to reject, no delay
+            elif fmt.encoding is telcodec.Encoding.L16:
+                measure_quality(row, path_whole(fmt, direction), path_chunked(fmt, direction), fmt.rate)
+            else:  # G.711's own noise would bury the measurement: the linear-PCM stage, as for mu-law
+                a, b = (fmt.rate, SESSION_RATE) if direction == "caller" else (SESSION_RATE, fmt.rate)
+                measure_quality(row, q_ours(a, b), chunked_ours(a, b), fmt.rate)
+            rows.append(row)
+    return rows
+
+
 # --- the per-call floor: what each numpy call of CallerPath's fast path costs ---------------------------
 
 
 def caller_floor() -> dict[str, float]:
     """Microseconds per step of CallerPath's 160-byte fast path, each timed alone (min of 7 x 2000)."""
     path = telcodec.CallerPath()
+    assert isinstance(path, _UlawCaller)  # the mu-law 8 kHz implementation, whose steps are timed here
     frame = bytes(range(160))
     path.process(frame)
     s = path._stream
@@ -344,8 +439,9 @@ def main() -> None:
             row.us_per_frame[n] = 1e6 * time_streams(make, deltas[:n], n) / n / FRAMES_PER_DELTA
         measure_quality(row, conv, chunked)
         rows.append(row)
+    formats = format_rows(rng, deltas[0])
     floor = caller_floor()
-    report(rows, floor)
+    report(rows, formats, floor)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(
         json.dumps(
@@ -360,6 +456,7 @@ def main() -> None:
                     "rejection_db": TARGET_DB,
                 },
                 "rows": [asdict(r) for r in rows],
+                "format_rows": [asdict(r) for r in formats],
                 "caller_path_floor_us": floor,
             },
             indent=2,
@@ -367,23 +464,28 @@ def main() -> None:
     )
 
 
-def report(rows: list[Row], floor: dict[str, float]) -> None:
-    """Print the table, the targets and the per-call floor."""
+def _print_row(r: Row) -> None:
+    cost = "".join(f"{r.us_per_frame[n]:11.2f}" if n in r.us_per_frame else f"{'-':>11}" for n in CALLS)
+    reject = f"{r.rejection_db:11.1f}" if np.isfinite(r.rejection_db) else f"{'-':>11}"
+    print(f"{r.direction:8} {r.method:46}{cost}{reject}{r.ripple_db:11.3f}{r.latency_ms:12.2f}")
+
+
+def report(rows: list[Row], formats: list[Row], floor: dict[str, float]) -> None:
+    """Print the table, the other formats' rows, the targets and the per-call floor."""
     head = f"{'direction':8} {'method':46}" + "".join(f"{f'N={n} us':>11}" for n in CALLS)
     print(head + f"{'reject dB':>11}{'ripple dB':>11}{'latency ms':>12}")
     print("-" * (len(head) + 34))
     for r in rows:
-        cost = "".join(f"{r.us_per_frame[n]:11.2f}" for n in CALLS)
-        print(
-            f"{r.direction:8} {r.method:46}{cost}"
-            f"{r.rejection_db:11.1f}{r.ripple_db:11.3f}{r.latency_ms:12.2f}"
-        )
+        _print_row(r)
+    print("-" * (len(head) + 34))
+    for r in formats:
+        _print_row(r)
     print(
-        f"\nus per 20 ms of audio (bot: 100 ms deltas / 5); median of {REPEATS} x {TICKS} ticks;"
-        " one BLAS thread."
-        f"\nreject dB: image rejection (caller, 8k->24k) / alias rejection (bot, 24k->8k), worst tone; see"
-        f" telcodec.quality.\nTargets: caller <= {TARGET_CALLER_US} us, bot <= {TARGET_BOT_US} us,"
-        f" at >= {TARGET_DB} dB."
+        f"\nus per 20 ms of audio (bot: 100 ms deltas / 5); median of {REPEATS} x {TICKS} ticks"
+        f" (per-format block: best of {REPEATS} x {FORMAT_TICKS}); one BLAS thread."
+        f"\nreject dB: image rejection (caller, to 24k) / alias rejection (bot, from 24k), worst tone; see"
+        " telcodec.quality; '-': a pass-through, nothing to reject."
+        f"\nTargets: caller <= {TARGET_CALLER_US} us, bot <= {TARGET_BOT_US} us, at >= {TARGET_DB} dB."
     )
     print("\nCallerPath fast path, each numpy step alone (us): the per-call floor is their sum")
     for name, us in floor.items():
