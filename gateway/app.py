@@ -1,6 +1,7 @@
 """The aiohttp application: routes, start-up and shutdown.
 
-Routes: `POST /twiml` (Twilio's voice webhook), `GET /media` (the Media Streams WebSocket),
+Routes: for every provider P (gateway/telephony/providers.py) `POST /P/answer` (its call-control
+webhook) and `GET /P/media` (its media WebSocket); `/twiml` and `/media` as Twilio's aliases;
 `GET /healthz`, `GET /readyz`, `GET /metrics`. Shared objects live on the app under `web.AppKey`s; the
 upstream (a configured realtime endpoint, or the embedded emulator) is set up in `cleanup_ctx`.
 """
@@ -18,16 +19,16 @@ from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.backend import bridge_settings_from, open_upstream
-from gateway.call.bridge import BridgeSettings, CallBridge
+from gateway.call.bridge import BridgeSettings, CallBridge, Leg
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
 from gateway.realtime.auth import TokenProvider
 from gateway.realtime.health import Health, UpstreamHealth
 from gateway.realtime.monitor import watch_upstream
 from gateway.realtime.upstream import Upstream
-from gateway.telephony.signature import SIGNATURE_HEADER, validate_signature
-from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, issue_stream_token
-from gateway.telephony.twiml import connect_stream_twiml
+from gateway.telephony.provider import HttpRequest, Provider, Refusal
+from gateway.telephony.providers import PROVIDERS
+from gateway.telephony.streamtoken import issue_stream_token
 
 __all__ = ["STATE_KEY", "GatewayState", "create_app", "drain", "start_on_loopback"]
 
@@ -36,8 +37,6 @@ log = structlog.get_logger(__name__)
 MEDIA_PATH = "/media"
 TWIML_PATH = "/twiml"
 MAX_MESSAGE_BYTES = 64 * 1024  # a 20 ms frame is ~300 bytes of JSON; anything near this is hostile
-# Webhook form fields echoed into the stream's customParameters (the bot may use them, logs show them).
-FORWARDED_CALL_FIELDS = ("CallSid", "From", "To", "Direction")
 
 
 @dataclass(slots=True)
@@ -73,8 +72,10 @@ def create_app(
     state = GatewayState(settings=settings, metrics=GatewayMetrics(registry), token_provider=token_provider)
     state.metrics.max_calls.set(settings.max_calls)
     app[STATE_KEY] = state
-    app.router.add_post(TWIML_PATH, handle_twiml)
-    app.router.add_get(MEDIA_PATH, handle_media)
+    for provider in PROVIDERS.values():
+        _add_provider_routes(app, provider, f"/{provider.name}/answer", f"/{provider.name}/media")
+    # Twilio's original routes stay as aliases: numbers already point at them.
+    _add_provider_routes(app, PROVIDERS["twilio"], TWIML_PATH, MEDIA_PATH)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
@@ -169,8 +170,21 @@ async def _close_calls(app: web.Application) -> None:
         await asyncio.wait(state.calls, timeout=5)
 
 
+def _add_provider_routes(app: web.Application, provider: Provider, answer_path: str, media_path: str) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return await handle_answer(request, provider, media_path)
+
+    async def media(request: web.Request) -> web.StreamResponse:
+        return await handle_media(request, provider)
+
+    if provider.answer is not None:
+        for method in provider.answer_methods:
+            app.router.add_route(method, answer_path, answer)
+    app.router.add_get(media_path, media)
+
+
 def _public_base(request: web.Request, settings: Settings) -> str:
-    """The https base URL Twilio used to reach us: the configured one, else the request's own host."""
+    """The https base URL the provider used to reach us: the configured one, else the request's own host."""
     if settings.public_url:
         return settings.public_url
     proto = request.headers.get("X-Forwarded-Proto", request.scheme)
@@ -178,10 +192,20 @@ def _public_base(request: web.Request, settings: Settings) -> str:
     return f"{'https' if proto in ('https', 'wss') else 'http'}://{host}"
 
 
-def _stream_url(request: web.Request, settings: Settings) -> str:
-    """The stream URL as TwiML names it and Twilio signs it: always wss:// (Twilio accepts nothing else),
-    even when the gateway sits behind plain http."""
-    return "wss://" + _public_base(request, settings).split("://", 1)[1] + MEDIA_PATH
+def _stream_url(request: web.Request, settings: Settings, media_path: str) -> str:
+    """The stream URL as the answer names it and the provider signs it: always wss:// (providers accept
+    nothing else), even when the gateway sits behind plain http."""
+    return "wss://" + _public_base(request, settings).split("://", 1)[1] + media_path
+
+
+async def _http_request(request: web.Request, url: str) -> HttpRequest:
+    """The request as a provider's checks see it (sans-I/O)."""
+    body = await request.read()
+    form: dict[str, str] = {}
+    if request.content_type == "application/x-www-form-urlencoded":
+        form = {k: str(v) for k, v in (await request.post()).items()}
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    return HttpRequest(request.method, url, headers, body, form, request.remote)
 
 
 def _reject(state: GatewayState, route: str, reason: str, status: int = 403, **context: str) -> web.Response:
@@ -190,56 +214,60 @@ def _reject(state: GatewayState, route: str, reason: str, status: int = 403, **c
     return web.Response(status=status, text=f"{reason}\n")
 
 
-async def handle_twiml(request: web.Request) -> web.Response:
-    """Answer Twilio's voice webhook with `<Connect><Stream>` to our /media, after checking its signature."""
+async def handle_answer(request: web.Request, provider: Provider, media_path: str) -> web.Response:
+    """Answer the provider's call-control webhook with the document that starts a stream to our media
+    route, after checking the provider's signature when its secret is set."""
     state = request.app[STATE_KEY]
-    form = await request.post()
-    params = {k: str(v) for k, v in form.items()}
-    if not params.get("CallSid"):
-        # Twilio always posts the call's fields; an empty or foreign body is not a call to answer.
-        return _reject(state, "twiml", "no CallSid", status=400)
-    token = state.settings.twilio_auth_token
-    if token is not None:
-        query = f"?{request.query_string}" if request.query_string else ""
-        url = _public_base(request, state.settings) + TWIML_PATH + query
-        if not validate_signature(token, url, params, request.headers.get(SIGNATURE_HEADER, "")):
+    route = request.path.lstrip("/")  # the metric's route label: "twilio/answer", or "twiml" (the alias)
+    assert provider.answer is not None
+    incoming = await _http_request(request, _public_base(request, state.settings) + request.raw_path)
+    secret = state.settings.provider_secret(provider)
+    if secret is not None and provider.check_answer is not None:
+        problem = provider.check_answer(incoming, secret)
+        if problem is not None:
             # The URL shows a GATEWAY_PUBLIC_URL mismatch; the signature itself is never logged.
-            return _reject(state, "twiml", "invalid signature", checked_url=url, call_sid=params["CallSid"])
+            return _reject(state, route, problem, checked_url=incoming.url)
     if state.draining:
-        return _reject(state, "twiml", "draining", status=503, call_sid=params["CallSid"])
-    log.info(
-        "call_answered",
-        call_sid=params["CallSid"],
-        direction=params.get("Direction"),
-        signed=token is not None,
+        return _reject(state, route, "draining", status=503)
+
+    def issue(call_id: str) -> str:
+        assert secret is not None
+        return issue_stream_token(secret, call_id, time.time())
+
+    answered = provider.answer(
+        incoming, _stream_url(request, state.settings, media_path), issue if secret else None
     )
-    parameters = {k: params[k] for k in FORWARDED_CALL_FIELDS if k in params}
-    if token is not None:
-        parameters[STREAM_TOKEN_PARAMETER] = issue_stream_token(token, params["CallSid"], time.time())
-    body = connect_stream_twiml(_stream_url(request, state.settings), parameters)
-    return web.Response(text=body, content_type="text/xml")
+    if isinstance(answered, Refusal):
+        return _reject(state, route, answered.reason, status=answered.status)
+    log.info("call_answered", provider=provider.name, call_id=answered.call_id, signed=secret is not None)
+    return web.Response(text=answered.body, content_type=answered.content_type)
 
 
-async def handle_media(request: web.Request) -> web.StreamResponse:
-    """Accept a Media Streams WebSocket (signature checked first) and run the call until it ends."""
+async def handle_media(request: web.Request, provider: Provider) -> web.StreamResponse:
+    """Accept a provider's media WebSocket (its check first) and run the call until it ends."""
     state = request.app[STATE_KEY]
-    token = state.settings.twilio_auth_token
-    if token is not None:
-        url = _stream_url(request, state.settings)
-        if not validate_signature(token, url, {}, request.headers.get(SIGNATURE_HEADER, "")):
-            return _reject(state, "media", "invalid signature", checked_url=url)
+    route = request.path.lstrip("/")
+    secret = state.settings.provider_secret(provider)
+    if secret is not None and provider.check_media is not None:
+        url = _stream_url(request, state.settings, request.path) + (
+            f"?{request.query_string}" if request.query_string else ""
+        )
+        problem = provider.check_media(await _http_request(request, url), secret)
+        if problem is not None:
+            return _reject(state, route, problem, checked_url=url.split("?", 1)[0])
     if state.draining or state.upstream is None:
-        return _reject(state, "media", "draining" if state.draining else "not ready", status=503)
+        return _reject(state, route, "draining" if state.draining else "not ready", status=503)
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, timeout=2.0, compress=False)
     await ws.prepare(request)
     if len(state.calls) >= state.settings.max_calls:
         # Refused after the upgrade so the provider sees a close reason, not a bare HTTP error.
-        state.metrics.rejected_requests.labels(route="media", reason="capacity").inc()
+        state.metrics.rejected_requests.labels(route=route, reason="capacity").inc()
         log.warning("call_refused", reason="capacity", max_calls=state.settings.max_calls)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"gateway at capacity")
         return ws
     assert state.bridge_settings is not None  # set with the upstream
-    bridge = CallBridge(ws, state.bridge_settings, state.metrics, state.upstream, request.transport)
+    leg = Leg(provider.name, provider.dialect(), secret)
+    bridge = CallBridge(ws, leg, state.bridge_settings, state.metrics, state.upstream, request.transport)
     task = asyncio.current_task()
     assert task is not None
     state.calls.add(task)

@@ -39,7 +39,6 @@ def bridge_settings_from(settings: Settings, session: SessionSettings) -> Bridge
             vad_silence_ms=session.turn_detection.silence_duration_ms,
             greeting=session.greeting,
         ),
-        stream_token_secret=settings.twilio_auth_token,
         start_timeout_s=settings.start_timeout_s,
         caller_idle_timeout_s=settings.caller_idle_timeout_s,
         send_timeout_s=settings.send_timeout_s,

@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
@@ -52,7 +52,21 @@ BACKEND_SETTINGS: dict[Backend, tuple[str, ...]] = {
     Backend.OPENAI: ("OPENAI_API_KEY",),
 }
 # Secrets that only a gateway facing real callers has; with one set, the emulator is never a fallback.
-PRODUCTION_SECRETS = ("TWILIO_AUTH_TOKEN",)
+PRODUCTION_SECRETS = (
+    "TWILIO_AUTH_TOKEN",
+    "SIGNALWIRE_SIGNING_KEY",
+    "TELNYX_PUBLIC_KEY",
+    "PLIVO_AUTH_TOKEN",
+    "VONAGE_SIGNATURE_SECRET",
+    "EXOTEL_BASIC_AUTH",
+)
+
+
+class SecretHolder(Protocol):
+    """Anything that names the setting holding its secret (a telephony provider)."""
+
+    @property
+    def secret_setting(self) -> str | None: ...
 
 
 def _str(raw: str) -> str:
@@ -176,6 +190,52 @@ SETTINGS: tuple[Setting, ...] = (
         _opt_str,
         "when set, /twiml and /media require a valid X-Twilio-Signature",
         secret=True,
+    ),
+    Setting(
+        "SIGNALWIRE_SIGNING_KEY",
+        "signalwire_signing_key",
+        "",
+        _opt_str,
+        "when set, /signalwire/answer and /signalwire/media require a valid X-SignalWire-Signature",
+        secret=True,
+    ),
+    Setting(
+        "TELNYX_PUBLIC_KEY",
+        "telnyx_public_key",
+        "",
+        _opt_str,
+        "the base64 ed25519 public key from the Telnyx portal; when set, webhooks must be signed",
+    ),
+    Setting(
+        "PLIVO_AUTH_TOKEN",
+        "plivo_auth_token",
+        "",
+        _opt_str,
+        "when set, Plivo webhooks and streams require a valid X-Plivo-Signature-V3",
+        secret=True,
+    ),
+    Setting(
+        "VONAGE_SIGNATURE_SECRET",
+        "vonage_signature_secret",
+        "",
+        _opt_str,
+        "when set, Vonage answer webhooks must carry a valid signed JWT",
+        secret=True,
+    ),
+    Setting(
+        "EXOTEL_BASIC_AUTH",
+        "exotel_basic_auth",
+        "",
+        _opt_str,
+        "user:password that /exotel/media requires as HTTP basic auth (Exotel sends the URL's userinfo)",
+        secret=True,
+    ),
+    Setting(
+        "EXOTEL_ALLOW_FROM",
+        "exotel_allow_from",
+        "",
+        _opt_str,
+        "comma-separated CIDRs allowed to open /exotel/media (Exotel's published addresses)",
     ),
     Setting(
         "REALTIME_BACKEND",
@@ -366,6 +426,12 @@ class Settings:
     port: int
     public_url: str | None
     twilio_auth_token: str | None = field(repr=False)
+    signalwire_signing_key: str | None = field(repr=False)
+    telnyx_public_key: str | None
+    plivo_auth_token: str | None = field(repr=False)
+    vonage_signature_secret: str | None = field(repr=False)
+    exotel_basic_auth: str | None = field(repr=False)
+    exotel_allow_from: str | None
     realtime_backend: str
     realtime_url: str | None
     realtime_protocol: str | None
@@ -407,6 +473,13 @@ class Settings:
 
     def _set(self, env: str) -> bool:
         return bool(getattr(self, _ATTR_OF[env]))
+
+    def provider_secret(self, provider: SecretHolder) -> str | None:
+        """The value of the provider's secret setting (None: its checks are off)."""
+        if provider.secret_setting is None:
+            return None
+        value = getattr(self, _ATTR_OF[provider.secret_setting])
+        return str(value) if value else None
 
     def configured_backends(self) -> list[Backend]:
         """The backends with any of their settings present, in BACKEND_SETTINGS order."""

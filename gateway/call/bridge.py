@@ -63,10 +63,10 @@ from gateway.telephony.events import (
     TelephonyCommand,
     TelephonyEvent,
 )
+from gateway.telephony.provider import Dialect
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, verify_stream_token
-from gateway.telephony.twilio import TwilioDialect
 
-__all__ = ["BridgeSettings", "CallBridge", "CallSummary"]
+__all__ = ["BridgeSettings", "CallBridge", "CallSummary", "Leg"]
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +74,6 @@ PROVIDER_CLOSE_TIMEOUT_S = 2.0
 # Below this many bytes waiting in a transport a send cannot block (asyncio pauses writers at 64 KiB), so
 # the send timeout, which costs a timer per message, is armed only above it.
 UNHURRIED_BUFFER_BYTES = 16 * 1024
-PROVIDER_BYTES_PER_MS = 8  # G.711 at 8 kHz: one byte per sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +81,22 @@ class BridgeSettings:
     """What one call needs to know of the gateway's settings (the app builds it from `Settings`)."""
 
     core: CallConfig
-    stream_token_secret: str | None  # TWILIO_AUTH_TOKEN: each stream must carry its per-call token
     start_timeout_s: float = 10.0
     caller_idle_timeout_s: float = 10.0
     send_timeout_s: float = 5.0
     max_call_s: float = 7200.0
     max_reconnects: int = 3
     renew_margin_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """The caller's side of one call: its provider, its dialect, and the secret its stream token is
+    checked with (None: no token is required)."""
+
+    provider: str
+    dialect: Dialect
+    token_secret: str | None = None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -135,6 +143,7 @@ class CallBridge:
     def __init__(
         self,
         ws: web.WebSocketResponse,
+        leg: Leg,
         settings: BridgeSettings,
         metrics: GatewayMetrics,
         upstream: Upstream,
@@ -145,8 +154,9 @@ class CallBridge:
         self.settings = settings
         self.metrics = metrics
         self.upstream = upstream
-        self.dialect = TwilioDialect()
-        self.core = CallCore(settings.core, upstream.session.input_format)
+        self.leg = leg
+        self.dialect = leg.dialect
+        self.core: CallCore | None = None  # once the leg has started and its audio format is known
         self.summary = CallSummary()
         # Per-frame metrics, bound once: labels() on every frame showed up in profiles.
         self._m_frames_in = metrics.frames_in
@@ -182,15 +192,25 @@ class CallBridge:
             self.metrics.calls.labels(outcome=self.summary.outcome.label).inc()
             self.metrics.call_duration.observe(duration)
             self._log_summary(duration)
-            structlog.contextvars.unbind_contextvars("call_sid", "stream_sid", "upstream_request_id")
+            structlog.contextvars.unbind_contextvars(
+                "provider", "call_sid", "stream_sid", "upstream_request_id"
+            )
 
     async def _run(self) -> None:
         call = await self._await_start()
-        structlog.contextvars.bind_contextvars(call_sid=call.call_id, stream_sid=call.stream_id)
+        structlog.contextvars.bind_contextvars(
+            provider=self.leg.provider, call_sid=call.call_id, stream_sid=call.stream_id
+        )
         self._check_stream_token(call)
+        try:
+            self.core = CallCore(
+                self.settings.core, self.upstream.session.input_format, call.format, self.dialect.playout
+            )
+        except ValueError as exc:  # a format this gateway's session cannot carry
+            raise _CallEnded(Outcome.PROTOCOL_ERROR, str(exc)) from None
         log.debug("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
         self._link = await self._dial(call.call_id)
-        self.core.start()
+        self._core.start()
         await self._flush_upstream()
         try:
             async with asyncio.timeout(self.settings.max_call_s), asyncio.TaskGroup() as group:
@@ -248,7 +268,7 @@ class CallBridge:
         raise _CallEnded(Outcome.COMPLETED, f"caller closed the socket (code {self.ws.close_code})")
 
     def _check_stream_token(self, call: CallStarted) -> None:
-        secret = self.settings.stream_token_secret
+        secret = self.leg.token_secret
         if secret is None:
             return
         token = call.custom_parameters.get(STREAM_TOKEN_PARAMETER)
@@ -263,7 +283,7 @@ class CallBridge:
         link = UpstreamLink(
             self.upstream,
             self.metrics,
-            self.core.transcript,
+            self._core.transcript,
             request_id=request_id,
             max_reconnects=self.settings.max_reconnects,
             renew_margin_s=self.settings.renew_margin_s,
@@ -305,7 +325,7 @@ class CallBridge:
             duration_s=round(duration, 3),
             frames_in=s.frames_in,
             media_out=s.media_out,
-            bot_audio_ms=s.bot_audio_bytes // PROVIDER_BYTES_PER_MS,
+            bot_audio_ms=round(self.core.leg_format.duration_ms(s.bot_audio_bytes)) if self.core else 0,
             barge_ins=s.barge_ins,
             dtmf="".join(s.dtmf) or None,
             upstream_connect_ms=s.upstream_connect_ms,
@@ -319,6 +339,11 @@ class CallBridge:
             flood_dropped=s.flood_dropped or None,
         )
 
+    @property
+    def _core(self) -> CallCore:
+        assert self.core is not None, "the core exists once the leg has started"
+        return self.core
+
     # -- moving commands -----------------------------------------------------------------------------
 
     async def _flush(self, received_at: float) -> None:
@@ -326,11 +351,11 @@ class CallBridge:
         the truncate), then the realtime session's; then count what it noted."""
         await self._flush_leg(received_at)
         await self._flush_upstream()
-        self._count(self.core.notes())
+        self._count(self._core.notes())
 
     async def _flush_leg(self, received_at: float) -> None:
         first_media = True
-        while (command := self.core.next_leg_command(now_ms())) is not None:
+        while (command := self._core.next_leg_command(now_ms())) is not None:
             await self._send_caller(command)
             if isinstance(command, PlayAudio):
                 if first_media:
@@ -343,7 +368,7 @@ class CallBridge:
                 self.metrics.barge_in_latency.observe(time.perf_counter() - received_at)
 
     async def _flush_upstream(self) -> None:
-        for command in self.core.realtime_to_send():
+        for command in self._core.realtime_to_send():
             await self._send_upstream(command)
             if isinstance(command, CancelResponse):
                 self.metrics.cancels.inc()
@@ -410,15 +435,15 @@ class CallBridge:
                 now = now_ms()
                 await self._renew_if_due(now)
                 started = time.perf_counter()
-                self.core.receive_caller_audio(payload, now)
+                self._core.receive_caller_audio(payload, now)
                 self._m_codec_caller.observe(time.perf_counter() - started)
-                if self.core.realtime_pending():
+                if self._core.realtime_pending():
                     await self._flush_upstream()
                     self._m_added_caller.observe(time.perf_counter() - self._caller_msg_at)
             case PlayedTo(position=position):
-                self.core.receive_played_to(position, now_ms())
+                self._core.receive_played_to(position, now_ms())
             case DtmfReceived(digit=digit):
-                self.core.receive_dtmf(digit, now_ms())
+                self._core.receive_dtmf(digit, now_ms())
             case CallStopped():
                 raise _CallEnded(Outcome.COMPLETED, "caller hung up")
             case ProtocolViolation(reason=reason, fatal=fatal):
@@ -432,7 +457,7 @@ class CallBridge:
     async def _renew_if_due(self, now: int) -> None:
         """Replace a session about to expire while the bot is quiet, so no sentence is cut off."""
         link = self._link
-        if link is not None and link.renewal_due(time.time()) and self.core.quiet(now):
+        if link is not None and link.renewal_due(time.time()) and self._core.quiet(now):
             log.info("upstream_renewing", expires_at=link.expires_at)
             await link.renew()
 
@@ -463,7 +488,7 @@ class CallBridge:
     async def _on_realtime(self, event: RealtimeEvent | SessionReconnected) -> None:
         match event:
             case SessionReconnected(carried_audio_ms=carried_ms):
-                if self.core.session_replaced(carried_ms, now_ms()):
+                if self._core.session_replaced(carried_ms, now_ms()):
                     log.debug("response_requested_after_reconnect")
             case ErrorReported():
                 self._on_error(event)
@@ -475,30 +500,31 @@ class CallBridge:
                 log.warning("realtime_malformed_event", reason=reason)
             case AudioDelta():
                 started = time.perf_counter()
-                self.core.receive_realtime(event, now_ms())
+                self._core.receive_realtime(event, now_ms())
                 self._m_codec_bot.observe(time.perf_counter() - started)
             case _:
-                self.core.receive_realtime(event, now_ms())
+                self._core.receive_realtime(event, now_ms())
 
     async def _send_caller(self, command: TelephonyCommand) -> None:
         if not self.dialect.can_send:  # Twilio said stop: the stream is over, whatever the bot still says
             raise _CallEnded(Outcome.COMPLETED, "caller hung up")
         frames = self.dialect.send(command)
         try:
-            for text in frames:
+            for frame in frames:
                 buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
+                sending = self.ws.send_str(frame) if isinstance(frame, str) else self.ws.send_bytes(frame)
                 if buffered < UNHURRIED_BUFFER_BYTES:
-                    await self.ws.send_str(text)  # cannot block: far below the transport's high-water mark
+                    await sending  # cannot block: far below the transport's high-water mark
                 else:
                     async with asyncio.timeout(self.settings.send_timeout_s):
-                        await self.ws.send_str(text)
+                        await sending
         except ConnectionResetError:
             raise _CallEnded(Outcome.COMPLETED, "caller went away") from None
         except TimeoutError:
             raise _CallEnded(Outcome.SLOW_CONSUMER, "the provider stopped reading bot audio") from None
 
     def _on_error(self, err: ErrorReported) -> None:
-        kind = self.core.classify_error(err)
+        kind = self._core.classify_error(err)
         assert self._link is not None
         failed = self._link.sent_command(err.event_id)
         command = type(failed).__name__ if failed is not None else "unknown"

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from gateway.call.audio import CallAudio
+from gateway.call.audio import TWILIO_FORMAT, CallAudio
 from gateway.call.bargein import (
     BargeInController,
     BargeInMode,
@@ -52,8 +52,8 @@ from gateway.realtime.events import (
 )
 from gateway.realtime.session import AudioFormat
 from gateway.realtime.transcript import Transcript
-from gateway.telephony.events import ClearPlayback, PlayAudio, TelephonyCommand
-from telcodec import ulaw_decode
+from gateway.telephony.events import ClearPlayback, PlayAudio, PlayoutRule, TelephonyCommand
+from telcodec import WireFormat
 
 __all__ = [
     "Answered",
@@ -68,6 +68,7 @@ __all__ = [
     "ResponseFailed",
 ]
 
+DEFAULT_PLAYOUT = PlayoutRule()  # PLAYOUT_CHUNK_MS pieces, no minimum (Twilio)
 FRAMES_PER_S = 50  # the legs send 20 ms frames
 FLOOD_BURST_FRAMES = 3 * FRAMES_PER_S  # a provider may deliver a few seconds of backlog after a stall
 FLOOD_LIMIT_FRAMES = 10 * FRAMES_PER_S  # dropping more than 10 s of excess audio: a hostile client
@@ -85,7 +86,6 @@ class CallConfig:
     create_response: bool = True  # the session's VAD starts a response when the caller stops
     vad_silence_ms: int = 500  # speech_stopped.audio_end_ms includes this much silence
     greeting: str | None = None
-    leg_rate: int = 8000  # the leg's playback rate (G.711: 8 kHz)
 
 
 # -- notes: what happened, for the I/O layer's metrics and logs --------------------------------------
@@ -146,23 +146,30 @@ class CallMustEnd:
 Note = BargedIn | Answered | AudioDropped | CallerAudioDropped | DtmfPressed | ResponseFailed | CallMustEnd
 
 
-@dataclass(slots=True)
-class _BotAudio:
-    """Converted bot audio of one item, waiting to be pulled in chunks."""
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """One message of converted bot audio, waiting to be pulled."""
 
     item_id: str
     audio: bytes
     generation: int
-    offset: int = 0
 
 
 class CallCore:
     """One call's decisions. Construct once the leg has started (its format is known)."""
 
-    def __init__(self, config: CallConfig, session_format: AudioFormat) -> None:
+    def __init__(
+        self,
+        config: CallConfig,
+        session_format: AudioFormat,
+        leg_format: WireFormat = TWILIO_FORMAT,
+        playout: PlayoutRule = DEFAULT_PLAYOUT,
+    ) -> None:
+        """ValueError if the session cannot carry this leg's format (AUDIO_MODE=g711 and a non-mu-law leg)."""
         self.config = config
-        self.audio = CallAudio(session_format)
-        self.tracker = PlaybackTracker(config.leg_rate)
+        self.leg_format = leg_format
+        self.audio = CallAudio(session_format, leg_format)
+        self.tracker = PlaybackTracker(leg_format.rate)
         self.bargein = BargeInController(
             self.tracker,
             mode=config.barge_in,
@@ -171,15 +178,19 @@ class CallCore:
         )
         self.transcript = Transcript()
         self.timeline = CallerTimeline()
-        self._local_vad = LocalVad(config.leg_rate) if config.barge_in is not BargeInMode.SERVER else None
+        self._local_vad = LocalVad(leg_format.rate) if config.barge_in is not BargeInMode.SERVER else None
         self._budget = FrameBudget(FRAMES_PER_S, FLOOD_BURST_FRAMES)
-        self._leg_ms_per_byte = 1000 / config.leg_rate  # G.711: one byte per sample
         self._append_bytes = session_format.bytes_per_ms * config.append_ms
-        self._chunk_bytes = config.leg_rate // 1000 * config.playout_chunk_ms
+        self._playout = playout
+        self._multiple = max(playout.multiple_bytes, leg_format.bytes_per_sample)
+        chunk = leg_format.frame_bytes(playout.chunk_ms or config.playout_chunk_ms)
+        self._chunk_bytes = max(playout.min_bytes, chunk - chunk % self._multiple, self._multiple)
+        self._silence = leg_format.silence(1)[: leg_format.bytes_per_sample]
         self._append_buffer = bytearray()
         self._to_realtime: list[RealtimeCommand] = []
         self._clear_pending = False
-        self._bot_queue: deque[_BotAudio] = deque()
+        self._bot_queue: deque[_Chunk] = deque()
+        self._bot_held = bytearray()  # the current item's audio too short for a message (PlayoutRule)
         self._notes: list[Note] = []
         self._current_item: str | None = None
         self._turn_owed = False  # the caller finished a turn and no response has started since
@@ -214,19 +225,15 @@ class CallCore:
             self._clear_pending = False
             return ClearPlayback()
         while self._bot_queue:
-            head = self._bot_queue[0]
-            if head.generation != self.tracker.generation:  # queued before a barge-in: never played
-                self._bot_queue.popleft()
+            chunk = self._bot_queue.popleft()
+            if chunk.generation != self.tracker.generation:  # queued before a barge-in: never played
                 self._notes.append(AudioDropped())
                 continue
-            chunk = head.audio[head.offset : head.offset + self._chunk_bytes]
-            head.offset += len(chunk)
-            if head.offset >= len(head.audio):
-                self._bot_queue.popleft()
-            if head.item_id == self._current_item and self._speech_stopped_ms is not None:
+            if chunk.item_id == self._current_item and self._speech_stopped_ms is not None:
                 self._answered(now_ms)
-            end = self.tracker.on_audio_sent(head.item_id, len(chunk), now_ms)
-            return PlayAudio(chunk, end)
+            samples = len(chunk.audio) // self.leg_format.bytes_per_sample
+            end = self.tracker.on_audio_sent(chunk.item_id, samples, now_ms)
+            return PlayAudio(chunk.audio, end)
         return None
 
     # -- the caller's side ---------------------------------------------------------------------------
@@ -239,13 +246,11 @@ class CallCore:
                 self._notes.append(CallMustEnd(Outcome.FLOOD, "caller audio far faster than real time"))
             return
         if self._local_vad is not None:
-            speaking = self._local_vad.on_frame(
-                ulaw_decode(payload), bot_audible=self.tracker.is_audible(now_ms)
-            )
-            if speaking:
+            audible = self.tracker.is_audible(now_ms)
+            if self._local_vad.on_frame(self.audio.caller_samples(payload), bot_audible=audible):
                 self._speech(self.bargein.on_local_speech(now_ms))
         self._append_buffer += self.audio.caller_to_session(payload)
-        self.timeline.on_audio(len(payload) * self._leg_ms_per_byte, now_ms)
+        self.timeline.on_audio(self.leg_format.duration_ms(len(payload)), now_ms)
         # Appends are whole multiples of APPEND_MS; the resampler's held-back delay waits for the next.
         ready = len(self._append_buffer) - len(self._append_buffer) % self._append_bytes
         if ready:
@@ -270,7 +275,7 @@ class CallCore:
             case AudioDone(item_id=item_id):
                 self.bargein.on_audio_done(event, now_ms)
                 if item_id == self._current_item:
-                    self._queue_bot(item_id, self.audio.end_bot_item())
+                    self._queue_bot(item_id, self.audio.end_bot_item(), last=True)
                     self._current_item = None
             case SpeechStarted():
                 self._speech(self.bargein.on_speech_started(now_ms))
@@ -299,6 +304,7 @@ class CallCore:
         self.timeline.reset(carried_audio_ms)
         self.bargein.on_session_lost(now_ms)
         self.audio.drop_bot_audio()
+        self._bot_held.clear()
         self._current_item = None
         if owed:  # the caller is waiting for an answer the old session never finished
             self._turn_owed = False
@@ -322,13 +328,35 @@ class CallCore:
             return
         if self._current_item not in (None, event.item_id):
             # A new item without the previous one's audio.done: the old tail goes first.
-            self._queue_bot(self._current_item, self.audio.end_bot_item())
+            self._queue_bot(self._current_item, self.audio.end_bot_item(), last=True)
         self._current_item = event.item_id
         self._queue_bot(event.item_id, self.audio.bot_to_provider(event.audio))
 
-    def _queue_bot(self, item_id: str | None, audio: bytes) -> None:
-        if item_id is not None and audio:
-            self._bot_queue.append(_BotAudio(item_id, audio, self.tracker.generation))
+    def _queue_bot(self, item_id: str | None, audio: bytes, *, last: bool = False) -> None:
+        """Cut an item's converted audio into messages as the leg's PlayoutRule wants them."""
+        if item_id is None:
+            return
+        held = self._bot_held
+        held += audio
+        size, multiple = self._chunk_bytes, self._multiple
+        whole = len(held) - len(held) % size
+        generation = self.tracker.generation
+        for start in range(0, whole, size):
+            self._bot_queue.append(_Chunk(item_id, bytes(held[start : start + size]), generation))
+        del held[:whole]
+        if not held:
+            return
+        if last:
+            short = max(self._playout.min_bytes - len(held), (-len(held)) % multiple)
+            held += self._silence * (short // len(self._silence))
+        elif self._playout.min_bytes:
+            return  # too short for a message: wait for more of this item
+        tail = len(held) - len(held) % multiple
+        if tail:
+            self._bot_queue.append(_Chunk(item_id, bytes(held[:tail]), generation))
+            del held[:tail]
+        if last:
+            held.clear()
 
     def _speech(self, decision: SpeechDecision) -> None:
         if decision.verdict is not Verdict.BARGE_IN:
@@ -337,6 +365,7 @@ class CallCore:
         self._current_item = None
         dropped = len(self._bot_queue)
         self._bot_queue.clear()
+        self._bot_held.clear()
         self._notes.extend(AudioDropped() for _ in range(dropped))
         heard_of_ms = 0
         for command in decision.commands:

@@ -14,6 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from telcodec import Encoding, WireFormat
+
+MULAW_8K = WireFormat(Encoding.ULAW, 8000)
+
 __all__ = [
     "CallStarted",
     "CallStopped",
@@ -22,11 +26,26 @@ __all__ = [
     "MediaReceived",
     "PlayAudio",
     "PlayedTo",
+    "PlayoutRule",
     "ProtocolViolation",
     "StreamConnected",
     "TelephonyCommand",
     "TelephonyEvent",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutRule:
+    """How a provider wants bot audio cut into messages (a dialect declares it).
+
+    `chunk_ms` overrides PLAYOUT_CHUNK_MS. Every message is a multiple of `multiple_bytes`; with
+    `min_bytes`, none is shorter, so audio that does not fill one waits for more of its item, and an
+    item's last message is padded with silence.
+    """
+
+    chunk_ms: int | None = None
+    min_bytes: int = 0
+    multiple_bytes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +68,7 @@ class CallStarted:
     encoding: str = "audio/x-mulaw"
     sample_rate: int = 8000
     channels: int = 1
+    format: WireFormat = MULAW_8K  # the leg's audio, both ways
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +111,7 @@ class ProtocolViolation:
 
 
 TelephonyEvent = (
-    StreamConnected
-    | CallStarted
-    | MediaReceived
-    | PlayedTo
-    | DtmfReceived
-    | CallStopped
-    | ProtocolViolation
+    StreamConnected | CallStarted | MediaReceived | PlayedTo | DtmfReceived | CallStopped | ProtocolViolation
 )
 
 

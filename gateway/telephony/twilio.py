@@ -33,6 +33,7 @@ from enum import Enum, auto
 from typing import Any, Final, assert_never
 
 from gateway.errors import LocalProtocolError
+from gateway.telephony import twilio_wire
 from gateway.telephony.events import (
     CallStarted,
     CallStopped,
@@ -41,20 +42,41 @@ from gateway.telephony.events import (
     MediaReceived,
     PlayAudio,
     PlayedTo,
+    PlayoutRule,
     ProtocolViolation,
     StreamConnected,
     TelephonyCommand,
     TelephonyEvent,
 )
+from gateway.telephony.provider import Answer, HttpRequest, Provider, Refusal, TokenIssuer
+from gateway.telephony.signature import SIGNATURE_HEADER, validate_signature
+from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
+from gateway.telephony.twiml import connect_stream_twiml
 
-__all__ = ["BYTES_PER_SAMPLE", "ENCODING", "SAMPLE_RATE", "StreamState", "TwilioDialect"]
+__all__ = [
+    "BYTES_PER_SAMPLE",
+    "ENCODING",
+    "FORWARDED_CALL_FIELDS",
+    "PROVIDER",
+    "SAMPLE_RATE",
+    "StreamState",
+    "TwilioDialect",
+    "answer",
+    "check_answer",
+    "check_media",
+]
 
 SAMPLE_RATE: Final = 8000
 ENCODING: Final = "audio/x-mulaw"
 # Bytes per sample of each encoding a Media Streams-like peer may announce in start.mediaFormat.
 BYTES_PER_SAMPLE: Final[Mapping[str, int]] = {"audio/x-mulaw": 1, "audio/x-alaw": 1, "audio/x-l16": 2}
+# Webhook form fields echoed into the stream's customParameters (the bot may use them, logs show them).
+FORWARDED_CALL_FIELDS: Final = ("CallSid", "From", "To", "Direction")
 # Python refuses int() on very long digit strings (and they are never real counters).
 _MAX_COUNTER_DIGITS: Final = 18
+
+
+TWILIO_PLAYOUT: Final = PlayoutRule()
 
 
 class StreamState(Enum):
@@ -213,7 +235,7 @@ class TwilioDialect:
     def __init__(self) -> None:
         self._state = StreamState.AWAITING_CONNECTED
         self._call: CallStarted | None = None
-        self._sid_json = ""
+        self._sid_json = twilio_wire.QuotedSid("")
         self._clear_json = ""
         self._frame_bytes = 1
 
@@ -231,6 +253,11 @@ class TwilioDialect:
     def can_send(self) -> bool:
         """True while `send` may be called: after `start` and before `stop`."""
         return self._state is StreamState.STREAMING
+
+    @property
+    def playout(self) -> PlayoutRule:
+        """Any size of media message: Twilio queues them and plays them in order."""
+        return TWILIO_PLAYOUT
 
     def receive_text(self, text: str) -> TelephonyEvent:
         """Parse one text frame. A `ProtocolViolation` with `fatal=True` means: close the socket."""
@@ -256,8 +283,8 @@ class TwilioDialect:
                 )
             payload = base64.b64encode(command.payload).decode("ascii")
             return (
-                f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{payload}"}}}}',
-                f'{{"event":"mark","streamSid":{self._sid_json},"mark":{{"name":"{command.end_position}"}}}}',
+                twilio_wire.bot_media(self._sid_json, payload),
+                twilio_wire.mark(self._sid_json, str(command.end_position)),
             )
         if isinstance(command, ClearPlayback):
             return (self._clear_json,)
@@ -293,8 +320,8 @@ class TwilioDialect:
 
     def _begin(self, call: CallStarted) -> None:
         self._call = call
-        self._sid_json = json.dumps(call.stream_id, ensure_ascii=False)
-        self._clear_json = f'{{"event":"clear","streamSid":{self._sid_json}}}'
+        self._sid_json = twilio_wire.quote_sid(call.stream_id)
+        self._clear_json = twilio_wire.clear(self._sid_json)
         self._frame_bytes = BYTES_PER_SAMPLE[call.encoding] * call.channels
 
     def _parse_media(self, msg: Mapping[str, Any]) -> MediaReceived:
@@ -327,3 +354,41 @@ class TwilioDialect:
         if not isinstance(msg, dict):
             raise _ViolationError("text frame is not a JSON object", fatal=True)
         return msg
+
+
+# -- the provider: the voice webhook and the signature checks ------------------------------------------
+
+
+def answer(request: HttpRequest, media_url: str, issue_token: TokenIssuer | None) -> Answer | Refusal:
+    """Answer the voice webhook with `<Connect><Stream>` to `media_url`; the call's fields and the stream
+    token travel as `<Parameter>`s and come back in `start.customParameters`."""
+    call_sid = request.form.get("CallSid")
+    if not call_sid:
+        # Twilio always posts the call's fields; an empty or foreign body is not a call to answer.
+        return Refusal(400, "no CallSid")
+    parameters = {k: request.form[k] for k in FORWARDED_CALL_FIELDS if k in request.form}
+    if issue_token is not None:
+        parameters[STREAM_TOKEN_PARAMETER] = issue_token(call_sid)
+    return Answer("text/xml", connect_stream_twiml(media_url, parameters), call_sid)
+
+
+def check_answer(request: HttpRequest, secret: str) -> str | None:
+    """X-Twilio-Signature over the webhook URL and its form fields."""
+    signature = request.header(SIGNATURE_HEADER) or ""
+    return None if validate_signature(secret, request.url, request.form, signature) else "invalid signature"
+
+
+def check_media(request: HttpRequest, secret: str) -> str | None:
+    """X-Twilio-Signature over the stream URL (wss://) with no parameters."""
+    signature = request.header(SIGNATURE_HEADER) or ""
+    return None if validate_signature(secret, request.url, {}, signature) else "invalid signature"
+
+
+PROVIDER: Final = Provider(
+    name="twilio",
+    dialect=TwilioDialect,
+    secret_setting="TWILIO_AUTH_TOKEN",
+    answer=answer,
+    check_answer=check_answer,
+    check_media=check_media,
+)

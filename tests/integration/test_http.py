@@ -136,7 +136,7 @@ async def test_twiml_without_a_call_is_400_and_answers_are_logged(gateway: Runni
     refused = next(entry for entry in logs if entry["event"] == "request_rejected")
     assert (refused["log_level"], refused["status"], refused["route"]) == ("warning", 400, "twiml")
     answered = next(entry for entry in logs if entry["event"] == "call_answered")
-    assert answered["call_sid"] == "CA123"
+    assert (answered["provider"], answered["call_id"]) == ("twilio", "CA123")
     assert "+15550001111" not in repr(answered)
     assert (
         gateway.state.metrics.rejected_requests.labels(route="twiml", reason="no CallSid")._value.get() == 1
@@ -155,3 +155,15 @@ async def test_signature_failure_logs_the_url_it_checked(secured: RunningGateway
     assert {entry["log_level"] for entry in rejected} == {"warning"}
     assert "Zm9yZ2VkLXNpZ25hdHVyZQ==" not in repr(logs)
     assert AUTH_TOKEN not in repr(logs)
+
+
+async def test_provider_routes_serve_twilio_too(gateway: RunningGateway, emulator: EmulatorServer) -> None:
+    """/twilio/answer answers with a stream to /twilio/media, which carries a call like the /media alias."""
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(f"{gateway.base}/twilio/answer", data=FORM)
+        assert response.status == 200
+        url, params = twiml_parameters(await response.text())
+    assert url == f"wss://127.0.0.1:{gateway.port}/twilio/media"
+    async with TwilioCall(f"ws://127.0.0.1:{gateway.port}/twilio/media", custom_parameters=params) as call:
+        await call.send_audio(silence_ulaw(100), realtime=False)
+        await wait_for(lambda: emulator.sessions and emulator.sessions[0].received_audio)

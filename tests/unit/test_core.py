@@ -249,3 +249,36 @@ def _speech_stopped(audio_end_ms: int) -> object:
     from gateway.realtime.events import SpeechStopped
 
     return SpeechStopped(audio_end_ms=audio_end_ms, item_id="u1")
+
+
+def test_playout_rule_cuts_whole_frames_and_pads_the_last() -> None:
+    """A leg that takes only whole 20 ms L16 frames (Vonage-like) gets them: short audio waits for more
+    of its item, and the item's end is padded with silence to a whole frame."""
+    from gateway.realtime.events import AudioDone
+    from gateway.telephony.events import PlayoutRule
+    from telcodec import WireFormat
+
+    leg = WireFormat.of("l16", 16000)
+    rule = PlayoutRule(chunk_ms=20, min_bytes=640, multiple_bytes=640)
+    core = CallCore(CallConfig(), AudioFormat.PCM16, leg, rule)
+    core.receive_realtime(_created("r1"), 0)
+    core.receive_realtime(_delta("r1", "i1", 50), 0)  # 50 ms: two frames now, 10 ms held back
+    sizes = []
+    while (command := core.next_leg_command(0)) is not None:
+        assert isinstance(command, PlayAudio)
+        sizes.append(len(command.payload))
+    assert sizes == [640, 640]
+    core.receive_realtime(AudioDone("r1", "i1"), 10)
+    tail = core.next_leg_command(10)
+    assert isinstance(tail, PlayAudio)
+    assert len(tail.payload) == 640
+    assert tail.end_position == 3 * 320  # positions count samples at the leg's rate
+    assert core.next_leg_command(10) is None
+
+
+def test_g711_session_refuses_a_non_mulaw_leg() -> None:
+    """AUDIO_MODE=g711 passes mu-law through; a leg in another format is refused with a clear error."""
+    from telcodec import WireFormat
+
+    with pytest.raises(ValueError, match="AUDIO_MODE=g711"):
+        CallCore(CallConfig(), AudioFormat.G711_ULAW, WireFormat.of("alaw", 8000))
