@@ -72,10 +72,12 @@ def create_app(
     state = GatewayState(settings=settings, metrics=GatewayMetrics(registry), token_provider=token_provider)
     state.metrics.max_calls.set(settings.max_calls)
     app[STATE_KEY] = state
-    for provider in PROVIDERS.values():
+    for name in settings.providers:
+        provider = PROVIDERS[name]
         _add_provider_routes(app, provider, f"/{provider.name}/answer", f"/{provider.name}/media")
-    # Twilio's original routes stay as aliases: numbers already point at them.
-    _add_provider_routes(app, PROVIDERS["twilio"], TWIML_PATH, MEDIA_PATH)
+    if "twilio" in settings.providers:
+        # Twilio's original routes stay as aliases: numbers already point at them.
+        _add_provider_routes(app, PROVIDERS["twilio"], TWIML_PATH, MEDIA_PATH)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
@@ -140,8 +142,17 @@ def _warn_about_settings(settings: Settings) -> None:
     ignored = settings.ignored_settings()
     if ignored:
         log.warning("settings_ignored", settings=ignored, realtime_backend=settings.realtime_backend)
-    if settings.twilio_auth_token is None:
-        log.warning("twilio_signature_check_disabled", hint="set TWILIO_AUTH_TOKEN in production")
+    open_routes = [
+        name for name in settings.providers if settings.provider_secret(PROVIDERS[name]) is None
+    ]
+    if open_routes:
+        # Anyone who finds these routes can open streams (and realtime sessions) on our account.
+        log.warning(
+            "media_routes_unauthenticated",
+            providers=open_routes,
+            hint="set each provider's secret (TWILIO_AUTH_TOKEN, ...), or serve only the providers you "
+            "use with GATEWAY_PROVIDERS",
+        )
 
 
 async def drain(app: web.Application, timeout_s: float) -> int:
@@ -292,7 +303,13 @@ async def handle_readyz(request: web.Request) -> web.Response:
     if state.upstream is None or state.health is None:
         return web.Response(status=503, text="starting\n")
     health = state.health.health(time.monotonic())
-    if not state.health.ready(time.monotonic()):
+    ready = state.health.ready(time.monotonic())
+    shared = state.metrics.any_worker_healthy()
+    if shared is not None and health is not Health.FATAL:
+        # Several workers share a port and the kubelet's probe lands on any of them: answer the pod's
+        # verdict (any worker reaching the backend), so readiness does not flap while they converge.
+        ready = ready or shared
+    if not ready:
         return web.Response(status=503, text=f"realtime backend {health.value}\n")
     return web.Response(text="ready\n")
 

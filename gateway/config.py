@@ -140,6 +140,18 @@ def _opt_choice(*options: str) -> _Choice:
     return _Choice(*options, optional=True)
 
 
+def _provider_list(raw: str) -> tuple[str, ...]:
+    from gateway.telephony.providers import PROVIDERS  # the registry, not a layer below: no cycle
+
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    if names == ["all"] or not names:
+        return tuple(PROVIDERS)
+    unknown = [name for name in names if name not in PROVIDERS]
+    if unknown:
+        raise ValueError(f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(PROVIDERS)}, or all")
+    return tuple(dict.fromkeys(names))
+
+
 def _http_url(raw: str) -> str | None:
     if not raw:
         return None
@@ -190,6 +202,14 @@ SETTINGS: tuple[Setting, ...] = (
         _opt_str,
         "when set, /twiml and /media require a valid X-Twilio-Signature",
         secret=True,
+    ),
+    Setting(
+        "GATEWAY_PROVIDERS",
+        "providers",
+        "all",
+        _provider_list,
+        "comma-separated providers whose /P/answer and /P/media routes are served (twilio, signalwire, "
+        "telnyx, plivo, vonage, exotel, acs), or all",
     ),
     Setting(
         "SIGNALWIRE_SIGNING_KEY",
@@ -425,6 +445,7 @@ class Settings:
     host: str
     port: int
     public_url: str | None
+    providers: tuple[str, ...]
     twilio_auth_token: str | None = field(repr=False)
     signalwire_signing_key: str | None = field(repr=False)
     telnyx_public_key: str | None

@@ -147,9 +147,10 @@ class GatewayMetrics:
         )
         self.upstream_healthy = Gauge(
             "gateway_upstream_healthy",
-            "1 while realtime handshakes succeed (or have failed for less than UPSTREAM_UNHEALTHY_AFTER_S)",
+            "1 while realtime handshakes succeed (or have failed for less than UPSTREAM_UNHEALTHY_AFTER_S); "
+            "with several workers, 1 while any live worker's do",
             registry=r,
-            multiprocess_mode="livemin",
+            multiprocess_mode="livemax",
         )
         self.upstream_probes = Counter(
             "gateway_upstream_probes",
@@ -187,6 +188,16 @@ class GatewayMetrics:
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return merged
+
+    def any_worker_healthy(self) -> bool | None:
+        """With several workers: whether any live worker reaches the realtime backend (their shared
+        verdict, so /readyz answers the same whichever worker the probe lands on); None with one process."""
+        if not _multiprocess():
+            return None
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        value = merged.get_sample_value("gateway_upstream_healthy")
+        return bool(value)
 
     async def sample_worker(self, _app: object) -> AsyncIterator[None]:
         """aiohttp cleanup context: with several workers, refresh this worker's process metrics and task

@@ -167,3 +167,21 @@ async def test_provider_routes_serve_twilio_too(gateway: RunningGateway, emulato
     async with TwilioCall(f"ws://127.0.0.1:{gateway.port}/twilio/media", custom_parameters=params) as call:
         await call.send_audio(silence_ulaw(100), realtime=False)
         await wait_for(lambda: emulator.sessions and emulator.sessions[0].received_audio)
+
+
+async def test_unauthenticated_media_routes_are_named_at_start_up(emulator: EmulatorServer) -> None:
+    """Start-up warns about each served provider whose media route has no secret, and not about others."""
+    with structlog.testing.capture_logs() as logs:
+        open_gateway = await start_gateway({"REALTIME_URL": emulator.ga_url(), "GATEWAY_PROVIDERS": "twilio"})
+        await open_gateway.runner.cleanup()
+        closed = await start_gateway(
+            {
+                "REALTIME_URL": emulator.ga_url(),
+                "GATEWAY_PROVIDERS": "twilio",
+                "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            }
+        )
+        await closed.runner.cleanup()
+    warnings = [entry for entry in logs if entry["event"] == "media_routes_unauthenticated"]
+    assert [entry["providers"] for entry in warnings] == [["twilio"]]
+    assert warnings[0]["log_level"] == "warning"
