@@ -437,6 +437,8 @@ class CallBridge:
                 started = time.perf_counter()
                 self._core.receive_caller_audio(payload, now)
                 self._m_codec_caller.observe(time.perf_counter() - started)
+                if self._core.clear_pending:  # the local detector barged in: the clear goes out first
+                    await self._flush_leg(started)  # timed from the frame reaching the detector
                 if self._core.realtime_pending():
                     await self._flush_upstream()
                     self._m_added_caller.observe(time.perf_counter() - self._caller_msg_at)

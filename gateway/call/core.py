@@ -209,6 +209,11 @@ class CallCore:
         out, self._to_realtime = self._to_realtime, []
         return out
 
+    @property
+    def clear_pending(self) -> bool:
+        """A barge-in decided a clear that has not been pulled yet (send it before anything else)."""
+        return self._clear_pending
+
     def realtime_pending(self) -> bool:
         """Commands for the realtime session are waiting."""
         return bool(self._to_realtime)
