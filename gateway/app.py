@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.backend import bridge_settings_from, open_upstream
+from gateway.background import running
 from gateway.call.bridge import BridgeSettings, CallBridge, Leg
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
@@ -120,14 +121,12 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         state.upstream, state.health = upstream, health
         state.bridge_settings = bridge_settings_from(settings, upstream.session)
         state.first_verdict = asyncio.get_running_loop().create_future()
-        watcher = asyncio.create_task(watch_upstream(upstream, health, state.metrics, state.first_verdict))
-        try:
-            yield
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            state.upstream = None
+        watching = watch_upstream(upstream, health, state.metrics, state.first_verdict)
+        async with running(watching):
+            try:
+                yield
+            finally:
+                state.upstream = None
 
 
 def _warn_about_settings(settings: Settings) -> None:
@@ -142,9 +141,7 @@ def _warn_about_settings(settings: Settings) -> None:
     ignored = settings.ignored_settings()
     if ignored:
         log.warning("settings_ignored", settings=ignored, realtime_backend=settings.realtime_backend)
-    open_routes = [
-        name for name in settings.providers if settings.provider_secret(PROVIDERS[name]) is None
-    ]
+    open_routes = [name for name in settings.providers if settings.provider_secret(PROVIDERS[name]) is None]
     if open_routes:
         # Anyone who finds these routes can open streams (and realtime sessions) on our account.
         log.warning(

@@ -7,7 +7,6 @@ parsing, `python -m gateway serve --help`, and the README's table. A bad value f
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -15,7 +14,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
-from gateway.realtime.endpoint import RealtimeEndpoint, resolve_endpoint
+from gateway.realtime.endpoint import RealtimeEndpoint, is_loopback_host, resolve_endpoint
 
 __all__ = [
     "BACKENDS",
@@ -59,6 +58,7 @@ PRODUCTION_SECRETS = (
     "PLIVO_AUTH_TOKEN",
     "VONAGE_SIGNATURE_SECRET",
     "EXOTEL_BASIC_AUTH",
+    "ACS_CONNECTION_STRING",
 )
 
 
@@ -258,6 +258,36 @@ SETTINGS: tuple[Setting, ...] = (
         "comma-separated CIDRs allowed to open /exotel/media (Exotel's published addresses)",
     ),
     Setting(
+        "ACS_CONNECTION_STRING",
+        "acs_connection_string",
+        "",
+        _opt_str,
+        "endpoint=https://RESOURCE.communication.azure.com/;accesskey=KEY: /acs/events answers calls with it",
+        secret=True,
+    ),
+    Setting(
+        "ACS_ENDPOINT",
+        "acs_endpoint",
+        "",
+        _http_url,
+        "Call Automation endpoint; alone: Microsoft Entra ID (DefaultAzureCredential); with "
+        "ACS_CONNECTION_STRING: replaces the connection string's endpoint",
+    ),
+    Setting(
+        "ACS_AUDIENCE",
+        "acs_audience",
+        "",
+        _opt_str,
+        "the ACS resource id: when set, /acs/callbacks and /acs/media require ACS's JWT for it",
+    ),
+    Setting(
+        "ACS_OPENID_URL",
+        "acs_openid_url",
+        "https://acscallautomation.communication.azure.com/calling/.well-known/acsopenidconfiguration",
+        _http_url,
+        "OpenID configuration whose issuer and keys sign ACS's callback and media JWTs",
+    ),
+    Setting(
         "REALTIME_BACKEND",
         "realtime_backend",
         "auto",
@@ -453,6 +483,10 @@ class Settings:
     vonage_signature_secret: str | None = field(repr=False)
     exotel_basic_auth: str | None = field(repr=False)
     exotel_allow_from: str | None
+    acs_connection_string: str | None = field(repr=False)
+    acs_endpoint: str | None
+    acs_audience: str | None
+    acs_openid_url: str | None
     realtime_backend: str
     realtime_url: str | None
     realtime_protocol: str | None
@@ -595,13 +629,7 @@ class Settings:
 
 
 def _is_loopback_url(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host((urlsplit(url).hostname or "").lower())
 
 
 def _present(settings: Settings, backend: Backend) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, multiprocess
+
+from gateway.background import running
 
 __all__ = ["WORKER_SAMPLE_S", "GatewayMetrics"]
 
@@ -205,13 +206,8 @@ class GatewayMetrics:
         if not _multiprocess():
             yield
             return
-        task = asyncio.create_task(self._sample_every(WORKER_SAMPLE_S))
-        try:
+        async with running(self._sample_every(WORKER_SAMPLE_S)):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _sample_every(self, interval_s: float) -> None:
         while True:

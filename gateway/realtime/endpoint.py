@@ -36,6 +36,7 @@ __all__ = [
     "EndpointKind",
     "Protocol",
     "RealtimeEndpoint",
+    "is_loopback_host",
     "parse_protocol",
     "protocol_for_request",
     "protocol_for_url",
@@ -92,7 +93,8 @@ def _is_azure_host(host: str) -> bool:
     return host.endswith(AZURE_HOST_SUFFIXES)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback address."""
     if host == "localhost":
         return True
     try:
@@ -161,7 +163,7 @@ def _azure_origin(endpoint: str) -> str:
         raise ConfigError(
             "AZURE_OPENAI_ENDPOINT must be the resource URL only, like https://NAME.openai.azure.com/"
         )
-    plain = scheme in ("http", "ws") and _is_loopback(parts.hostname)
+    plain = scheme in ("http", "ws") and is_loopback_host(parts.hostname)
     return f"{'ws' if plain else 'wss'}://{parts.netloc}"
 
 
