@@ -53,7 +53,6 @@ from bench.latency import (
     bot_latencies,
     caller_latencies,
     histogram_quantile,
-    percentile,
 )
 from bench.lean_realtime import RealtimeStub, StubConfig
 from bench.lean_twilio import CallState, LeanCall, TwilioLoad
@@ -61,6 +60,7 @@ from bench.pyspy import HotSpot, Profile, hot_spots, record
 from gateway.emulator import EmulatorConfig, EmulatorServer
 from gateway.realtime.session import AudioFormat
 from gateway.realtime.upstream import client_request_id
+from gateway.stats import percentile
 
 __all__ = ["CapacityRun", "SessionRecords", "StepResult", "main", "run_capacity"]
 

@@ -13,7 +13,8 @@ position: PCM16 output is delay-compensated and holds back 20 output samples, so
 a delta starting `start_ms` into its item is at `item_offset + start_ms * 8 - 20` (`item_offset` when
 `start_ms` is 0); the held-back tail is flushed when the item ends, so items follow each other whole.
 
-Also: percentiles and a Prometheus-style quantile from cumulative histogram buckets.
+Also: a Prometheus-style quantile from cumulative histogram buckets (percentiles of samples are
+`gateway.stats.percentile`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ __all__ = [
     "caller_latencies",
     "delta_first_byte",
     "histogram_quantile",
-    "percentile",
 ]
 
 BYTES_PER_MS: Final = 8  # mu-law at 8 kHz
@@ -93,17 +93,6 @@ def bot_latencies(
         else:
             unmatched += 1
     return BotMatch(out, unmatched)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation between closest ranks; NaN if empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> float:

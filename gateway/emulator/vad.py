@@ -1,21 +1,24 @@
 """Energy-based voice activity detection for the emulator's server VAD (sans-I/O).
 
 Audio is cut into 20 ms frames on the appended-audio clock. A frame is voiced when its RMS level, in
-dBFS, reaches the threshold; `threshold` (0..1, as in the realtime API's `turn_detection.threshold`)
-maps linearly onto levels: `dbfs = -70 + 60 * threshold`, so 0.5 (the API default) means -40 dBFS,
-0.0 means -70 dBFS (almost anything) and 1.0 means -10 dBFS (shouting). Speech starts on the first
-voiced frame: `audio_start_ms` is that frame's start minus `prefix_padding_ms` (not below 0). It stops
-once `silence_duration_ms` of unvoiced frames follow: `audio_end_ms` is the end of that silence, as
-the real service reports it (the value includes the silence).
+dBFS (`gateway.call.localvad.frame_dbfs`, the project's one level measure), reaches the threshold;
+`threshold` (0..1, as in the realtime API's `turn_detection.threshold`) maps linearly onto levels:
+`dbfs = -70 + 60 * threshold`, so 0.5 (the API default) means -40 dBFS, 0.0 means -70 dBFS (almost
+anything) and 1.0 means -10 dBFS (shouting). An all-zero frame measures -120 dBFS, below every
+threshold. Speech starts on the first voiced frame: `audio_start_ms` is that frame's start minus
+`prefix_padding_ms` (not below 0). It stops once `silence_duration_ms` of unvoiced frames follow:
+`audio_end_ms` is the end of that silence, as the real service reports it (the value includes the
+silence).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from gateway.call.localvad import frame_dbfs
 
 __all__ = [
     "FRAME_MS",
@@ -29,7 +32,6 @@ __all__ = [
 FRAME_MS = 20
 MIN_DBFS = -70.0
 DBFS_SPAN = 60.0
-FULL_SCALE = 32768.0
 
 
 def threshold_dbfs(threshold: float) -> float:
@@ -94,7 +96,7 @@ class EnergyVad:
         return events
 
     def _frame(self, frame: npt.NDArray[np.int16]) -> VadEvent | None:
-        voiced = _dbfs(frame) >= self._level
+        voiced = frame_dbfs(frame) >= self._level
         onset = self.clock_ms
         self.clock_ms += FRAME_MS
         if voiced:
@@ -112,8 +114,3 @@ class EnergyVad:
             self._silence_ms = 0
             return VadSpeechStopped(audio_end_ms=round(self.clock_ms))
         return None
-
-
-def _dbfs(frame: npt.NDArray[np.int16]) -> float:
-    rms = math.sqrt(float(np.mean(np.square(frame.astype(np.float64)))))
-    return 20 * math.log10(rms / FULL_SCALE) if rms > 0 else -math.inf

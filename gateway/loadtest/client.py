@@ -5,10 +5,12 @@ token), 20 ms mu-law `media` frames at real-time pace (or as fast as wanted), `d
 plays the gateway's audio through a `TwilioPlayout` in real time, echoing marks only when the audio
 before them has played and flushing on `clear`. Used by the tests and by the load generator.
 
-Built to be cheap, so one process can drive hundreds of calls: outgoing `media` messages are formatted
-from pre-encoded payloads (no json.dumps per frame); an incoming `media` message in the gateway's own
-layout is recognised by its prefix and its payload sliced out (no json.loads); and every call's
-playout is advanced by ONE shared ticker task per event loop (`SharedTicker`), not a timer per call.
+Every message it sends is built by `gateway.telephony.twilio_wire`, the one definition of Twilio's
+layouts. Built to be cheap, so one process can drive hundreds of calls: outgoing `media` messages are
+formatted from pre-encoded payloads (no json.dumps per frame); an incoming `media` message in the
+gateway's own layout is recognised by its prefix and its payload sliced out (no json.loads); and
+every call's playout is advanced by ONE shared ticker task per event loop (`SharedTicker`), not a
+timer per call.
 The client records what the measurements need (marks with their audio positions and echo times,
 clears, response and barge-in latencies) as it goes.
 """
@@ -31,6 +33,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.loadtest.playout import PlayoutTicker, TwilioPlayout
 from gateway.loadtest.recordings import FRAME_BYTES, FRAME_MS
+from gateway.telephony import twilio_wire
 from gateway.telephony.signature import SIGNATURE_HEADER, compute_signature
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
 
 PLAYOUT_TICK_S = 0.005  # how often the simulated phones play audio and echo marks
 LAG_SAMPLES_KEPT = 200_000  # ticker lateness samples kept for the loop-lag figure (~17 min of ticks)
+_SUFFIX_LEN = len(twilio_wire.MESSAGE_SUFFIX)
 
 
 def monotonic_ms() -> float:
@@ -183,7 +187,7 @@ class TwilioCall:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
     _hanging_up: bool = False
-    _sid_json: str = ""
+    _sid_json: twilio_wire.QuotedSid = field(init=False)  # set from stream_sid in __post_init__
     _media_prefix: str = ""
     _pending_marks: dict[str, MarkRecord] = field(default_factory=dict)
     _voice_end_ms: float | None = None  # the last voiced frame went out; the bot's answer not yet here
@@ -193,8 +197,8 @@ class TwilioCall:
 
     def __post_init__(self) -> None:
         self.playout.keep_audio = self.keep_audio
-        self._sid_json = json.dumps(self.stream_sid)
-        self._media_prefix = f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"'
+        self._sid_json = twilio_wire.quote_sid(self.stream_sid)
+        self._media_prefix = twilio_wire.bot_media_prefix(self._sid_json)
 
     async def __aenter__(self) -> TwilioCall:
         await self.open()
@@ -244,7 +248,7 @@ class TwilioCall:
             self.url, additional_headers=self._headers(), open_timeout=self.open_timeout_s, compression=None
         )
         self.opened_ms = monotonic_ms()
-        await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self.send_text(twilio_wire.connected())
         if send_start:
             await self.start()
         self._ticker = SharedTicker.for_running_loop()
@@ -253,20 +257,14 @@ class TwilioCall:
 
     async def start(self) -> None:
         """Send `start` with this call's ids and custom parameters."""
-        await self.send_json(
-            {
-                "event": "start",
-                "sequenceNumber": str(self._next_seq()),
-                "start": {
-                    "accountSid": self.account_sid,
-                    "streamSid": self.stream_sid,
-                    "callSid": self.call_sid,
-                    "tracks": ["inbound"],
-                    "customParameters": dict(self.custom_parameters),
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                },
-                "streamSid": self.stream_sid,
-            }
+        await self.send_text(
+            twilio_wire.start(
+                self._sid_json,
+                call_sid=self.call_sid,
+                account_sid=self.account_sid,
+                custom_parameters=self.custom_parameters,
+                sequence=self._next_seq(),
+            )
         )
 
     def _next_seq(self) -> int:
@@ -304,9 +302,9 @@ class TwilioCall:
         self.caller_audio_sent_ms += n_bytes / 8
         self.frames_sent += 1
         await self.send_text(
-            f'{{"event":"media","sequenceNumber":"{self._seq}","media":{{"track":"inbound",'
-            f'"chunk":"{self._chunk}","timestamp":"{timestamp}","payload":"{payload}"}},'
-            f'"streamSid":{self._sid_json}}}'
+            twilio_wire.caller_media(
+                self._sid_json, payload, sequence=self._seq, chunk=self._chunk, timestamp_ms=timestamp
+            )
         )
         if voiced:
             now = monotonic_ms()
@@ -333,14 +331,7 @@ class TwilioCall:
     async def send_dtmf(self, digit: str) -> None:
         """Send a `dtmf` event."""
         self.dtmf_sent += digit
-        await self.send_json(
-            {
-                "event": "dtmf",
-                "streamSid": self.stream_sid,
-                "sequenceNumber": str(self._next_seq()),
-                "dtmf": {"track": "inbound_track", "digit": digit},
-            }
-        )
+        await self.send_text(twilio_wire.dtmf(self._sid_json, digit, sequence=self._next_seq()))
 
     # -- bot audio -----------------------------------------------------------------------------------
 
@@ -360,8 +351,12 @@ class TwilioCall:
 
     async def _on_message(self, message: str | bytes) -> None:
         now = monotonic_ms()
-        if isinstance(message, str) and message.startswith(self._media_prefix) and message.endswith('"}}'):
-            await self._on_media(message[len(self._media_prefix) : -3], now)
+        if (
+            isinstance(message, str)
+            and message.startswith(self._media_prefix)
+            and message.endswith(twilio_wire.MESSAGE_SUFFIX)
+        ):
+            await self._on_media(message[len(self._media_prefix) : -_SUFFIX_LEN], now)
             return
         try:
             data = json.loads(message)
@@ -448,10 +443,7 @@ class TwilioCall:
             if self._closed.is_set():
                 return
             with contextlib.suppress(ConnectionClosed):
-                await self.send_text(
-                    f'{{"event":"mark","sequenceNumber":"{self._next_seq()}",'
-                    f'"streamSid":{self._sid_json},"mark":{{"name":{json.dumps(name)}}}}}'
-                )
+                await self.send_text(twilio_wire.mark_echo(self._sid_json, name, sequence=self._next_seq()))
 
     async def wait_until_quiet(self, quiet_ms: float = 300, timeout_s: float = 10) -> None:
         """Wait until the bot has sent nothing for `quiet_ms` and everything queued has played."""
@@ -480,13 +472,13 @@ class TwilioCall:
                 await self.echo_marks(self.playout.advance(self.hung_up_ms), self.hung_up_ms)
         if self._ws is not None and send_stop and not self._closed.is_set():
             with contextlib.suppress(ConnectionClosed):
-                await self.send_json(
-                    {
-                        "event": "stop",
-                        "sequenceNumber": str(self._next_seq()),
-                        "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                        "streamSid": self.stream_sid,
-                    }
+                await self.send_text(
+                    twilio_wire.stop(
+                        self._sid_json,
+                        call_sid=self.call_sid,
+                        account_sid=self.account_sid,
+                        sequence=self._next_seq(),
+                    )
                 )
         if self._ws is not None:
             await self._ws.close()

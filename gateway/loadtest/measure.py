@@ -37,6 +37,7 @@ from typing import Any
 
 from gateway.loadtest.client import MarkRecord, TwilioCall
 from gateway.loadtest.playout import PlayedSpan
+from gateway.stats import percentile
 
 __all__ = [
     "METRICS",
@@ -48,7 +49,6 @@ __all__ = [
     "aggregate",
     "check_marks",
     "measure_call",
-    "percentile",
     "stats",
 ]
 
@@ -268,16 +268,6 @@ def measure_call(
 
 
 # --- aggregation ------------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) of sorted values, interpolating linearly between ranks."""
-    if not sorted_values:
-        raise ValueError("no values")
-    rank = (len(sorted_values) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ latency can be measured from the end of speech rather than from trailing silence
 from __future__ import annotations
 
 import base64
-import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from gateway.call.localvad import frame_dbfs
 from telcodec import Resampler, alaw_decode, ulaw_decode, ulaw_encode
 
 __all__ = [
@@ -82,13 +82,12 @@ class Recording:
 
 
 def _last_voiced(ulaw: bytes) -> int:
-    if not ulaw:
-        return -1
-    pcm = ulaw_decode(ulaw).astype(np.float64).reshape(-1, FRAME_BYTES)
-    rms = np.sqrt(np.mean(pcm**2, axis=1))
-    threshold = 32768.0 * math.pow(10, VOICED_DBFS / 20)
-    voiced = np.nonzero(rms >= threshold)[0]
-    return int(voiced[-1]) if len(voiced) else -1
+    # The level measure of the emulator's VAD and the gateway's local VAD, so "voiced" means the same here.
+    frames = ulaw_decode(ulaw).reshape(-1, FRAME_BYTES)
+    for index in range(len(frames) - 1, -1, -1):
+        if frame_dbfs(frames[index]) >= VOICED_DBFS:
+            return index
+    return -1
 
 
 def _chunks(data: bytes, where: str) -> dict[bytes, bytes]:

@@ -41,11 +41,11 @@ from gateway.loadtest.measure import (
     aggregate,
     bot_audio_lost_ms,
     measure_call,
-    percentile,
 )
 from gateway.loadtest.script import Scenario
 from gateway.realtime.session import AudioFormat
 from gateway.realtime.upstream import CLIENT_REQUEST_ID_HEADER, client_request_id
+from gateway.stats import percentile
 from gateway.telephony.signature import SIGNATURE_HEADER, compute_signature
 from telcodec import BotPath
 
@@ -121,8 +121,7 @@ class LiveStats:
         """(p50, p95) of response latency so far, or None before the first."""
         if not self.response_ms:
             return None
-        ordered = sorted(self.response_ms)
-        return percentile(ordered, 50), percentile(ordered, 95)
+        return percentile(self.response_ms, 50), percentile(self.response_ms, 95)
 
 
 @dataclass(frozen=True, slots=True)

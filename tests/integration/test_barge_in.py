@@ -78,7 +78,7 @@ async def test_speech_while_bot_silent_does_not_clear() -> None:
         async with TwilioCall(gateway.media_url) as call:
             await call.send_audio(speech_ulaw(600) + silence_ulaw(700), realtime=False)
             await wait_for(lambda: len(call.received_media) == 800 * 8, timeout_s=5)
-            await call.wait_until_quiet(quiet_ms=200, timeout_s=scaled(15))
+            await call.wait_until_quiet(quiet_ms=scaled(200), timeout_s=scaled(15))
             await call.send_audio(speech_ulaw(600) + silence_ulaw(700), realtime=False)
             await wait_for(lambda: len(emulator.sessions[0].responses) == 2, timeout_s=5)
         assert call.clears == []

@@ -6,11 +6,11 @@ import asyncio
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import fields
+from typing import get_origin, get_type_hints
 
 import pytest
 
-from bench.capacity import StepResult, run_capacity
+from bench.capacity import BOUND_MS, LOAD_LAG_LIMIT_MS, CapacityRun, StepResult, run_capacity
 from bench.latency import BOT_HOLDBACK_BYTES, CALLER_FRAME_LAG, delta_first_byte
 from bench.lean_realtime import RealtimeStub, StubConfig, StubSession
 from bench.lean_twilio import TwilioLoad
@@ -93,28 +93,69 @@ async def test_each_delta_starts_a_media_message_at_the_predicted_offset(mode: s
             assert 800 not in offsets  # the held-back 20 bytes move every later delta's start
 
 
+def _check_types(step: StepResult) -> None:
+    """Every field is there with its declared type, and every number is finite."""
+    for name, declared in get_type_hints(StepResult).items():
+        value = getattr(step, name)
+        if get_origin(declared) is dict:
+            assert type(value) is dict, name
+            assert all(type(k) is str and type(v) is int for k, v in value.items()), (name, value)
+        else:
+            assert type(value) is declared, (name, value)  # `is`: a bool is no int, an int no float
+        if declared is float:
+            assert math.isfinite(value), (name, value)
+
+
+def _check_step(step: StepResult, run: CapacityRun) -> None:
+    """The figures of one step agree with each other and with what the stub and the caller script do."""
+    n = step.calls
+    # Every call opened, lasted the step and was hung up by the caller: completed, nothing else.
+    assert step.calls_open == n
+    assert step.outcomes == {"completed": n}
+    assert step.calls_completed == n
+    assert step.window_s >= round(run.step_s, 2) - 0.01
+    # Caller audio: every frame's append arrived; the gateway holds back CALLER_FRAME_LAG frames a call.
+    assert step.appends_received == step.appends_expected > 0
+    assert step.frames_sent == step.appends_expected + n * CALLER_FRAME_LAG[run.mode]
+    frames_in_window = n * step.window_s / 0.020
+    assert 0.5 * frames_in_window <= step.caller_samples <= 1.5 * frames_in_window
+    assert step.caller_samples <= step.appends_received
+    # Bot audio: each delta in the window found its media message, and played audio's marks came back.
+    assert step.bot_samples > 0
+    assert step.bot_unmatched == 0
+    assert step.marks_echoed > 0
+    # Latency figures are ordered and positive (values are not bounded here: a loaded machine moves them).
+    assert 0 < step.caller_p50_ms <= step.caller_p99_ms
+    assert 0 < step.bot_p50_ms <= step.bot_p99_ms
+    assert step.gateway_caller_p99_ms > 0
+    assert step.gateway_bot_p99_ms > 0
+    # CPU: s per call-minute and % of a core come from the same /proc reading, so 60 / 100 * pct / calls
+    # is s per call-minute, up to the rounding of both (pct to 0.1, s/call-min to 0.0001).
+    assert 0 < step.gateway_cpu_pct <= 100 * run.cpu_count
+    rounding = 0.6 * 0.05 / n + 0.00005
+    assert abs(step.gateway_cpu_s_per_call_min - 0.6 * step.gateway_cpu_pct / n) <= rounding + 1e-9
+    assert 0 < step.load_cpu_pct <= 100 * run.cpu_count
+    assert 0 <= step.steal_pct <= 100
+    # Memory: KB per call is the growth over the idle baseline spread over the calls (MB rounded to 0.1).
+    assert step.rss_mb > 10
+    growth_kb = (step.rss_mb - run.baseline_rss_mb) * 1024
+    assert abs(step.rss_kb_per_call * n - growth_kb) <= 2 * 0.05 * 1024 + 0.05 * n
+    # The verdicts follow from the figures.
+    assert step.load_limited is (not step.load_lag_p99_ms <= LOAD_LAG_LIMIT_MS)
+    assert step.within_bound is (
+        not step.load_limited and step.caller_p99_ms <= BOUND_MS and step.bot_p99_ms <= BOUND_MS
+    )
+
+
 async def test_orchestrator_reports_every_field_with_sane_values() -> None:
-    """Two tiny steps against a real gateway process give CPU, memory, both latencies and completed calls."""
-    run = await run_capacity([2, 4], step_s=scaled(3.0), ramp_s=0.5, settle_s=1.0, pin=False, progress=False)
+    """Two tiny steps against a real gateway process: every figure is present, typed and finite, the
+    counts match the calls made, CPU and memory per call agree with their totals, verdicts with figures."""
+    step_s = scaled(3.0)
+    run = await run_capacity([2, 4], step_s=step_s, ramp_s=0.5, settle_s=1.0, pin=False, progress=False)
+    assert (run.mode, run.realtime, run.pinned, run.step_s) == ("pcm16", "stub", False, step_s)
     assert [s.calls for s in run.steps] == [2, 4]
-    names = {f.name for f in fields(StepResult)}
-    for step in run.steps:
-        assert set(vars(step) if hasattr(step, "__dict__") else {f: getattr(step, f) for f in names}) >= names
-        assert step.calls_open == step.calls == step.calls_completed
-        assert step.gateway_cpu_pct > 0
-        assert step.gateway_cpu_s_per_call_min > 0
-        assert step.rss_mb > 10
-        for value in (step.caller_p50_ms, step.caller_p99_ms, step.bot_p50_ms, step.bot_p99_ms):
-            assert value > 0
-            assert not math.isnan(value)
-        assert step.caller_p99_ms >= step.caller_p50_ms
-        assert step.caller_samples > 0
-        assert step.bot_samples > 0
-        assert step.bot_unmatched == 0
-        assert step.appends_received == step.appends_expected > 0
-        assert step.frames_sent >= step.appends_received
-        assert step.gateway_caller_p99_ms > 0
-        assert step.load_cpu_pct > 0
-        assert step.load_lag_p99_ms >= 0
-        assert step.steal_pct >= 0
     assert run.baseline_rss_mb > 10
+    for step in run.steps:
+        _check_types(step)
+        _check_step(step, run)
+    assert run.capacity_calls == max((s.calls for s in run.steps if s.within_bound), default=0)

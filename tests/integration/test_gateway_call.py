@@ -51,7 +51,7 @@ async def test_call_round_trip(bridged: tuple[RunningGateway, EmulatorServer]) -
         await wait_for(lambda: emulator.sessions and emulator.sessions[0].responses)
         session = emulator.sessions[0]
         await wait_for(lambda: session.responses[0].status != "in_progress")
-        await call.wait_until_quiet(quiet_ms=200, timeout_s=scaled(10))
+        await call.wait_until_quiet(quiet_ms=scaled(200), timeout_s=scaled(10))
 
         upstream = b"".join(chunk.data for chunk in session.received_audio)
         expected_up = CallerPath().process(caller)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -267,7 +268,7 @@ async def test_dropped_session_is_replaced_with_context() -> None:
             assert second.client_events[0]["type"] == "session.update"
             assert [item["role"] for item in created] == ["user", "assistant"]
             assert created[1]["content"][0]["text"] == emulator.config.transcript
-            await call.wait_until_quiet(quiet_ms=200, timeout_s=scaled(10))
+            await call.wait_until_quiet(quiet_ms=scaled(200), timeout_s=scaled(10))
             await call.send_audio(speech_ulaw(500) + silence_ulaw(700), realtime=False)
             assert await call.wait_closed(timeout_s=scaled(10)) == 1011  # the second drop spends the budget
             assert second.responses
@@ -278,13 +279,24 @@ async def test_dropped_session_is_replaced_with_context() -> None:
 
 async def test_expiring_session_is_renewed_while_quiet() -> None:
     """A session about to reach expires_at is replaced at a quiet moment, before the service cuts it."""
+    # The emulator announces expires_at in whole seconds (int(now) + 4) and cuts the session 4 s after it
+    # opened. With a 2 s margin (capped at half the announced lifetime) the renewal falls due 1.5 to 2 s
+    # into the session, at least 2 s before the cut. The gateway checks on each caller frame, so silence
+    # streams until the second session is up: how long set-up took does not matter.
     config = EmulatorConfig(session_expires_s=4, realtime_factor=10.0, reply_ms=300)
-    async with bridged({"UPSTREAM_RENEW_MARGIN_S": "1"}, config) as (gateway, emulator):
+    async with bridged({"UPSTREAM_RENEW_MARGIN_S": "2"}, config) as (gateway, emulator):
         async with TwilioCall(gateway.media_url) as call:
-            await call.send_audio(silence_ulaw(3400), realtime=True)
-            assert len(emulator.sessions) == 2
+            sender = asyncio.create_task(call.send_audio(silence_ulaw(60_000), realtime=True))
+            try:
+                await wait_for(lambda: len(emulator.sessions) == 2, timeout_s=15)
+                await wait_for(lambda: emulator.sessions[1].received_audio)  # the call goes on there
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
             assert not call._closed.is_set()
         assert gateway.state.metrics.upstream_reconnects.labels(reason="expiry")._value.get() == 1
+        assert gateway.state.metrics.upstream_reconnects.labels(reason="drop")._value.get() == 0
         assert emulator.sessions[0].errors == []  # replaced before the service's own expiry error
 
 

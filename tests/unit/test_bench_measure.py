@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 
 import pytest
 
@@ -15,7 +16,6 @@ from bench.latency import (
     caller_latencies,
     delta_first_byte,
     histogram_quantile,
-    percentile,
 )
 from bench.lean_twilio import CallerScript, MediaTemplates
 from bench.procstat import (
@@ -28,6 +28,7 @@ from bench.procstat import (
 )
 from bench.pyspy import hot_spots
 from bench.wsframes import apply_mask, read_frame_header
+from gateway.telephony import twilio_wire
 from gateway.telephony.events import CallStarted, MediaReceived
 from gateway.telephony.twilio import TwilioDialect
 
@@ -59,6 +60,22 @@ def test_media_templates_give_twilio_media_the_gateway_parses() -> None:
         assert event.timestamp_ms == index * 20
     assert len(script.frames) == 10
     assert script.frames[9] == b"\xff" * 160
+
+
+def test_media_templates_are_the_shared_layout_with_padded_counters() -> None:
+    """Apart from the zero padding of its counters, a pre-built frame is `twilio_wire.caller_media`'s text
+    byte for byte, so the lean client cannot drift from the one definition of Twilio's media message."""
+    script = CallerScript.speech_then_silence(speech_ms=100, cycle_ms=200)
+    templates = MediaTemplates(script)
+    suffix = MediaTemplates.masked_suffix(SID)
+    for index in (0, 7, 123):
+        text = _text(templates.frame(index, suffix))
+        unpadded = re.sub(r'"(sequenceNumber|chunk|timestamp)":"0*(\d)', r'"\1":"\2', text)
+        payload = base64.b64encode(script.frames[index % 10]).decode()
+        expected = twilio_wire.caller_media(
+            twilio_wire.quote_sid(SID), payload, sequence=index + 2, chunk=index + 1, timestamp_ms=index * 20
+        )
+        assert unpadded == expected
 
 
 def test_caller_latencies_pair_append_j_with_frame_j_plus_lag() -> None:
@@ -95,10 +112,8 @@ def test_bot_latencies_match_media_by_offset_and_stop_at_a_clear() -> None:
     assert partial.unmatched == 3
 
 
-def test_percentile_and_histogram_quantile() -> None:
-    """Percentiles interpolate between ranks; histogram quantiles inside buckets, as Prometheus does."""
-    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.5
-    assert math.isnan(percentile([], 99))
+def test_histogram_quantile() -> None:
+    """Histogram quantiles interpolate inside buckets, as Prometheus does; NaN without observations."""
     buckets = [(0.001, 50.0), (0.002, 90.0), (0.005, 100.0), (math.inf, 100.0)]
     assert histogram_quantile(buckets, 0.5) == pytest.approx(0.001)
     assert histogram_quantile(buckets, 0.7) == pytest.approx(0.0015)

@@ -9,15 +9,17 @@ import wave
 import numpy as np
 import pytest
 
+from gateway.emulator.vad import EnergyVad, VadSettings, VadSpeechStarted
 from gateway.loadtest.recordings import (
     FRAME_BYTES,
+    SILENCE_FRAME,
     Recording,
     RecordingError,
     decode_wav,
     load_recording,
 )
 from gateway.loadtest.script import SHIPPED_RECORDINGS
-from telcodec import Resampler, alaw_encode, ulaw_encode
+from telcodec import Resampler, alaw_encode, ulaw_decode, ulaw_encode
 
 RECORDINGS = SHIPPED_RECORDINGS
 
@@ -121,3 +123,16 @@ def test_recording_frames_are_padded_and_pre_encoded() -> None:
     assert recording.ulaw[170:] == b"\xff" * (2 * FRAME_BYTES - 170)
     assert recording.payloads[0] == "AAAA" * 53 + "AA=="
     assert recording.last_voiced_frame == 1  # 0x00 is full scale: both frames are loud
+
+
+@pytest.mark.parametrize(("dbfs", "voiced"), [(-39.5, True), (-40.5, False), (-90.0, False)])
+def test_voiced_means_what_the_emulator_vad_hears(dbfs: float, voiced: bool) -> None:
+    """A frame just above -40 dBFS is the recording's last voiced frame and speech to the emulator's
+    default VAD; just below, it is neither (both measure the level with the same `frame_dbfs`)."""
+    t = np.arange(FRAME_BYTES) / 8000
+    amplitude = 32768 * 10 ** (dbfs / 20) * np.sqrt(2)  # 400 Hz: whole periods, so RMS is exact
+    frame = ulaw_encode(np.round(amplitude * np.sin(2 * np.pi * 400 * t)).astype(np.int16))
+    recording = Recording.from_ulaw("x", b"\x00" * FRAME_BYTES + frame + SILENCE_FRAME)
+    assert recording.last_voiced_frame == (1 if voiced else 0)
+    events = EnergyVad(VadSettings()).feed(ulaw_decode(frame), 8000)
+    assert events == ([VadSpeechStarted(audio_start_ms=0, onset_ms=0)] if voiced else [])

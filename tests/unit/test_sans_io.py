@@ -13,6 +13,7 @@ import telcodec
 
 CORES = [
     "gateway.telephony.twilio",
+    "gateway.telephony.twilio_wire",
     "gateway.telephony.signature",
     "gateway.telephony.twiml",
     "gateway.telephony.events",
@@ -21,6 +22,7 @@ CORES = [
     "gateway.realtime.endpoint",
     "gateway.realtime.events",
     "gateway.telephony.streamtoken",
+    "gateway.telephony.provider",
     "gateway.call.playback",
     "gateway.call.bargein",
     "gateway.call.localvad",
@@ -35,6 +37,7 @@ CORES = [
     "gateway.emulator.vad",
     "gateway.emulator.voice",
     "gateway.loadtest.playout",
+    "gateway.stats",
     "telcodec",
     # The codec core is pure computation throughout: every module of it is checked.
     *(info.name for info in pkgutil.iter_modules(telcodec.__path__, "telcodec.")),
