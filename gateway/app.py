@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.backend import bridge_settings_from, open_upstream
+from gateway.backend import acs_options_from, bridge_settings_from, open_upstream
 from gateway.background import running
 from gateway.call.bridge import BridgeSettings, CallBridge, Leg
 from gateway.config import Settings
@@ -27,6 +27,8 @@ from gateway.realtime.auth import TokenProvider
 from gateway.realtime.health import Health, UpstreamHealth
 from gateway.realtime.monitor import watch_upstream
 from gateway.realtime.upstream import Upstream
+from gateway.telephony import acs
+from gateway.telephony.acs_client import AcsService
 from gateway.telephony.provider import HttpRequest, Provider, Refusal
 from gateway.telephony.providers import PROVIDERS
 from gateway.telephony.streamtoken import issue_stream_token
@@ -50,6 +52,9 @@ class GatewayState:
     upstream: Upstream | None = None
     health: UpstreamHealth | None = None
     bridge_settings: BridgeSettings | None = None
+    acs: AcsService | None = None  # the ACS side (Call Automation client, signing keys) when served
+    # Checks of a media upgrade that need I/O (ACS's JWT keys), by provider.
+    media_guards: dict[str, Callable[[HttpRequest], Awaitable[Refusal | None]]] = field(default_factory=dict)
     # Start-up's verdict on the realtime backend: HEALTHY (serve) or FATAL (misconfigured: stop).
     first_verdict: asyncio.Future[Health] | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)
@@ -79,6 +84,9 @@ def create_app(
     if "twilio" in settings.providers:
         # Twilio's original routes stay as aliases: numbers already point at them.
         _add_provider_routes(app, PROVIDERS["twilio"], TWIML_PATH, MEDIA_PATH)
+    if "acs" in settings.providers:
+        state.acs = AcsService(acs_options_from(settings), state.metrics)
+        _add_acs_routes(app, state.acs)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
@@ -129,6 +137,15 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                 state.upstream = None
 
 
+def _media_guarded(settings: Settings, name: str) -> bool:
+    """Whether the provider's media route refuses streams its provider did not open."""
+    if name == "acs":
+        return settings.acs_audience is not None  # ACS's JWT on the upgrade
+    if name == "exotel" and settings.exotel_allow_from:
+        return True
+    return settings.provider_secret(PROVIDERS[name]) is not None
+
+
 def _warn_about_settings(settings: Settings) -> None:
     """Start-up warnings for settings that are legal but risky."""
     if settings.uses_emulator:
@@ -141,7 +158,7 @@ def _warn_about_settings(settings: Settings) -> None:
     ignored = settings.ignored_settings()
     if ignored:
         log.warning("settings_ignored", settings=ignored, realtime_backend=settings.realtime_backend)
-    open_routes = [name for name in settings.providers if settings.provider_secret(PROVIDERS[name]) is None]
+    open_routes = [name for name in settings.providers if not _media_guarded(settings, name)]
     if open_routes:
         # Anyone who finds these routes can open streams (and realtime sessions) on our account.
         log.warning(
@@ -191,6 +208,22 @@ def _add_provider_routes(app: web.Application, provider: Provider, answer_path: 
     app.router.add_get(media_path, media)
 
 
+def _add_acs_routes(app: web.Application, service: AcsService) -> None:
+    """ACS answers through a REST call on Event Grid's IncomingCall, not with a document: its own routes."""
+    state = app[STATE_KEY]
+    state.media_guards["acs"] = service.check_media
+
+    async def events(request: web.Request) -> web.Response:
+        busy = "draining" if state.draining else "not ready" if state.upstream is None else None
+        if busy is None and len(state.calls) >= state.settings.max_calls:
+            busy = "at capacity"
+        return await service.handle_events(request, _public_base(request, state.settings), busy)
+
+    app.cleanup_ctx.append(service.context)
+    app.router.add_post(acs.EVENTS_PATH, events)
+    app.router.add_post(acs.CALLBACKS_PATH, service.handle_callbacks)
+
+
 def _public_base(request: web.Request, settings: Settings) -> str:
     """The https base URL the provider used to reach us: the configured one, else the request's own host."""
     if settings.public_url:
@@ -213,7 +246,7 @@ async def _http_request(request: web.Request, url: str) -> HttpRequest:
     if request.content_type == "application/x-www-form-urlencoded":
         form = {k: str(v) for k, v in (await request.post()).items()}
     headers = {k.lower(): v for k, v in request.headers.items()}
-    return HttpRequest(request.method, url, headers, body, form, request.remote)
+    return HttpRequest(request.method, url, headers, body, form, request.remote, time.time())
 
 
 def _reject(state: GatewayState, route: str, reason: str, status: int = 403, **context: str) -> web.Response:
@@ -256,13 +289,15 @@ async def handle_media(request: web.Request, provider: Provider) -> web.StreamRe
     state = request.app[STATE_KEY]
     route = request.path.lstrip("/")
     secret = state.settings.provider_secret(provider)
+    query = f"?{request.query_string}" if request.query_string else ""
+    incoming = await _http_request(request, _stream_url(request, state.settings, request.path) + query)
     if secret is not None and provider.check_media is not None:
-        url = _stream_url(request, state.settings, request.path) + (
-            f"?{request.query_string}" if request.query_string else ""
-        )
-        problem = provider.check_media(await _http_request(request, url), secret)
+        problem = provider.check_media(incoming, secret)
         if problem is not None:
-            return _reject(state, route, problem, checked_url=url.split("?", 1)[0])
+            return _reject(state, route, problem, checked_url=incoming.url.split("?", 1)[0])
+    guard = state.media_guards.get(provider.name)
+    if guard is not None and (refusal := await guard(incoming)) is not None:
+        return _reject(state, route, refusal.reason, status=refusal.status)
     if state.draining or state.upstream is None:
         return _reject(state, route, "draining" if state.draining else "not ready", status=503)
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, timeout=2.0, compress=False)
@@ -274,7 +309,8 @@ async def handle_media(request: web.Request, provider: Provider) -> web.StreamRe
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"gateway at capacity")
         return ws
     assert state.bridge_settings is not None  # set with the upstream
-    leg = Leg(provider.name, provider.dialect(), secret)
+    dialect = provider.dialect_for(incoming) if provider.dialect_for is not None else provider.dialect()
+    leg = Leg(provider.name, dialect, secret)
     bridge = CallBridge(ws, leg, state.bridge_settings, state.metrics, state.upstream, request.transport)
     task = asyncio.current_task()
     assert task is not None

@@ -20,10 +20,21 @@ from gateway.realtime.auth import Credential, EntraToken, StaticKey, TokenProvid
 from gateway.realtime.endpoint import EndpointKind, RealtimeEndpoint, resolve_endpoint
 from gateway.realtime.session import AudioFormat, SessionSettings, TurnDetection
 from gateway.realtime.upstream import Upstream
+from gateway.telephony.acs import DEFAULT_OPENID_URL, AcsOptions
 
-__all__ = ["bridge_settings_from", "open_upstream", "session_settings_from"]
+__all__ = ["acs_options_from", "bridge_settings_from", "open_upstream", "session_settings_from"]
 
 log = structlog.get_logger(__name__)
+
+
+def acs_options_from(settings: Settings) -> AcsOptions:
+    """What the ACS side needs of the settings."""
+    return AcsOptions(
+        connection_string=settings.acs_connection_string,
+        endpoint=settings.acs_endpoint,
+        audience=settings.acs_audience,
+        openid_url=settings.acs_openid_url or DEFAULT_OPENID_URL,
+    )
 
 
 def bridge_settings_from(settings: Settings, session: SessionSettings) -> BridgeSettings:

@@ -653,6 +653,13 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
 def _check_combinations(settings: Settings) -> None:
     settings.endpoint()  # every backend problem names its variable at start-up, not in the first call
+    if settings.acs_connection_string:
+        from gateway.telephony.acs import parse_connection_string
+
+        try:
+            parse_connection_string(settings.acs_connection_string)
+        except ValueError as exc:
+            raise ConfigError(f"ACS_CONNECTION_STRING=<redacted> is invalid: {exc}") from None
     if settings.realtime_auth == "key" and not settings.backend_key():
         raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY, AZURE_OPENAI_API_KEY or OPENAI_API_KEY")
 

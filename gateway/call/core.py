@@ -182,6 +182,8 @@ class CallCore:
         self._budget = FrameBudget(FRAMES_PER_S, FLOOD_BURST_FRAMES)
         self._append_bytes = session_format.bytes_per_ms * config.append_ms
         self._playout = playout
+        ahead_ms = playout.max_ahead_ms
+        self._max_ahead_samples = None if ahead_ms is None else ahead_ms * leg_format.rate // 1000
         self._multiple = max(playout.multiple_bytes, leg_format.bytes_per_sample)
         chunk = leg_format.frame_bytes(playout.chunk_ms or config.playout_chunk_ms)
         self._chunk_bytes = max(playout.min_bytes, chunk - chunk % self._multiple, self._multiple)
@@ -229,6 +231,9 @@ class CallCore:
         if self._clear_pending:
             self._clear_pending = False
             return ClearPlayback()
+        ahead = self._max_ahead_samples
+        if ahead is not None and self._bot_queue and self.tracker.queued_samples(now_ms) >= ahead:
+            return None  # the provider's buffer is full enough: pulled again as the caller's frames arrive
         while self._bot_queue:
             chunk = self._bot_queue.popleft()
             if chunk.generation != self.tracker.generation:  # queued before a barge-in: never played

@@ -28,6 +28,7 @@ __all__ = [
     "PlayedTo",
     "PlayoutRule",
     "ProtocolViolation",
+    "ProviderNotice",
     "StreamConnected",
     "TelephonyCommand",
     "TelephonyEvent",
@@ -40,12 +41,14 @@ class PlayoutRule:
 
     `chunk_ms` overrides PLAYOUT_CHUNK_MS. Every message is a multiple of `multiple_bytes`; with
     `min_bytes`, none is shorter, so audio that does not fill one waits for more of its item, and an
-    item's last message is padded with silence.
+    item's last message is padded with silence. With `max_ahead_ms`, bot audio is held back while that
+    much is queued at the provider (whose buffer would overflow); it goes out as playback proceeds.
     """
 
     chunk_ms: int | None = None
     min_bytes: int = 0
     multiple_bytes: int = 1
+    max_ahead_ms: int | None = None  # send no further ahead of playback than this (a bounded buffer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,13 @@ class ProtocolViolation:
 
     reason: str
     fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderNotice:
+    """The provider acknowledged something (a clear, ...) that needs no action; `what` names it."""
+
+    what: str
 
 
 TelephonyEvent = (

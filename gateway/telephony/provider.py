@@ -64,7 +64,8 @@ class Dialect(Protocol):
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
     """An HTTP request as a provider's checks see it. `url` is the public URL the provider called (what
-    it signs); header names are lower-case; `form` holds a urlencoded body's fields."""
+    it signs); header names are lower-case; `form` holds a urlencoded body's fields; `received_s` is the
+    wall-clock time it arrived (what timestamped signatures are checked against)."""
 
     method: str
     url: str
@@ -72,6 +73,7 @@ class HttpRequest:
     body: bytes = b""
     form: Mapping[str, str] = field(default_factory=dict)
     peer: str | None = None
+    received_s: float = 0.0
 
     def header(self, name: str) -> str | None:
         """A header's value by name, any case."""
@@ -107,3 +109,5 @@ class Provider:
     check_answer: Callable[[HttpRequest, str], str | None] | None = None
     check_media: Callable[[HttpRequest, str], str | None] | None = None
     answer_methods: tuple[str, ...] = ("POST",)
+    # A dialect that needs the upgrade request (ACS names the call in its headers); else `dialect()`.
+    dialect_for: Callable[[HttpRequest], Dialect] | None = None

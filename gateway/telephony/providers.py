@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.telephony import twilio
+from gateway.telephony import acs, twilio, vonage
 from gateway.telephony.provider import Provider
 
 __all__ = ["PROVIDERS"]
 
-PROVIDERS: Mapping[str, Provider] = {provider.name: provider for provider in (twilio.PROVIDER,)}
+PROVIDERS: Mapping[str, Provider] = {
+    provider.name: provider
+    for provider in (
+        twilio.PROVIDER,
+        vonage.PROVIDER,
+        acs.PROVIDER,
+    )
+}

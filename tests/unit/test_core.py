@@ -282,3 +282,25 @@ def test_g711_session_refuses_a_non_mulaw_leg() -> None:
 
     with pytest.raises(ValueError, match="AUDIO_MODE=g711"):
         CallCore(CallConfig(), AudioFormat.G711_ULAW, WireFormat.of("alaw", 8000))
+
+
+def test_max_ahead_holds_audio_until_playback_catches_up() -> None:
+    """With a bounded provider buffer, the core sends no more than max_ahead_ms ahead of playback and
+    releases the rest as time (and confirmations) move the playhead."""
+    from gateway.telephony.events import PlayoutRule
+
+    rule = PlayoutRule(chunk_ms=20, min_bytes=160, multiple_bytes=160, max_ahead_ms=100)
+    core = CallCore(CallConfig(), AudioFormat.PCM16, playout=rule)
+    core.receive_realtime(_created("r1"), 0)
+    core.receive_realtime(_delta("r1", "i1", 1000), 0)
+    sent_at_0 = 0
+    while core.next_leg_command(0) is not None:
+        sent_at_0 += 1
+    assert sent_at_0 == 5  # 100 ms of 20 ms frames
+    assert core.next_leg_command(10) is not None  # 90 ms queued: one more frame may go
+    assert core.next_leg_command(10) is None  # 110 ms queued: held
+    released = 0
+    while core.next_leg_command(60) is not None:
+        released += 1
+    assert released == 2  # 60 ms queued at 60: two frames bring it back to 100 ms
+    assert core.tracker.queued_samples(60) == 100 * 8

@@ -23,6 +23,8 @@ CORES = [
     "gateway.realtime.events",
     "gateway.telephony.streamtoken",
     "gateway.telephony.provider",
+    "gateway.telephony.vonage",
+    "gateway.telephony.acs",
     "gateway.call.playback",
     "gateway.call.bargein",
     "gateway.call.localvad",

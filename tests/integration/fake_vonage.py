@@ -1,0 +1,280 @@
+"""A fake Vonage Voice API leg: a WebSocket client that plays a call against the gateway as Vonage would.
+
+It opens `/vonage/media` (with `Authorization: Bearer <JWT>` when given one, as the NCCO's
+`"authorization": {"type": "vonage"}` asks Vonage to), sends `websocket:connected` with the NCCO's
+headers echoed at the top level, streams caller audio as binary frames of raw PCM16 (20 ms each), and
+sends `websocket:dtmf`. Bot audio is played at real time through `TwilioPlayout` (the same queue model:
+audio in order, a notify echoed once the audio before it has played); a `clear` drops the queue, answers
+`websocket:cleared` and echoes no pending notify (what Vonage does with them is not documented: the
+gateway must not need them). Anything the gateway sends that Vonage would not accept is recorded in
+`protocol_errors`: a binary frame that is not exactly 20 ms, a text frame other than the documented
+`notify` and `clear` actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
+from gateway.loadtest.scenarios import speech_ulaw
+from telcodec import ulaw_decode
+from telcodec.resample import Resampler
+
+FRAME_MS = 20
+TICK_S = 0.005  # how often the simulated phone plays audio and echoes notifies
+
+
+def monotonic_ms() -> float:
+    """The fake's clock."""
+    return time.monotonic() * 1000
+
+
+def frame_bytes(rate: int) -> int:
+    """Bytes of one 20 ms PCM16 frame at `rate`."""
+    return rate * FRAME_MS // 1000 * 2
+
+
+def signed_bearer(secret: str, body: bytes = b"", **claims: Any) -> str:
+    """An `Authorization` value as Vonage signs its webhooks: an HS256 JWT with the documented claims
+    (`iat` now, `payload_hash` of `body`), any of them replaced by `claims` (None: left out)."""
+    payload = {
+        "iat": int(time.time()),
+        "jti": "c5ba8f24-1a14-4c10-bfdf-3fbe8ce511b5",
+        "iss": "Vonage",
+        "payload_hash": hashlib.sha256(body).hexdigest(),
+        "api_key": "a1b2c3d",
+        "application_id": "aaaaaaaa-bbbb-cccc-dddd-0123456789ab",
+        **claims,
+    }
+    kept = {name: value for name, value in payload.items() if value is not None}
+    return "Bearer " + jwt.encode(kept, secret, algorithm="HS256")
+
+
+def tone(hz: float, ms: int, rate: int, level: float = 0.3) -> bytes:
+    """A sine tone as PCM16 little-endian at `rate`."""
+    t = np.arange(ms * rate // 1000) / rate
+    return (np.sin(2 * np.pi * hz * t) * level * 32767).astype("<i2").tobytes()
+
+
+def speech(ms: int, rate: int, *, f0: float = 140.0, seed: int = 1) -> bytes:
+    """Voice-like caller audio (the load generator's, resampled) as PCM16 little-endian at `rate`."""
+    pcm = ulaw_decode(speech_ulaw(ms, f0=f0, seed=seed))
+    if rate == 8000:
+        return pcm.astype("<i2").tobytes()
+    resampler = Resampler(8000, rate)
+    return np.concatenate([resampler.process(pcm), resampler.flush()]).astype("<i2").tobytes()
+
+
+@dataclass(slots=True)
+class Clear:
+    """A `clear` the gateway sent: when, and how much bot audio had played by then."""
+
+    at_ms: float
+    played_ms: float
+
+
+@dataclass(slots=True, eq=False)
+class VonageCall:
+    """One simulated Vonage WebSocket leg: `async with VonageCall(url, headers=...) as call: ...`."""
+
+    url: str
+    headers: Mapping[str, Any] = field(default_factory=dict)  # the NCCO's headers, echoed when connected
+    rate: int = 24000
+    content_type: str | None = None  # default: audio/l16;rate=<rate>
+    authorization: str | None = None
+    received: bytearray = field(default_factory=bytearray)  # every bot audio byte, played or not
+    media_times_ms: list[float] = field(default_factory=list)
+    notifies: list[str] = field(default_factory=list)  # marks the gateway asked to be notified of
+    echoed: list[str] = field(default_factory=list)
+    clears: list[Clear] = field(default_factory=list)
+    protocol_errors: list[str] = field(default_factory=list)
+    close_code: int | None = None
+    playout: TwilioPlayout = field(default_factory=lambda: TwilioPlayout(keep_audio=False))
+    _ws: ClientConnection | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __aenter__(self) -> VonageCall:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.hang_up()
+
+    @property
+    def frame(self) -> int:
+        """Bytes of one 20 ms frame at this leg's rate."""
+        return frame_bytes(self.rate)
+
+    @property
+    def played_ms(self) -> float:
+        """Bot audio the caller has heard by now."""
+        return self.playout.played_ms_at(monotonic_ms())
+
+    @property
+    def closed(self) -> bool:
+        """Whether the socket is closed, by either side."""
+        return self._closed.is_set()
+
+    async def open(self) -> None:
+        """Connect (signed when `authorization` is set), send websocket:connected, start playing."""
+        extra = {"Authorization": self.authorization} if self.authorization else {}
+        self._ws = await connect(self.url, additional_headers=extra, open_timeout=10, compression=None)
+        content_type = self.content_type or f"audio/l16;rate={self.rate}"
+        await self.send_json({"event": "websocket:connected", "content-type": content_type, **self.headers})
+        self._tasks = [asyncio.create_task(self._receive_loop()), asyncio.create_task(self._tick_loop())]
+
+    async def send_json(self, message: Mapping[str, Any]) -> None:
+        """Send one JSON text frame."""
+        assert self._ws is not None, "open() first"
+        await self._ws.send(json.dumps(message))
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Send one binary frame of caller audio."""
+        assert self._ws is not None, "open() first"
+        await self._ws.send(frame)
+
+    async def send_audio(self, pcm: bytes, *, realtime: bool = True) -> None:
+        """Send PCM16 as 20 ms binary frames, at real-time pace unless `realtime` is False."""
+        start = time.monotonic()
+        for index, at in enumerate(range(0, len(pcm), self.frame)):
+            if realtime:
+                await asyncio.sleep(max(0.0, start + index * FRAME_MS / 1000 - time.monotonic()))
+            await self.send_frame(pcm[at : at + self.frame])
+
+    async def send_dtmf(self, digit: str) -> None:
+        """Send a key press, as documented."""
+        await self.send_json({"event": "websocket:dtmf", "digit": digit, "duration": 260})
+
+    async def wait_until_quiet(self, quiet_ms: float = 300, timeout_s: float = 10) -> None:
+        """Wait until the bot has sent nothing for `quiet_ms` and all of it has played."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            now = monotonic_ms()
+            last = self.media_times_ms[-1] if self.media_times_ms else 0.0
+            if self.playout.queued_ms_at(now) == 0 and now - last >= quiet_ms:
+                await self._echo(self.playout.advance(now))
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError("the bot kept talking")
+
+    async def wait_closed(self, timeout_s: float = 10) -> int | None:
+        """Wait for the gateway to close the socket; returns the close code."""
+        await asyncio.wait_for(self._closed.wait(), timeout_s)
+        return self.close_code
+
+    async def hang_up(self) -> None:
+        """Close the socket (the caller hung up) and stop the tasks."""
+        if self._ws is not None:
+            await self._ws.close()
+        self._closed.set()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+
+    # -- what the gateway sends ----------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._ws is not None
+        try:
+            async for message in self._ws:
+                now = monotonic_ms()
+                if isinstance(message, bytes):
+                    await self._on_audio(message, now)
+                else:
+                    await self._on_text(message, now)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self._ws.close_code
+            self._closed.set()
+
+    async def _on_audio(self, frame: bytes, now: float) -> None:
+        if len(frame) != self.frame:
+            self.protocol_errors.append(f"binary frame of {len(frame)} bytes, not {self.frame}")
+        self.received += frame
+        self.media_times_ms.append(now)
+        # The playout model counts mu-law bytes (BYTES_PER_MS a millisecond): feed it as many.
+        await self._echo(self.playout.media(bytes(len(frame) * BYTES_PER_MS // (self.rate // 1000 * 2)), now))
+
+    async def _on_text(self, text: str, now: float) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            self.protocol_errors.append(f"text frame that is not JSON: {text[:60]!r}")
+            return
+        if message == {"action": "clear"}:
+            self.playout.advance(now)
+            self.clears.append(Clear(now, self.playout.played_ms))
+            self.playout.clear(now)  # pending notifies are dropped, not echoed
+            await self.send_json({"event": "websocket:cleared"})
+        elif message.get("action") == "notify" and set(message) == {"action", "payload"}:
+            self.notifies.append(str(message["payload"].get("mark")))
+            await self._echo(self.playout.mark(json.dumps(message["payload"]), now))
+        else:
+            self.protocol_errors.append(f"unexpected text frame {text[:60]!r}")
+
+    async def _tick_loop(self) -> None:
+        while not self._closed.is_set():
+            await self._echo(self.playout.advance(monotonic_ms()))
+            await asyncio.sleep(TICK_S)
+
+    async def _echo(self, payloads: list[str]) -> None:
+        for payload in payloads:
+            if self._closed.is_set():
+                return
+            self.echoed.append(str(json.loads(payload).get("mark")))
+            with contextlib.suppress(ConnectionClosed):
+                await self.send_json({"event": "websocket:notify", "payload": json.loads(payload)})
+
+
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """What the simulated phone saw of one barge-in."""
+
+    heard_at_clear_ms: float  # bot audio played when the clear arrived: what the caller really heard
+    frames_after_clear: int  # bot frames received after the clear (must be 0)
+
+
+async def play_interruption(
+    call: VonageCall, *, interrupt_after_ms: float, timeout_s: float = 20
+) -> Interruption:
+    """Ask a question, listen until `interrupt_after_ms` of the answer has played, then talk over it (at
+    real time, 20 ms frames, silence in between, as a phone streams)."""
+    silence = bytes(call.frame)
+    question, interruption = speech(600, call.rate), speech(1200, call.rate, f0=190.0, seed=2)
+    start, sent = time.monotonic(), 0
+
+    async def send(frame: bytes) -> None:
+        nonlocal sent
+        await asyncio.sleep(max(0.0, start + sent * FRAME_MS / 1000 - time.monotonic()))
+        await call.send_frame(frame)
+        sent += 1
+
+    for at in range(0, len(question), call.frame):
+        await send(question[at : at + call.frame])
+    while call.played_ms < interrupt_after_ms:
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError("the bot never played enough to interrupt")
+        await send(silence)
+    for at in range(0, len(interruption), call.frame):
+        await send(interruption[at : at + call.frame])
+    for _ in range(10):  # shorter than server VAD's silence window: no new turn during the measurement
+        await send(silence)
+    if not call.clears:
+        raise AssertionError("the gateway never sent a clear")
+    clear = call.clears[0]
+    return Interruption(clear.played_ms, sum(1 for t in call.media_times_ms if t > clear.at_ms))
