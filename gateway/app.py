@@ -27,7 +27,7 @@ from gateway.realtime.auth import TokenProvider
 from gateway.realtime.health import Health, UpstreamHealth
 from gateway.realtime.monitor import watch_upstream
 from gateway.realtime.upstream import Upstream
-from gateway.telephony import acs
+from gateway.telephony import acs, exotel
 from gateway.telephony.acs_client import AcsService
 from gateway.telephony.provider import HttpRequest, Provider, Refusal
 from gateway.telephony.providers import PROVIDERS
@@ -42,6 +42,9 @@ TWIML_PATH = "/twiml"
 MAX_MESSAGE_BYTES = 64 * 1024  # a 20 ms frame is ~300 bytes of JSON; anything near this is hostile
 
 
+Guard = Callable[[HttpRequest], Awaitable[Refusal | None]]  # a check that may need I/O; None: pass
+
+
 @dataclass(slots=True)
 class GatewayState:
     """What the handlers share: settings, metrics, the upstream, the calls in progress."""
@@ -53,8 +56,9 @@ class GatewayState:
     health: UpstreamHealth | None = None
     bridge_settings: BridgeSettings | None = None
     acs: AcsService | None = None  # the ACS side (Call Automation client, signing keys) when served
-    # Checks of a media upgrade that need I/O (ACS's JWT keys), by provider.
-    media_guards: dict[str, Callable[[HttpRequest], Awaitable[Refusal | None]]] = field(default_factory=dict)
+    # Checks beyond the provider's secret (ACS's JWT keys, Exotel's address allow-list), by provider.
+    media_guards: dict[str, Guard] = field(default_factory=dict)
+    answer_guards: dict[str, Guard] = field(default_factory=dict)
     # Start-up's verdict on the realtime backend: HEALTHY (serve) or FATAL (misconfigured: stop).
     first_verdict: asyncio.Future[Health] | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)
@@ -62,6 +66,16 @@ class GatewayState:
 
 
 STATE_KEY = web.AppKey("gateway_state", GatewayState)
+
+
+def _peer_guard(allow_from: str) -> Guard:
+    """Refuse requests from addresses outside `allow_from` (CIDRs)."""
+
+    async def guard(request: HttpRequest) -> Refusal | None:
+        problem = exotel.check_peer(request.peer, allow_from)
+        return None if problem is None else Refusal(403, problem)
+
+    return guard
 
 
 def create_app(
@@ -84,6 +98,8 @@ def create_app(
     if "twilio" in settings.providers:
         # Twilio's original routes stay as aliases: numbers already point at them.
         _add_provider_routes(app, PROVIDERS["twilio"], TWIML_PATH, MEDIA_PATH)
+    if "exotel" in settings.providers and settings.exotel_allow_from:
+        state.media_guards["exotel"] = state.answer_guards["exotel"] = _peer_guard(settings.exotel_allow_from)
     if "acs" in settings.providers:
         state.acs = AcsService(acs_options_from(settings), state.metrics)
         _add_acs_routes(app, state.acs)
@@ -143,7 +159,10 @@ def _media_guarded(settings: Settings, name: str) -> bool:
         return settings.acs_audience is not None  # ACS's JWT on the upgrade
     if name == "exotel" and settings.exotel_allow_from:
         return True
-    return settings.provider_secret(PROVIDERS[name]) is not None
+    provider = PROVIDERS[name]
+    if provider.check_media is None:  # the stream token is the route's only check
+        return settings.stream_token_key(provider) is not None
+    return settings.provider_secret(provider) is not None
 
 
 def _warn_about_settings(settings: Settings) -> None:
@@ -268,15 +287,20 @@ async def handle_answer(request: web.Request, provider: Provider, media_path: st
         if problem is not None:
             # The URL shows a GATEWAY_PUBLIC_URL mismatch; the signature itself is never logged.
             return _reject(state, route, problem, checked_url=incoming.url)
+    guard = state.answer_guards.get(provider.name)
+    if guard is not None and (refusal := await guard(incoming)) is not None:
+        return _reject(state, route, refusal.reason, status=refusal.status)
     if state.draining:
         return _reject(state, route, "draining", status=503)
 
+    token_key = state.settings.stream_token_key(provider)
+
     def issue(call_id: str) -> str:
-        assert secret is not None
-        return issue_stream_token(secret, call_id, time.time())
+        assert token_key is not None
+        return issue_stream_token(token_key, call_id, time.time())
 
     answered = provider.answer(
-        incoming, _stream_url(request, state.settings, media_path), issue if secret else None
+        incoming, _stream_url(request, state.settings, media_path), issue if token_key else None
     )
     if isinstance(answered, Refusal):
         return _reject(state, route, answered.reason, status=answered.status)
@@ -310,7 +334,8 @@ async def handle_media(request: web.Request, provider: Provider) -> web.StreamRe
         return ws
     assert state.bridge_settings is not None  # set with the upstream
     dialect = provider.dialect_for(incoming) if provider.dialect_for is not None else provider.dialect()
-    leg = Leg(provider.name, dialect, secret)
+    token_key = state.settings.stream_token_key(provider)
+    leg = Leg(provider.name, dialect, token_key, provider.stream_token_required)
     bridge = CallBridge(ws, leg, state.bridge_settings, state.metrics, state.upstream, request.transport)
     task = asyncio.current_task()
     assert task is not None

@@ -212,6 +212,15 @@ SETTINGS: tuple[Setting, ...] = (
         "telnyx, plivo, vonage, exotel, acs), or all",
     ),
     Setting(
+        "STREAM_TOKEN_SECRET",
+        "stream_token_secret",
+        "",
+        _opt_str,
+        "keys the per-call stream tokens (the same on every replica); default: each provider's own "
+        "secret; needed for Telnyx, whose setting is a public key",
+        secret=True,
+    ),
+    Setting(
         "SIGNALWIRE_SIGNING_KEY",
         "signalwire_signing_key",
         "",
@@ -476,6 +485,7 @@ class Settings:
     port: int
     public_url: str | None
     providers: tuple[str, ...]
+    stream_token_secret: str | None = field(repr=False)
     twilio_auth_token: str | None = field(repr=False)
     signalwire_signing_key: str | None = field(repr=False)
     telnyx_public_key: str | None
@@ -535,6 +545,15 @@ class Settings:
             return None
         value = getattr(self, _ATTR_OF[provider.secret_setting])
         return str(value) if value else None
+
+    def stream_token_key(self, provider: SecretHolder) -> str | None:
+        """What keys a provider's stream tokens: STREAM_TOKEN_SECRET, else its own secret if that is one
+        (None: no tokens, the media route takes streams no webhook announced)."""
+        if self.stream_token_secret:
+            return self.stream_token_secret
+        if getattr(provider, "secret_is_public", False):
+            return None
+        return self.provider_secret(provider)
 
     def configured_backends(self) -> list[Backend]:
         """The backends with any of their settings present, in BACKEND_SETTINGS order."""

@@ -74,6 +74,7 @@ PROVIDER_CLOSE_TIMEOUT_S = 2.0
 # Below this many bytes waiting in a transport a send cannot block (asyncio pauses writers at 64 KiB), so
 # the send timeout, which costs a timer per message, is armed only above it.
 UNHURRIED_BUFFER_BYTES = 16 * 1024
+INBOUND_TRACKS = frozenset({"inbound", "inbound_track"})  # the caller's audio, as providers name it
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class Leg:
     provider: str
     dialect: Dialect
     token_secret: str | None = None
+    token_required: bool = True  # False: a stream without a token is accepted (one it carries is checked)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -272,6 +274,8 @@ class CallBridge:
         if secret is None:
             return
         token = call.custom_parameters.get(STREAM_TOKEN_PARAMETER)
+        if token is None and not self.leg.token_required:
+            return
         problem = verify_stream_token(secret, call.call_id, token, time.time())
         if problem is not None:
             self.metrics.rejected_requests.labels(route="media", reason="stream token").inc()
@@ -429,6 +433,9 @@ class CallBridge:
 
     async def _on_telephony(self, event: TelephonyEvent) -> None:
         match event:
+            case MediaReceived(track=track) if track not in INBOUND_TRACKS:
+                # A provider streaming both tracks would feed the bot its own voice: only the caller's.
+                self.metrics.dropped_frames.labels(reason="not_inbound").inc()
             case MediaReceived(payload=payload):
                 self.summary.frames_in += 1
                 self._m_frames_in.inc()

@@ -121,7 +121,14 @@ class ProviderNotice:
 
 
 TelephonyEvent = (
-    StreamConnected | CallStarted | MediaReceived | PlayedTo | DtmfReceived | CallStopped | ProtocolViolation
+    StreamConnected
+    | CallStarted
+    | MediaReceived
+    | PlayedTo
+    | DtmfReceived
+    | CallStopped
+    | ProtocolViolation
+    | ProviderNotice
 )
 
 

@@ -111,3 +111,9 @@ class Provider:
     answer_methods: tuple[str, ...] = ("POST",)
     # A dialect that needs the upgrade request (ACS names the call in its headers); else `dialect()`.
     dialect_for: Callable[[HttpRequest], Dialect] | None = None
+    # With the secret set, must every stream carry the answer's per-call token? False where a stream can
+    # also come from a static URL that cannot carry one (Exotel's dashboard), authenticated otherwise.
+    stream_token_required: bool = True
+    # The setting holds a public key (Telnyx's ed25519 key), not a shared secret: it verifies webhooks
+    # but must never key the stream tokens (anyone who read it could mint them); STREAM_TOKEN_SECRET does.
+    secret_is_public: bool = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.telephony import acs, twilio, vonage
+from gateway.telephony import acs, exotel, plivo, signalwire, telnyx, twilio, vonage
 from gateway.telephony.provider import Provider
 
 __all__ = ["PROVIDERS"]
@@ -13,7 +13,11 @@ PROVIDERS: Mapping[str, Provider] = {
     provider.name: provider
     for provider in (
         twilio.PROVIDER,
+        signalwire.PROVIDER,
+        exotel.PROVIDER,
         vonage.PROVIDER,
         acs.PROVIDER,
+        telnyx.PROVIDER,
+        plivo.PROVIDER,
     )
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 
@@ -185,3 +186,30 @@ async def test_unauthenticated_media_routes_are_named_at_start_up(emulator: Emul
     warnings = [entry for entry in logs if entry["event"] == "media_routes_unauthenticated"]
     assert [entry["providers"] for entry in warnings] == [["twilio"]]
     assert warnings[0]["log_level"] == "warning"
+
+
+async def test_only_the_callers_track_reaches_the_model(
+    gateway: RunningGateway, emulator: EmulatorServer
+) -> None:
+    """Media on another track (a provider streaming both tracks) is dropped and counted: the bot never
+    hears its own voice; the inbound track goes through."""
+    import base64
+
+    async with TwilioCall(gateway.media_url) as call:
+        payload = base64.b64encode(b"\x00" * 160).decode()
+        for _ in range(5):
+            await call.send_text(
+                json.dumps(
+                    {
+                        "event": "media",
+                        "streamSid": call.stream_sid,
+                        "media": {"track": "outbound", "chunk": "1", "timestamp": "0", "payload": payload},
+                    }
+                )
+            )
+        await call.send_audio(silence_ulaw(100), realtime=False)
+        await wait_for(lambda: emulator.sessions and emulator.sessions[0].received_audio)
+        await wait_for(
+            lambda: gateway.state.metrics.dropped_frames.labels(reason="not_inbound")._value.get() == 5
+        )
+    assert sum(a.size for a in emulator.sessions[0].received_audio) <= 5 * 960

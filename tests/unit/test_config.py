@@ -188,5 +188,5 @@ def test_providers_setting_names_known_providers() -> None:
     """GATEWAY_PROVIDERS takes known provider names (or all); an unknown one is refused naming the known."""
     assert "twilio" in load_settings({}).providers
     assert load_settings({"GATEWAY_PROVIDERS": " Twilio , twilio"}).providers == ("twilio",)
-    with pytest.raises(ConfigError, match="unknown provider.*bogus.*known: twilio"):
+    with pytest.raises(ConfigError, match=r"unknown provider.*bogus.*known: twilio"):
         load_settings({"GATEWAY_PROVIDERS": "twilio,bogus"})

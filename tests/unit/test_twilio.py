@@ -17,9 +17,9 @@ from gateway.telephony.events import (
     ClearPlayback,
     DtmfReceived,
     MediaReceived,
-    ProtocolViolation,
     PlayAudio,
     PlayedTo,
+    ProtocolViolation,
     StreamConnected,
 )
 from gateway.telephony.twilio import StreamState, TwilioDialect

@@ -1,0 +1,316 @@
+"""A fake Exotel Voicebot leg: a WebSocket client that plays a call against the gateway as Exotel would.
+
+It opens the stream URL (with `Authorization: Basic ...` when given credentials, as Exotel sends the
+`user:password@` of the applet's URL), sends `connected` and `start` in Exotel's snake_case shapes
+(PROTOCOLS.md 2.5: counters as strings, `media_format` with a string `sample_rate`), streams caller audio
+as `media` messages of 100 ms of PCM16 (as Exotel does), and sends `dtmf` and `stop`. Bot audio is
+played at real time through `TwilioPlayout` (audio in order; a mark echoed once the audio before it has
+played); a `clear` drops the queue and echoes no pending mark (Exotel does not document what it does
+with them: the gateway must not need them). Anything Exotel would not accept is recorded in
+`protocol_errors`: a media chunk shorter than 3,200 bytes or not a multiple of 320 bytes, a message
+for another stream_sid, an event other than media, mark and clear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
+from gateway.loadtest.scenarios import speech_ulaw
+from telcodec import ulaw_decode
+from telcodec.resample import Resampler
+
+CHUNK_MS = 100  # Exotel streams caller audio about every 100 ms
+TICK_S = 0.005  # how often the simulated phone plays audio and echoes marks
+MIN_CHUNK, CHUNK_MULTIPLE = 3200, 320  # Exotel's rules for the audio it is sent
+
+
+def monotonic_ms() -> float:
+    """The fake's clock."""
+    return time.monotonic() * 1000
+
+
+def basic_auth(credentials: str) -> str:
+    """An `Authorization` value for `user:password`, as Exotel sends credentials written in the URL."""
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def pcm_tone(hz: float, ms: int, rate: int, level: float = 0.3) -> bytes:
+    """A sine tone as PCM16 little-endian at `rate`."""
+    samples = np.sin(2 * np.pi * hz * np.arange(ms * rate // 1000) / rate) * level * 32767
+    return samples.astype("<i2").tobytes()
+
+
+def pcm_speech(ms: int, rate: int, *, f0: float = 140.0, seed: int = 1) -> bytes:
+    """The load generator's voice-like caller audio as PCM16 little-endian at `rate`."""
+    narrow = ulaw_decode(speech_ulaw(ms, f0=f0, seed=seed))
+    if rate != 8000:
+        resampler = Resampler(8000, rate)
+        narrow = np.concatenate([resampler.process(narrow), resampler.flush()])
+    return narrow.astype("<i2").tobytes()
+
+
+def dominant_hz(pcm: bytes, rate: int) -> float:
+    """The frequency of the strongest FFT bin of PCM16 little-endian audio."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[int(np.argmax(spectrum))])
+
+
+@dataclass(slots=True)
+class Clear:
+    """A `clear` the gateway sent: when, and how much bot audio had played by then."""
+
+    at_ms: float
+    played_ms: float
+
+
+@dataclass(slots=True, eq=False)
+class ExotelCall:
+    """One simulated Voicebot stream: `async with ExotelCall(url, ...) as call: ...`."""
+
+    url: str
+    credentials: str | None = None  # "user:password", sent as basic auth
+    rate: int = 8000
+    encoding: str = "audio/x-raw"
+    custom_parameters: Mapping[str, str] = field(default_factory=dict)
+    call_sid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stream_sid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    received: bytearray = field(default_factory=bytearray)  # every bot audio byte, played or not
+    chunk_sizes: list[int] = field(default_factory=list)
+    media_times_ms: list[float] = field(default_factory=list)
+    marks: list[str] = field(default_factory=list)  # mark names the gateway sent
+    echoed: list[str] = field(default_factory=list)
+    clears: list[Clear] = field(default_factory=list)
+    protocol_errors: list[str] = field(default_factory=list)
+    close_code: int | None = None
+    playout: TwilioPlayout = field(default_factory=lambda: TwilioPlayout(keep_audio=False))
+    _ws: ClientConnection | None = None
+    _sequence: int = 0
+    _chunk: int = 0
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __aenter__(self) -> ExotelCall:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.hang_up()
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes of one 100 ms chunk of PCM16 at this leg's rate."""
+        return self.rate * CHUNK_MS // 1000 * 2
+
+    @property
+    def played_ms(self) -> float:
+        """Bot audio the caller has heard by now."""
+        return self.playout.played_ms_at(monotonic_ms())
+
+    @property
+    def closed(self) -> bool:
+        """Whether the socket is closed, by either side."""
+        return self._closed.is_set()
+
+    async def open(self) -> None:
+        """Connect (with basic auth when `credentials` is set), send connected and start, start playing."""
+        extra = {"Authorization": basic_auth(self.credentials)} if self.credentials else {}
+        self._ws = await connect(self.url, additional_headers=extra, open_timeout=10, compression=None)
+        await self.send_json({"event": "connected"})
+        await self.send_json(self.start_message())
+        self._tasks = [asyncio.create_task(self._receive_loop()), asyncio.create_task(self._tick_loop())]
+
+    def start_message(self) -> dict[str, Any]:
+        """The `start` message, as the protocol pages show it."""
+        return {
+            "event": "start",
+            "sequence_number": self._next(),
+            "stream_sid": self.stream_sid,
+            "start": {
+                "stream_sid": self.stream_sid,
+                "call_sid": self.call_sid,
+                "account_sid": "exotel-account",
+                "from": "+919876543210",
+                "to": "+918047491899",
+                "custom_parameters": dict(self.custom_parameters),
+                "media_format": {"encoding": self.encoding, "sample_rate": str(self.rate), "bit_rate": "16"},
+            },
+        }
+
+    def _next(self) -> str:
+        self._sequence += 1
+        return str(self._sequence)
+
+    async def send_json(self, message: Mapping[str, Any]) -> None:
+        """Send one JSON text frame."""
+        assert self._ws is not None, "open() first"
+        await self._ws.send(json.dumps(message))
+
+    async def send_chunk(self, pcm: bytes) -> None:
+        """Send one `media` message of caller audio."""
+        self._chunk += 1
+        media = {"chunk": str(self._chunk), "timestamp": str((self._chunk - 1) * CHUNK_MS)}
+        media["payload"] = base64.b64encode(pcm).decode()
+        await self.send_json(
+            {"event": "media", "sequence_number": self._next(), "stream_sid": self.stream_sid, "media": media}
+        )
+
+    async def send_audio(self, pcm: bytes, *, realtime: bool = True) -> None:
+        """Send PCM16 in 100 ms chunks, at real-time pace unless `realtime` is False."""
+        start = time.monotonic()
+        for index, at in enumerate(range(0, len(pcm), self.chunk_bytes)):
+            if realtime:
+                await asyncio.sleep(max(0.0, start + index * CHUNK_MS / 1000 - time.monotonic()))
+            await self.send_chunk(pcm[at : at + self.chunk_bytes])
+
+    async def send_dtmf(self, digit: str) -> None:
+        """Send a key press, as documented."""
+        message = {"event": "dtmf", "sequence_number": self._next(), "stream_sid": self.stream_sid}
+        await self.send_json(message | {"dtmf": {"digit": digit, "duration": "100"}})
+
+    async def wait_until_quiet(self, quiet_ms: float = 300, timeout_s: float = 10) -> None:
+        """Wait until the bot has sent nothing for `quiet_ms` and all of it has played."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            now = monotonic_ms()
+            last = self.media_times_ms[-1] if self.media_times_ms else 0.0
+            if self.playout.queued_ms_at(now) == 0 and now - last >= quiet_ms:
+                await self._echo(self.playout.advance(now))
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError("the bot kept talking")
+
+    async def wait_closed(self, timeout_s: float = 10) -> int | None:
+        """Wait for the gateway to close the socket; returns the close code."""
+        await asyncio.wait_for(self._closed.wait(), timeout_s)
+        return self.close_code
+
+    async def hang_up(self, *, send_stop: bool = True) -> None:
+        """Send `stop` (the caller hung up), close the socket, stop the tasks."""
+        if self._ws is not None and send_stop and not self._closed.is_set():
+            stop = {"call_sid": self.call_sid, "account_sid": "exotel-account", "reason": "callended"}
+            with contextlib.suppress(ConnectionClosed):
+                await self.send_json(
+                    {
+                        "event": "stop",
+                        "sequence_number": self._next(),
+                        "stream_sid": self.stream_sid,
+                        "stop": stop,
+                    }
+                )
+        if self._ws is not None:
+            await self._ws.close()
+        self._closed.set()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+
+    # -- what the gateway sends ----------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._ws is not None
+        try:
+            async for message in self._ws:
+                await self._on_message(message, monotonic_ms())
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self._ws.close_code
+            self._closed.set()
+
+    async def _on_message(self, text: str | bytes, now: float) -> None:
+        try:
+            message = json.loads(text)
+            event = message["event"]
+        except (ValueError, KeyError, TypeError):
+            self.protocol_errors.append(f"unparseable message {text[:60]!r}")
+            return
+        if message.get("stream_sid") != self.stream_sid:
+            self.protocol_errors.append(f"{event} for stream_sid {message.get('stream_sid')!r}")
+        if event == "media":
+            self._on_media(base64.b64decode(message["media"]["payload"]), now)
+        elif event == "mark":
+            self.marks.append(message["mark"]["name"])
+            await self._echo(self.playout.mark(message["mark"]["name"], now))
+        elif event == "clear":
+            self.playout.advance(now)
+            self.clears.append(Clear(now, self.playout.played_ms))
+            self.playout.clear(now)  # pending marks are dropped, not echoed
+        else:
+            self.protocol_errors.append(f"unexpected event {event!r}")
+
+    def _on_media(self, audio: bytes, now: float) -> None:
+        if len(audio) < MIN_CHUNK or len(audio) % CHUNK_MULTIPLE:
+            self.protocol_errors.append(f"media chunk of {len(audio)} bytes")
+        self.received += audio
+        self.chunk_sizes.append(len(audio))
+        self.media_times_ms.append(now)
+        # The playout model counts mu-law bytes (BYTES_PER_MS a millisecond): feed it as many.
+        self.playout.media(bytes(len(audio) * BYTES_PER_MS // (self.rate // 1000 * 2)), now)
+
+    async def _tick_loop(self) -> None:
+        while not self._closed.is_set():
+            await self._echo(self.playout.advance(monotonic_ms()))
+            await asyncio.sleep(TICK_S)
+
+    async def _echo(self, names: list[str]) -> None:
+        for name in names:
+            if self._closed.is_set():
+                return
+            self.echoed.append(name)
+            message = {"event": "mark", "sequence_number": self._next(), "stream_sid": self.stream_sid}
+            with contextlib.suppress(ConnectionClosed):
+                await self.send_json(message | {"mark": {"name": name}})
+
+
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """What the simulated phone saw of one barge-in."""
+
+    heard_at_clear_ms: float  # bot audio played when the clear arrived: what the caller really heard
+    chunks_after_clear: int  # bot media messages received after the clear (must be 0)
+
+
+async def play_interruption(
+    call: ExotelCall, *, interrupt_after_ms: float, timeout_s: float = 20
+) -> Interruption:
+    """Ask a question, listen until `interrupt_after_ms` of the answer has played, then talk over it (at
+    real time, in 100 ms chunks, silence in between, as Exotel streams)."""
+    silence = bytes(call.chunk_bytes)
+    question, interruption = pcm_speech(600, call.rate), pcm_speech(1200, call.rate, f0=190.0, seed=2)
+    start, sent = time.monotonic(), 0
+
+    async def send(chunk: bytes) -> None:
+        nonlocal sent
+        await asyncio.sleep(max(0.0, start + sent * CHUNK_MS / 1000 - time.monotonic()))
+        await call.send_chunk(chunk)
+        sent += 1
+
+    for at in range(0, len(question), call.chunk_bytes):
+        await send(question[at : at + call.chunk_bytes])
+    while call.played_ms < interrupt_after_ms:
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError("the bot never played enough to interrupt")
+        await send(silence)
+    for at in range(0, len(interruption), call.chunk_bytes):
+        await send(interruption[at : at + call.chunk_bytes])
+    for _ in range(2):  # shorter than server VAD's silence window: no new turn during the measurement
+        await send(silence)
+    if not call.clears:
+        raise AssertionError("the gateway never sent a clear")
+    clear = call.clears[0]
+    return Interruption(clear.played_ms, sum(1 for t in call.media_times_ms if t > clear.at_ms))
