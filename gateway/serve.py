@@ -65,18 +65,8 @@ async def serve(settings: Settings) -> int:
     """Serve until a signal, then drain and shut down cleanly; returns the exit code (2: the port is taken
     or the realtime service refused the configured credentials at start-up)."""
     worker = os.environ.get(WORKER_ENV)
-    try:
-        sock = listen(settings.host, settings.port, reuse_port=worker is not None)
-    except OSError as exc:
-        reason = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        log.error("cannot_listen", host=settings.host, port=settings.port, reason=reason)
-        return EXIT_CONFIG
-    port = sock.getsockname()[1]
-    app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    log.info("listening", host=settings.host, port=port, worker=worker)
+    # Signals are taken before the port is bound: a stop during start-up is a clean one, and a connection
+    # the kernel queued on this socket meanwhile is served by the drain, not reset by a default kill.
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen: list[int] = []
@@ -87,6 +77,20 @@ async def serve(settings: Settings) -> int:
 
     for signum in SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        sock = listen(settings.host, settings.port, reuse_port=worker is not None)
+    except OSError as exc:
+        reason = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        log.error("cannot_listen", host=settings.host, port=settings.port, reason=reason)
+        for signum in SIGNALS:
+            loop.remove_signal_handler(signum)
+        return EXIT_CONFIG
+    port = sock.getsockname()[1]
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    log.info("listening", host=settings.host, port=port, worker=worker)
     try:
         if not await _started(app, stop, port):
             return EXIT_CONFIG
@@ -172,6 +176,10 @@ def _supervise(settings: Settings) -> int:
             forward(signal.SIGTERM, None)
         time.sleep(0.2)
     codes = [worker.wait() for worker in workers]
+    if stopping:
+        # A worker still importing or binding when the signal came had no handler yet and died of it; it
+        # carried no call (handlers go in before the port is served), so that is a clean stop.
+        codes = [0 if code in (-signal.SIGTERM, -signal.SIGINT) else code for code in codes]
     for worker in workers:
         multiprocess.mark_process_dead(worker.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
     log.info("workers_stopped", exit_codes=codes)
