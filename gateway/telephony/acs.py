@@ -45,6 +45,15 @@ from typing import Any, Final, assert_never
 import jwt
 
 from gateway.errors import LocalProtocolError
+from gateway.telephony.dialect import (
+    BaseDialect,
+    ViolationError,
+    decode_base64,
+    event_name,
+    load_object,
+    object_field,
+    string_field,
+)
 from gateway.telephony.events import (
     CallStarted,
     ClearPlayback,
@@ -215,44 +224,11 @@ _TRANSITIONS: Final[Mapping[tuple[StreamState, str], StreamState]] = {
 _KNOWN_KINDS: Final = frozenset(kind for _, kind in _TRANSITIONS)
 
 
-class _ViolationError(Exception):
-    """Internal: raised while parsing one message, turned into a ProtocolViolation before returning."""
-
-    def __init__(self, reason: str, *, fatal: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.fatal = fatal
-
-
-def _object(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = parent.get(key)
-    if not isinstance(value, dict):
-        raise _ViolationError(f"{where}.{key} must be an object")
-    return value
-
-
-def _string(parent: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
-    value = parent.get(key, default)
-    if not isinstance(value, str):
-        raise _ViolationError(f"{where}.{key} must be a string")
-    return value
-
-
 def _positive_int(parent: Mapping[str, Any], key: str, where: str) -> int:
     value = parent.get(key)
     if type(value) is not int or value <= 0:
-        raise _ViolationError(f"{where}.{key} must be a positive integer")
+        raise ViolationError(f"{where}.{key} must be a positive integer")
     return value
-
-
-def _load(text: str) -> Mapping[str, Any]:
-    try:
-        msg = json.loads(text)
-    except (ValueError, RecursionError):
-        raise _ViolationError("text frame is not JSON", fatal=True) from None
-    if not isinstance(msg, dict):
-        raise _ViolationError("text frame is not a JSON object", fatal=True)
-    return msg
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +240,8 @@ class _Metadata:
 
 
 def _parse_metadata(msg: Mapping[str, Any]) -> _Metadata:
-    meta = _object(msg, "audioMetadata", "AudioMetadata")
-    encoding = _string(meta, "encoding", "audioMetadata")
+    meta = object_field(msg, "audioMetadata", "AudioMetadata")
+    encoding = string_field(meta, "encoding", "audioMetadata")
     rate = _positive_int(meta, "sampleRate", "audioMetadata")
     channels = _positive_int(meta, "channels", "audioMetadata") if "channels" in meta else 1
     try:
@@ -274,7 +250,7 @@ def _parse_metadata(msg: Mapping[str, Any]) -> _Metadata:
         fmt = WireFormat(Encoding.L16, rate)
     except ValueError:
         # Decoding anything else as PCM16 mono would feed the model noise: refuse the stream instead.
-        raise _ViolationError(
+        raise ViolationError(
             f"unsupported media format {encoding[:40]!r} at {rate} Hz with {channels} channel(s); "
             "an ACS stream must be PCM mono at 16000 or 24000 Hz (Pcm16KMono, Pcm24KMono)"
         ) from None
@@ -282,21 +258,14 @@ def _parse_metadata(msg: Mapping[str, Any]) -> _Metadata:
     frame = fmt.frame_bytes(FRAME_MS)
     if type(length) is int and length > 0 and length % fmt.bytes_per_sample == 0:
         frame = length
-    return _Metadata(_string(meta, "subscriptionId", "audioMetadata", ""), encoding, fmt, frame)
-
-
-def _decode_b64(encoded: str, where: str) -> bytes:
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise _ViolationError(f"{where} is not valid base64") from None
+    return _Metadata(string_field(meta, "subscriptionId", "audioMetadata", ""), encoding, fmt, frame)
 
 
 def _parse_dtmf(msg: Mapping[str, Any]) -> DtmfReceived:
-    data = _string(_object(msg, "dtmfData", "DtmfData"), "data", "dtmfData")
+    data = string_field(object_field(msg, "dtmfData", "DtmfData"), "data", "dtmfData")
     digit = _TONE_NAMES.get(data.lower(), data)
     if not digit or len(digit) > MAX_DTMF_CHARS:
-        raise _ViolationError("dtmfData.data must be a key")
+        raise ViolationError("dtmfData.data must be a key")
     return DtmfReceived(digit=digit)
 
 
@@ -309,50 +278,28 @@ def stop_audio_message() -> str:
     return '{"Kind":"StopAudio","AudioData":null,"StopAudio":{}}'
 
 
-class AcsDialect:
+class AcsDialect(BaseDialect[StreamState]):
     """One ACS media WebSocket's protocol state: feed it every frame, send what it returns.
 
     `call_connection_id` and `correlation_id` come from the upgrade request's headers (`dialect_for`):
-    ACS's frames do not carry them. The call connection id is `CallStarted.call_id`.
+    ACS's frames do not carry them. The call connection id is `CallStarted.call_id`. `call` is the
+    stream's start once `AudioMetadata` has arrived; ACS ends a stream by closing the socket.
     """
 
-    __slots__ = ("_call", "_call_connection_id", "_chunks", "_correlation_id", "_meta", "_samples", "_state")
+    __slots__ = ("_call_connection_id", "_chunks", "_correlation_id", "_meta", "_samples")
 
     def __init__(self, call_connection_id: str = "", correlation_id: str = "") -> None:
+        super().__init__(StreamState.AWAITING_METADATA, StreamState.STREAMING)
         self._call_connection_id = call_connection_id
         self._correlation_id = correlation_id
-        self._state = StreamState.AWAITING_METADATA
-        self._call: CallStarted | None = None
         self._meta: _Metadata | None = None
         self._samples = 0  # caller samples received so far: the MediaReceived clock
         self._chunks = 0
 
     @property
-    def state(self) -> StreamState:
-        """The current state of the stream."""
-        return self._state
-
-    @property
-    def call(self) -> CallStarted | None:
-        """The stream's start, once `AudioMetadata` has arrived."""
-        return self._call
-
-    @property
-    def can_send(self) -> bool:
-        """True once `AudioMetadata` has arrived (ACS ends a stream by closing the socket)."""
-        return self._state is StreamState.STREAMING
-
-    @property
     def playout(self) -> PlayoutRule:
         """Whole PCM16 samples, any length: ACS queues bot audio and plays it in order."""
         return ACS_PLAYOUT
-
-    def receive_text(self, text: str) -> TelephonyEvent:
-        """Parse one text frame. A `ProtocolViolation` with `fatal=True` means: close the socket."""
-        try:
-            return self._receive(_load(text))
-        except _ViolationError as violation:
-            return ProtocolViolation(reason=violation.reason, fatal=violation.fatal)
 
     def receive_bytes(self, data: bytes) -> TelephonyEvent:
         """A binary frame is taken as the same JSON in UTF-8 (the SDKs' parsers accept both forms)."""
@@ -375,15 +322,12 @@ class AcsDialect:
             return (stop_audio_message(),)
         assert_never(command)
 
-    def _receive(self, msg: Mapping[str, Any]) -> TelephonyEvent:
-        kind = msg.get("kind")
-        if not isinstance(kind, str):
-            raise _ViolationError("missing or non-string 'kind'")
-        if kind not in _KNOWN_KINDS:
-            raise _ViolationError(f"unknown kind {kind[:40]!r}")
+    def _receive(self, text: str) -> TelephonyEvent:
+        msg = load_object(text)
+        kind = event_name(msg, _KNOWN_KINDS, "kind")
         next_state = _TRANSITIONS.get((self._state, kind))
         if next_state is None:
-            raise _ViolationError(f"'{kind}' before AudioMetadata", fatal=True)
+            raise ViolationError(f"'{kind}' before AudioMetadata", fatal=True)
         event = self._parse(msg, kind)
         self._state = next_state
         return event
@@ -398,14 +342,14 @@ class AcsDialect:
     def _parse_metadata(self, msg: Mapping[str, Any]) -> TelephonyEvent:
         try:
             meta = _parse_metadata(msg)
-        except _ViolationError as violation:
-            raise _ViolationError(violation.reason, fatal=True) from None
+        except ViolationError as violation:
+            raise ViolationError(violation.reason, fatal=True) from None
         if self._meta is not None:
             if meta.format != self._meta.format:
-                raise _ViolationError(
+                raise ViolationError(
                     f"AudioMetadata changed the format from {self._meta.format} to {meta.format}", fatal=True
                 )
-            raise _ViolationError("repeated AudioMetadata")
+            raise ViolationError("repeated AudioMetadata")
         self._meta = meta
         self._call = CallStarted(
             stream_id=meta.subscription_id or self._call_connection_id,
@@ -422,17 +366,17 @@ class AcsDialect:
 
     def _parse_audio(self, msg: Mapping[str, Any]) -> MediaReceived:
         assert self._meta is not None  # the transition table allows AudioData only after the metadata
-        audio = _object(msg, "audioData", "AudioData")
+        audio = object_field(msg, "audioData", "AudioData")
         silent = audio.get("silent", False) is True
-        payload = _decode_b64(_string(audio, "data", "audioData", ""), "audioData.data")
+        payload = decode_base64(string_field(audio, "data", "audioData", ""), "audioData.data")
         if not payload:
             if not silent:
-                raise _ViolationError("audioData without data")
+                raise ViolationError("audioData without data")
             # A silent frame without samples still takes its 20 ms: keep the caller's clock running.
             payload = bytes(self._meta.frame_bytes)
         width = self._meta.format.bytes_per_sample
         if len(payload) % width:
-            raise _ViolationError(f"audioData.data of {len(payload)} bytes is not whole PCM16 samples")
+            raise ViolationError(f"audioData.data of {len(payload)} bytes is not whole PCM16 samples")
         event = MediaReceived(
             payload=payload,
             timestamp_ms=self._samples * 1000 // self._meta.format.rate,

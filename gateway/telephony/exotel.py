@@ -39,6 +39,15 @@ from typing import Any, Final, assert_never
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from gateway.errors import LocalProtocolError
+from gateway.telephony.dialect import (
+    TextDialect,
+    ViolationError,
+    decode_base64,
+    is_counter,
+    load_object,
+    out_of_order,
+    played_to,
+)
 from gateway.telephony.events import (
     CallStarted,
     CallStopped,
@@ -48,7 +57,6 @@ from gateway.telephony.events import (
     PlayAudio,
     PlayedTo,
     PlayoutRule,
-    ProtocolViolation,
     StreamConnected,
     TelephonyCommand,
     TelephonyEvent,
@@ -93,7 +101,6 @@ ENCODINGS: Final[Mapping[str, Encoding]] = {
 EXOTEL_PLAYOUT: Final = PlayoutRule(chunk_ms=100, min_bytes=3200, multiple_bytes=320)
 # Names under which the dynamic-URL request may carry the call's id (Exotel's applets use "CallSid").
 _CALL_SID_FIELDS: Final = frozenset({"callsid", "call_sid"})
-_MAX_COUNTER_DIGITS: Final = 18  # int() refuses very long digit strings; they are never real counters
 
 
 _S = StreamState  # Twilio's states: Exotel's stream goes through the same ones
@@ -111,20 +118,11 @@ _TRANSITIONS: Final[Mapping[tuple[StreamState, str], StreamState]] = {
 }
 
 
-class _BadMessageError(Exception):
-    """Internal: raised while reading one message, returned as a ProtocolViolation."""
-
-    def __init__(self, reason: str, *, fatal: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.fatal = fatal
-
-
 def _field(parent: Mapping[str, Any], key: str, kind: type, path: str) -> Any:
     """`parent[key]` if it is a `kind` (dict or str), else the violation naming `path`."""
     value = parent.get(key)
     if not isinstance(value, kind):
-        raise _BadMessageError(f"{path} must be {'an object' if kind is dict else 'a string'}")
+        raise ViolationError(f"{path} must be {'an object' if kind is dict else 'a string'}")
     return value
 
 
@@ -134,10 +132,9 @@ def _number(value: object, where: str, default: int | None = None) -> int:
         return default
     if type(value) is int and value >= 0:
         return value
-    digits = isinstance(value, str) and value.isascii() and value.isdigit()
-    if digits and 0 < len(str(value)) <= _MAX_COUNTER_DIGITS:
-        return int(str(value))
-    raise _BadMessageError(f"{where} must be a non-negative integer")
+    if isinstance(value, str) and is_counter(value):
+        return int(value)
+    raise ViolationError(f"{where} must be a non-negative integer")
 
 
 def media_format(fmt: object) -> WireFormat:
@@ -152,7 +149,7 @@ def media_format(fmt: object) -> WireFormat:
     suffix = dict(option.partition("=")[::2] for option in options)
     try:
         rate = _number(fmt.get("sample_rate", suffix.get("rate")), "rate", DEFAULT_SAMPLE_RATE)
-    except _BadMessageError:
+    except ViolationError:
         raise ValueError(f"start.media_format.sample_rate {str(fmt.get('sample_rate'))[:12]!r}") from None
     if fmt.get("channels", 1) not in (1, "1"):
         raise ValueError(f"{str(fmt.get('channels'))[:4]} channels; an Exotel stream is mono")
@@ -173,20 +170,20 @@ def _custom_parameters(value: object) -> dict[str, str]:
         return {key.strip(): val.strip() for key, _, val in pairs if key.strip()}
     if isinstance(value, dict) and all(isinstance(v, str | int | float) for v in value.values()):
         return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
-    raise _BadMessageError("custom_parameters must map names to strings")
+    raise ViolationError("custom_parameters must map names to strings")
 
 
 def _parse_start(msg: Mapping[str, Any], connected_parameters: Mapping[str, str]) -> CallStarted:
     start = _field(msg, "start", dict, "start")
     stream_id = start.get("stream_sid", msg.get("stream_sid"))
     if not isinstance(stream_id, str) or not stream_id:
-        raise _BadMessageError("start.stream_sid must be a non-empty string")
+        raise ViolationError("start.stream_sid must be a non-empty string")
     params = _custom_parameters(start.get("custom_parameters"))
     announced = start.get("media_format", {"encoding": "audio/x-raw"})  # the main guide's default
     try:
         fmt = media_format(announced)
     except ValueError as exc:
-        raise _BadMessageError(str(exc)) from None
+        raise ViolationError(str(exc)) from None
     callers = {key: str(start[name]) for key, name in (("From", "from"), ("To", "to")) if name in start}
     return CallStarted(
         stream_id=stream_id,
@@ -203,10 +200,7 @@ def _parse_start(msg: Mapping[str, Any], connected_parameters: Mapping[str, str]
 
 def _parse_mark(msg: Mapping[str, Any]) -> PlayedTo:
     """Our marks are named after the playback position they confirm; any other name is not ours."""
-    name = _field(_field(msg, "mark", dict, "mark"), "name", str, "mark.name")
-    if not (0 < len(name) <= _MAX_COUNTER_DIGITS and name.isascii() and name.isdigit()):
-        raise _BadMessageError(f"mark {name[:40]!r} is not one the gateway sent")
-    return PlayedTo(position=int(name))
+    return played_to(_field(_field(msg, "mark", dict, "mark"), "name", str, "mark.name"), "mark")
 
 
 def _parse_dtmf(msg: Mapping[str, Any]) -> DtmfReceived:
@@ -214,7 +208,7 @@ def _parse_dtmf(msg: Mapping[str, Any]) -> DtmfReceived:
     body = msg.get("dtmf")
     digit = body.get("digit") if isinstance(body, dict) else msg.get("digit")
     if not isinstance(digit, str) or not digit:
-        raise _BadMessageError("dtmf.digit must be a non-empty string")
+        raise ViolationError("dtmf.digit must be a non-empty string")
     return DtmfReceived(digit=digit)
 
 
@@ -231,59 +225,21 @@ _PARSERS: Final[Mapping[str, Callable[[Mapping[str, Any]], TelephonyEvent]]] = {
 }
 
 
-def _unexpected(state: StreamState, name: str) -> _BadMessageError:
-    """Explain why `name` is not allowed in `state` (the pair is missing from _TRANSITIONS)."""
-    if state is StreamState.STOPPED:
-        return _BadMessageError(f"'{name}' after stop")
-    if name == "connected":
-        return _BadMessageError("duplicate 'connected'")
-    if name == "start":
-        return _BadMessageError("second 'start' on one stream", fatal=True)
-    return _BadMessageError(f"'{name}' before start", fatal=True)
-
-
-class ExotelDialect:
+class ExotelDialect(TextDialect[StreamState]):
     """One Voicebot stream's protocol state: feed it every text frame, send what it returns."""
 
-    __slots__ = ("_call", "_clear", "_connected_parameters", "_sid", "_state")
+    __slots__ = ("_clear", "_connected_parameters", "_sid")
 
     def __init__(self) -> None:
-        self._state = StreamState.AWAITING_CONNECTED
-        self._call: CallStarted | None = None
+        super().__init__(StreamState.AWAITING_CONNECTED, StreamState.STREAMING)
         self._connected_parameters: dict[str, str] = {}
         self._sid = ""  # the stream_sid as a JSON string, quotes included
         self._clear = ""
 
     @property
-    def state(self) -> StreamState:
-        """The current state of the stream."""
-        return self._state
-
-    @property
-    def call(self) -> CallStarted | None:
-        """The `start` metadata once it has arrived, else None."""
-        return self._call
-
-    @property
-    def can_send(self) -> bool:
-        """True while `send` may be called: after `start` and before `stop`."""
-        return self._state is StreamState.STREAMING
-
-    @property
     def playout(self) -> PlayoutRule:
         """100 ms pieces, at least 3,200 bytes, a multiple of 320 bytes (Exotel's chunk rules)."""
         return EXOTEL_PLAYOUT
-
-    def receive_text(self, text: str) -> TelephonyEvent:
-        """Parse one text frame. A `ProtocolViolation` with `fatal=True` means: close the socket."""
-        try:
-            return self._receive(text)
-        except _BadMessageError as bad:
-            return ProtocolViolation(reason=bad.reason, fatal=bad.fatal)
-
-    def receive_bytes(self, data: bytes) -> ProtocolViolation:
-        """Exotel sends JSON text only; the caller hands binary frames here and closes the socket."""
-        return ProtocolViolation(reason=f"unexpected binary frame ({len(data)} bytes)", fatal=True)
 
     def send(self, command: TelephonyCommand) -> tuple[str, ...]:
         """Serialize a command into the frames to write, in order; raises LocalProtocolError unless
@@ -306,16 +262,16 @@ class ExotelDialect:
         assert_never(command)
 
     def _receive(self, text: str) -> TelephonyEvent:
-        msg = _load(text)
+        msg = load_object(text)
         name = msg.get("event")
         if not isinstance(name, str) or name not in ("connected", "start", *_PARSERS, "media"):
-            raise _BadMessageError(f"unknown event {str(name)[:40]!r}")
+            raise ViolationError(f"unknown event {str(name)[:40]!r}")
         next_state = _TRANSITIONS.get((self._state, name))
         if next_state is None:
-            raise _unexpected(self._state, name)
+            raise out_of_order(name, stopped=self._state is StreamState.STOPPED)
         sid = msg.get("stream_sid")
         if self._call is not None and sid is not None and sid != self._call.stream_id:
-            raise _BadMessageError(f"'{name}' for another stream_sid")
+            raise ViolationError(f"'{name}' for another stream_sid")
         event = self._parse(msg, name)
         self._state = next_state
         return event
@@ -328,8 +284,8 @@ class ExotelDialect:
         if name == "start":
             try:
                 call = _parse_start(msg, self._connected_parameters)
-            except _BadMessageError as bad:
-                raise _BadMessageError(bad.reason, fatal=True) from None  # no stream to talk to
+            except ViolationError as bad:
+                raise ViolationError(bad.reason, fatal=True) from None  # no stream to talk to
             self._call, self._sid = call, json.dumps(call.stream_id)
             self._clear = f'{{"event":"clear","stream_sid":{self._sid}}}'
             return call
@@ -339,35 +295,22 @@ class ExotelDialect:
         """The extension guide puts custom parameters here; they join the start's."""
         try:
             self._connected_parameters = _custom_parameters(msg.get("custom_parameters"))
-        except _BadMessageError:
+        except ViolationError:
             self._connected_parameters = {}  # the start's own are what counts
         return StreamConnected(protocol="exotel", version=str(msg.get("version", "")))
 
     def _parse_media(self, msg: Mapping[str, Any]) -> MediaReceived:
         assert self._call is not None  # media is legal only while streaming
         media = _field(msg, "media", dict, "media")
-        try:
-            payload = base64.b64decode(_field(media, "payload", str, "media.payload"), validate=True)
-        except (binascii.Error, ValueError):
-            raise _BadMessageError("media.payload is not valid base64") from None
+        payload = decode_base64(_field(media, "payload", str, "media.payload"), "media.payload")
         if len(payload) % self._call.format.bytes_per_sample:
-            raise _BadMessageError(f"media.payload of {len(payload)} bytes is not whole samples")
+            raise ViolationError(f"media.payload of {len(payload)} bytes is not whole samples")
         return MediaReceived(
             payload=payload,
             timestamp_ms=_number(media.get("timestamp"), "media.timestamp", 0),
             chunk=_number(media.get("chunk"), "media.chunk", 0),
             track=str(media.get("track", "inbound")),
         )
-
-
-def _load(text: str) -> Mapping[str, Any]:
-    try:
-        msg = json.loads(text)
-    except (ValueError, RecursionError):
-        raise _BadMessageError("text frame is not JSON", fatal=True) from None
-    if not isinstance(msg, dict):
-        raise _BadMessageError("text frame is not a JSON object", fatal=True)
-    return msg
 
 
 # -- the provider: the dynamic stream URL and the checks -----------------------------------------------

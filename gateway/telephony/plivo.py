@@ -46,7 +46,6 @@ with the `wss://` URL as written or with `https://` is not documented, so both a
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -57,6 +56,18 @@ from typing import Any, Final, assert_never
 from urllib.parse import parse_qs, urlparse, urlunparse
 
 from gateway.errors import LocalProtocolError
+from gateway.telephony.dialect import (
+    TextDialect,
+    ViolationError,
+    counter_field,
+    decode_base64,
+    event_name,
+    load_object,
+    object_field,
+    out_of_order,
+    played_to,
+    string_field,
+)
 from gateway.telephony.events import (
     CallStarted,
     CallStopped,
@@ -65,22 +76,12 @@ from gateway.telephony.events import (
     PlayAudio,
     PlayedTo,
     PlayoutRule,
-    ProtocolViolation,
     TelephonyCommand,
     TelephonyEvent,
 )
 from gateway.telephony.provider import Answer, HttpRequest, Provider, Refusal, TokenIssuer
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
-from gateway.telephony.twilio import (  # the reference dialect's JSON parsers: shared, not copied
-    StreamState,
-    TwilioDialect,
-    _counter,
-    _object,
-    _parse_dtmf,
-    _string,
-    _unexpected,
-    _ViolationError,
-)
+from gateway.telephony.twilio import StreamState, _parse_dtmf  # the reference dialect's: shared
 from gateway.telephony.twiml import XML_DECLARATION
 from telcodec import Encoding, WireFormat
 
@@ -122,7 +123,6 @@ NONCE_HEADER: Final = "X-Plivo-Signature-V3-Nonce"
 _CALL_ID_HEADER: Final = "CallUUID"
 # The extraHeaders values the gateway writes, hex-encoded (Plivo allows only [A-Za-z0-9] there).
 _HEX_ENCODED: Final = frozenset({*FORWARDED_CALL_FIELDS, STREAM_TOKEN_PARAMETER})
-_MAX_COUNTER_DIGITS: Final = 18
 _CLEARS_REMEMBERED: Final = 64  # clears awaiting their clearedAudio (a Plivo that never answers: bounded)
 
 _S = StreamState
@@ -180,23 +180,16 @@ def decode_extra_headers(text: str) -> dict[str, str]:
 # -- the dialect ----------------------------------------------------------------------------------
 
 
-def _position(name: str) -> PlayedTo:
-    """Our checkpoints are named after the playback position they confirm; any other name is not ours."""
-    if not (0 < len(name) <= _MAX_COUNTER_DIGITS and name.isascii() and name.isdigit()):
-        raise _ViolationError(f"checkpoint {name[:40]!r} is not one the gateway sent")
-    return PlayedTo(position=int(name))
-
-
 def _media_format(start: Mapping[str, Any]) -> tuple[str, int, int, WireFormat]:
     """The stream's own format from `start.mediaFormat`: (encoding, rate, channels, wire format)."""
-    fmt = _object(start, "mediaFormat")
-    encoding = _string(fmt, "encoding", "start.mediaFormat")
-    rate = _counter(fmt, "sampleRate", "start.mediaFormat")
-    channels = _counter(fmt, "channels", "start.mediaFormat") if "channels" in fmt else 1
+    fmt = object_field(start, "mediaFormat")
+    encoding = string_field(fmt, "encoding", "start.mediaFormat")
+    rate = counter_field(fmt, "sampleRate", "start.mediaFormat")
+    channels = counter_field(fmt, "channels", "start.mediaFormat") if "channels" in fmt else 1
     wire = FORMATS.get((encoding.lower(), rate))
     if wire is None or channels != 1:
         supported = ", ".join(f"{e} at {r} Hz" for e, r in FORMATS)
-        raise _ViolationError(
+        raise ViolationError(
             f"unsupported media format {encoding[:40]} at {rate} Hz with {channels} channel(s); "
             f"the gateway takes {supported}, mono"
         )
@@ -204,23 +197,23 @@ def _media_format(start: Mapping[str, Any]) -> tuple[str, int, int, WireFormat]:
 
 
 def _parse_start(msg: Mapping[str, Any]) -> CallStarted:
-    start = _object(msg, "start")
-    stream_id = _string(start, "streamId", "start")
+    start = object_field(msg, "start")
+    stream_id = string_field(start, "streamId", "start")
     if not stream_id:
-        raise _ViolationError("start.streamId is empty")
+        raise ViolationError("start.streamId is empty")
     tracks = start.get("tracks", ["inbound"])
     if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
-        raise _ViolationError("start.tracks must be a list of strings")
+        raise ViolationError("start.tracks must be a list of strings")
     encoding, rate, channels, wire = _media_format(start)
-    params = decode_extra_headers(_string(msg, "extra_headers", "start", ""))
+    params = decode_extra_headers(string_field(msg, "extra_headers", "start", ""))
     # The CallUUID the answer bound the stream token to; Plivo's own callId names the same call.
-    call_id = params.get(_CALL_ID_HEADER) or _string(start, "callId", "start", "")
+    call_id = params.get(_CALL_ID_HEADER) or string_field(start, "callId", "start", "")
     if not call_id:
-        raise _ViolationError("start has neither a CallUUID extra header nor a callId")
+        raise ViolationError("start has neither a CallUUID extra header nor a callId")
     return CallStarted(
         stream_id=stream_id,
         call_id=call_id,
-        account_id=_string(start, "accountId", "start", ""),
+        account_id=string_field(start, "accountId", "start", ""),
         tracks=tuple(tracks),
         custom_parameters=params,
         encoding=encoding,
@@ -230,14 +223,13 @@ def _parse_start(msg: Mapping[str, Any]) -> CallStarted:
     )
 
 
-class PlivoDialect:
+class PlivoDialect(TextDialect[StreamState]):
     """One Plivo audio stream's protocol state: feed it every text frame, send what it returns."""
 
-    __slots__ = ("_call", "_clears", "_first_timestamp", "_parsers", "_sent_end", "_sid_json", "_state")
+    __slots__ = ("_clears", "_first_timestamp", "_parsers", "_sent_end", "_sid_json")
 
     def __init__(self) -> None:
-        self._state = StreamState.AWAITING_START
-        self._call: CallStarted | None = None
+        super().__init__(StreamState.AWAITING_START, StreamState.STREAMING)
         self._sid_json = ""
         self._sent_end = 0  # the end position of the last audio sent
         self._clears: deque[int] = deque(maxlen=_CLEARS_REMEMBERED)  # _sent_end at each clear, unanswered
@@ -246,42 +238,16 @@ class PlivoDialect:
             "start": self._parse_start,
             "media": self._parse_media,
             "dtmf": _parse_dtmf,
-            "playedStream": lambda msg: _position(_string(msg, "name", "playedStream")),
-            "played": lambda msg: _position(_string(msg, "name", "played")),
+            "playedStream": lambda msg: played_to(string_field(msg, "name", "playedStream"), "checkpoint"),
+            "played": lambda msg: played_to(string_field(msg, "name", "played"), "checkpoint"),
             "clearedAudio": self._parse_cleared,
             "stop": lambda _msg: CallStopped(),
         }
 
     @property
-    def state(self) -> StreamState:
-        """The current state of the stream."""
-        return self._state
-
-    @property
-    def call(self) -> CallStarted | None:
-        """The `start` metadata once it has arrived, else None."""
-        return self._call
-
-    @property
-    def can_send(self) -> bool:
-        """True while `send` may be called: after `start` and before the stream ends."""
-        return self._state is StreamState.STREAMING
-
-    @property
     def playout(self) -> PlayoutRule:
         """Any whole number of samples per message: Plivo queues `playAudio` and plays it in order."""
         return PlayoutRule()
-
-    def receive_text(self, text: str) -> TelephonyEvent:
-        """Parse one text frame. A `ProtocolViolation` with `fatal=True` means: close the socket."""
-        try:
-            return self._receive(text)
-        except _ViolationError as violation:
-            return ProtocolViolation(reason=violation.reason, fatal=violation.fatal)
-
-    def receive_bytes(self, data: bytes) -> ProtocolViolation:
-        """Plivo sends JSON text frames only; the caller hands binary ones here and closes the socket."""
-        return ProtocolViolation(reason=f"unexpected binary frame ({len(data)} bytes)", fatal=True)
 
     def send(self, command: TelephonyCommand) -> tuple[str, ...]:
         """The frames that carry `command`; raises LocalProtocolError unless `can_send` (our bug). Audio is
@@ -307,22 +273,18 @@ class PlivoDialect:
         assert_never(command)
 
     def _receive(self, text: str) -> TelephonyEvent:
-        msg = TwilioDialect._load(text)  # a JSON object, or a fatal violation
-        name = msg.get("event")
-        if not isinstance(name, str):
-            raise _ViolationError("missing or non-string 'event'")
-        if name not in _KNOWN_EVENTS:
-            raise _ViolationError(f"unknown event {name[:40]!r}")
+        msg = load_object(text)
+        name = event_name(msg, _KNOWN_EVENTS)
         next_state = _TRANSITIONS.get((self._state, name))
         if next_state is None:
-            raise _unexpected(self._state, name)
+            raise out_of_order(name, stopped=self._state is StreamState.STOPPED)
         if self._call is not None and msg.get("streamId", self._call.stream_id) != self._call.stream_id:
-            raise _ViolationError(f"'{name}' for another streamId")
+            raise ViolationError(f"'{name}' for another streamId")
         try:
             event = self._parsers[name](msg)
-        except _ViolationError as violation:
+        except ViolationError as violation:
             # Without a usable start there is no stream to talk to.
-            raise _ViolationError(violation.reason, fatal=name == "start") from None
+            raise ViolationError(violation.reason, fatal=name == "start") from None
         self._state = next_state
         return event
 
@@ -334,27 +296,24 @@ class PlivoDialect:
 
     def _parse_media(self, msg: Mapping[str, Any]) -> MediaReceived:
         assert self._call is not None  # media is legal only once streaming
-        media = _object(msg, "media")
-        try:
-            payload = base64.b64decode(_string(media, "payload", "media"), validate=True)
-        except (binascii.Error, ValueError):
-            raise _ViolationError("media.payload is not valid base64") from None
+        media = object_field(msg, "media")
+        payload = decode_base64(string_field(media, "payload", "media"), "media.payload")
         if len(payload) % self._call.format.bytes_per_sample:
-            raise _ViolationError(f"media.payload of {len(payload)} bytes is not a whole number of samples")
+            raise ViolationError(f"media.payload of {len(payload)} bytes is not a whole number of samples")
         # Plivo's timestamp is epoch ms: made relative to the stream's first frame, as Twilio's is.
-        epoch_ms = _counter(media, "timestamp", "media") if "timestamp" in media else 0
+        epoch_ms = counter_field(media, "timestamp", "media") if "timestamp" in media else 0
         if self._first_timestamp is None:
             self._first_timestamp = epoch_ms
         return MediaReceived(
             payload=payload,
             timestamp_ms=max(0, epoch_ms - self._first_timestamp),
-            chunk=_counter(media, "chunk", "media") if "chunk" in media else 0,
-            track=_string(media, "track", "media", "inbound"),
+            chunk=counter_field(media, "chunk", "media") if "chunk" in media else 0,
+            track=string_field(media, "track", "media", "inbound"),
         )
 
     def _parse_cleared(self, _msg: Mapping[str, Any]) -> PlayedTo:
         if not self._clears:
-            raise _ViolationError("clearedAudio without a clearAudio")
+            raise ViolationError("clearedAudio without a clearAudio")
         return PlayedTo(position=self._clears.popleft())
 
 

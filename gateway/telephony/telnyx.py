@@ -49,6 +49,17 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.errors import LocalProtocolError
+from gateway.telephony.dialect import (
+    TextDialect,
+    ViolationError,
+    counter_field,
+    decode_base64,
+    event_name,
+    load_object,
+    object_field,
+    out_of_order,
+    string_field,
+)
 from gateway.telephony.events import (
     MULAW_8K,
     CallStarted,
@@ -63,18 +74,12 @@ from gateway.telephony.events import (
 )
 from gateway.telephony.provider import Answer, HttpRequest, Provider, Refusal, TokenIssuer
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
-from gateway.telephony.twilio import (  # the reference dialect's JSON parsers: shared, not copied
+from gateway.telephony.twilio import (  # the reference dialect's message parsers: shared, not copied
     FORWARDED_CALL_FIELDS,
     StreamState,
-    TwilioDialect,
-    _counter,
-    _object,
     _parse_connected,
     _parse_dtmf,
     _parse_mark,
-    _string,
-    _unexpected,
-    _ViolationError,
 )
 from gateway.telephony.twiml import XML_DECLARATION, connect_stream_twiml
 from telcodec import Encoding, WireFormat
@@ -146,21 +151,21 @@ def _custom_parameters(value: object) -> dict[str, str]:
         for p in value
     ):
         return {p["name"]: p["value"] for p in value}
-    raise _ViolationError("start.custom_parameters must map names to strings")
+    raise ViolationError("start.custom_parameters must map names to strings")
 
 
 def _media_format(start: Mapping[str, Any]) -> tuple[str, int, int, WireFormat]:
     """The stream's own format from `start.media_format`: (encoding, rate, channels, wire format)."""
     fmt = start.get("media_format")
     if not isinstance(fmt, dict):
-        raise _ViolationError("start.media_format is missing: the stream's format cannot be known")
-    encoding = _string(fmt, "encoding", "start.media_format")
-    rate = _counter(fmt, "sample_rate", "start.media_format")
-    channels = _counter(fmt, "channels", "start.media_format") if "channels" in fmt else 1
+        raise ViolationError("start.media_format is missing: the stream's format cannot be known")
+    encoding = string_field(fmt, "encoding", "start.media_format")
+    rate = counter_field(fmt, "sample_rate", "start.media_format")
+    channels = counter_field(fmt, "channels", "start.media_format") if "channels" in fmt else 1
     codec = CODECS.get(encoding.upper())
     if codec is None or rate != SAMPLE_RATE or channels != 1:
         # Decoding anything else as G.711 would feed the model noise: refuse the stream instead.
-        raise _ViolationError(
+        raise ViolationError(
             f"unsupported media format {encoding[:40]} at {rate} Hz with {channels} channel(s); the "
             f"gateway takes PCMU or PCMA at {SAMPLE_RATE} Hz, mono (L16's byte order is undocumented)"
         )
@@ -168,19 +173,19 @@ def _media_format(start: Mapping[str, Any]) -> tuple[str, int, int, WireFormat]:
 
 
 def _parse_start(msg: Mapping[str, Any]) -> CallStarted:
-    stream_id = _string(msg, "stream_id", "start")
+    stream_id = string_field(msg, "stream_id", "start")
     if not stream_id:
-        raise _ViolationError("start.stream_id is empty")
-    start = _object(msg, "start")
+        raise ViolationError("start.stream_id is empty")
+    start = object_field(msg, "start")
     params = _custom_parameters(start.get("custom_parameters", {}))
     encoding, rate, channels, wire = _media_format(start)
-    call_id = params.get(_CALL_ID_PARAMETER) or _string(start, "call_control_id", "start", "")
+    call_id = params.get(_CALL_ID_PARAMETER) or string_field(start, "call_control_id", "start", "")
     if not call_id:
-        raise _ViolationError("start has neither a CallSid parameter nor a call_control_id")
+        raise ViolationError("start has neither a CallSid parameter nor a call_control_id")
     return CallStarted(
         stream_id=stream_id,
         call_id=call_id,
-        account_id=_string(start, "user_id", "start", ""),
+        account_id=string_field(start, "user_id", "start", ""),
         tracks=("inbound",),
         custom_parameters=params,
         encoding=encoding,
@@ -191,16 +196,13 @@ def _parse_start(msg: Mapping[str, Any]) -> CallStarted:
 
 
 def _parse_media(msg: Mapping[str, Any]) -> MediaReceived:
-    media = _object(msg, "media")
-    try:
-        payload = base64.b64decode(_string(media, "payload", "media"), validate=True)
-    except (binascii.Error, ValueError):
-        raise _ViolationError("media.payload is not valid base64") from None
+    media = object_field(msg, "media")
+    payload = decode_base64(string_field(media, "payload", "media"), "media.payload")
     return MediaReceived(
         payload=payload,
-        timestamp_ms=_counter(media, "timestamp", "media") if "timestamp" in media else 0,
-        chunk=_counter(media, "chunk", "media") if "chunk" in media else 0,
-        track=_string(media, "track", "media", "inbound"),
+        timestamp_ms=counter_field(media, "timestamp", "media") if "timestamp" in media else 0,
+        chunk=counter_field(media, "chunk", "media") if "chunk" in media else 0,
+        track=string_field(media, "track", "media", "inbound"),
     )
 
 
@@ -223,46 +225,19 @@ _PARSERS: Final[Mapping[str, Callable[[Mapping[str, Any]], TelephonyEvent]]] = {
 }
 
 
-class TelnyxDialect:
+class TelnyxDialect(TextDialect[StreamState]):
     """One Telnyx media stream's protocol state: feed it every text frame, send what it returns."""
 
-    __slots__ = ("_call", "_state")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._state = StreamState.AWAITING_CONNECTED
-        self._call: CallStarted | None = None
-
-    @property
-    def state(self) -> StreamState:
-        """The current state of the stream."""
-        return self._state
-
-    @property
-    def call(self) -> CallStarted | None:
-        """The `start` metadata once it has arrived, else None."""
-        return self._call
-
-    @property
-    def can_send(self) -> bool:
-        """True while `send` may be called: after `start` and before `stop`."""
-        return self._state is StreamState.STREAMING
+        super().__init__(StreamState.AWAITING_CONNECTED, StreamState.STREAMING)
 
     @property
     def playout(self) -> PlayoutRule:
         """Whole 20 ms frames, at least one per message (RTP mode takes 20 ms to 30 s per message)."""
         frame = (self._call.format if self._call is not None else MULAW_8K).frame_bytes(FRAME_MS)
         return PlayoutRule(min_bytes=frame, multiple_bytes=frame)
-
-    def receive_text(self, text: str) -> TelephonyEvent:
-        """Parse one text frame. A `ProtocolViolation` with `fatal=True` means: close the socket."""
-        try:
-            return self._receive(text)
-        except _ViolationError as violation:
-            return ProtocolViolation(reason=violation.reason, fatal=violation.fatal)
-
-    def receive_bytes(self, data: bytes) -> ProtocolViolation:
-        """Telnyx sends JSON text frames only; the caller hands binary ones here and closes the socket."""
-        return ProtocolViolation(reason=f"unexpected binary frame ({len(data)} bytes)", fatal=True)
 
     def send(self, command: TelephonyCommand) -> tuple[str, ...]:
         """The frames that carry `command`; raises LocalProtocolError unless `can_send` (our bug). Audio is a
@@ -285,22 +260,18 @@ class TelnyxDialect:
         assert_never(command)
 
     def _receive(self, text: str) -> TelephonyEvent:
-        msg = TwilioDialect._load(text)  # a JSON object, or a fatal violation
-        name = msg.get("event")
-        if not isinstance(name, str):
-            raise _ViolationError("missing or non-string 'event'")
-        if name not in _KNOWN_EVENTS:
-            raise _ViolationError(f"unknown event {name[:40]!r}")
+        msg = load_object(text)
+        name = event_name(msg, _KNOWN_EVENTS)
         next_state = _TRANSITIONS.get((self._state, name))
         if next_state is None:
-            raise _unexpected(self._state, name)
+            raise out_of_order(name, stopped=self._state is StreamState.STOPPED)
         if self._call is not None and msg.get("stream_id", self._call.stream_id) != self._call.stream_id:
-            raise _ViolationError(f"'{name}' for another stream_id")
+            raise ViolationError(f"'{name}' for another stream_id")
         try:
             event = _PARSERS[name](msg)
-        except _ViolationError as violation:
+        except ViolationError as violation:
             # Without a usable start there is no stream to talk to.
-            raise _ViolationError(violation.reason, fatal=name == "start") from None
+            raise ViolationError(violation.reason, fatal=name == "start") from None
         if isinstance(event, CallStarted):
             self._call = event
         self._state = next_state

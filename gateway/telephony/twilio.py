@@ -26,14 +26,24 @@ Peer garbage never raises: it comes back as `ProtocolViolation(reason, fatal)`. 
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 from collections.abc import Callable, Mapping
 from enum import Enum, auto
 from typing import Any, Final, assert_never
 
 from gateway.errors import LocalProtocolError
 from gateway.telephony import twilio_wire
+from gateway.telephony.dialect import (
+    TextDialect,
+    ViolationError,
+    counter_field,
+    decode_base64,
+    event_name,
+    load_object,
+    object_field,
+    out_of_order,
+    played_to,
+    string_field,
+)
 from gateway.telephony.events import (
     CallStarted,
     CallStopped,
@@ -43,7 +53,6 @@ from gateway.telephony.events import (
     PlayAudio,
     PlayedTo,
     PlayoutRule,
-    ProtocolViolation,
     StreamConnected,
     TelephonyCommand,
     TelephonyEvent,
@@ -72,8 +81,6 @@ ENCODING: Final = "audio/x-mulaw"
 BYTES_PER_SAMPLE: Final[Mapping[str, int]] = {"audio/x-mulaw": 1, "audio/x-alaw": 1, "audio/x-l16": 2}
 # Webhook form fields echoed into the stream's customParameters (the bot may use them, logs show them).
 FORWARDED_CALL_FIELDS: Final = ("CallSid", "From", "To", "Direction")
-# Python refuses int() on very long digit strings (and they are never real counters).
-_MAX_COUNTER_DIGITS: Final = 18
 
 
 TWILIO_PLAYOUT: Final = PlayoutRule()
@@ -103,82 +110,44 @@ _TRANSITIONS: Final[Mapping[tuple[StreamState, str], StreamState]] = {
 }
 
 
-class _ViolationError(Exception):
-    """Internal: raised while parsing one message, turned into a ProtocolViolation before returning."""
-
-    def __init__(self, reason: str, *, fatal: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.fatal = fatal
-
-
-def _object(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = parent.get(key)
-    if not isinstance(value, dict):
-        raise _ViolationError(f"'{key}' must be an object")
-    return value
-
-
-def _string(parent: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
-    value = parent.get(key, default)
-    if not isinstance(value, str):
-        raise _ViolationError(f"{where}.{key} must be a string")
-    return value
-
-
-def _counter(parent: Mapping[str, Any], key: str, where: str) -> int:
-    """Parse a non-negative counter that Twilio sends as a string (plain ints are accepted too)."""
-    value = parent.get(key)
-    if type(value) is int and value >= 0:
-        return value
-    if (
-        isinstance(value, str)
-        and 0 < len(value) <= _MAX_COUNTER_DIGITS
-        and value.isascii()
-        and value.isdigit()
-    ):
-        return int(value)
-    raise _ViolationError(f"{where}.{key} must be a non-negative integer string")
-
-
 def _parse_connected(msg: Mapping[str, Any]) -> StreamConnected:
     return StreamConnected(
-        protocol=_string(msg, "protocol", "connected", "Call"),
-        version=_string(msg, "version", "connected", ""),
+        protocol=string_field(msg, "protocol", "connected", "Call"),
+        version=string_field(msg, "version", "connected", ""),
     )
 
 
 def _parse_start(msg: Mapping[str, Any]) -> CallStarted:
-    start = _object(msg, "start")
-    stream_id = _string(start, "streamSid", "start")
+    start = object_field(msg, "start")
+    stream_id = string_field(start, "streamSid", "start")
     if not stream_id:
-        raise _ViolationError("start.streamSid is empty")
+        raise ViolationError("start.streamSid is empty")
     tracks = start.get("tracks", ["inbound"])
     if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
-        raise _ViolationError("start.tracks must be a list of strings")
+        raise ViolationError("start.tracks must be a list of strings")
     params = start.get("customParameters", {})
     if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
-        raise _ViolationError("start.customParameters must map names to strings")
+        raise ViolationError("start.customParameters must map names to strings")
     fmt = start.get("mediaFormat", {})
     if not isinstance(fmt, dict):
-        raise _ViolationError("start.mediaFormat must be an object")
-    encoding = _string(fmt, "encoding", "start.mediaFormat", ENCODING)
+        raise ViolationError("start.mediaFormat must be an object")
+    encoding = string_field(fmt, "encoding", "start.mediaFormat", ENCODING)
     if encoding not in BYTES_PER_SAMPLE:
-        raise _ViolationError(f"unsupported encoding {encoding[:40]!r}")
-    rate = _counter(fmt, "sampleRate", "start.mediaFormat") if "sampleRate" in fmt else SAMPLE_RATE
-    channels = _counter(fmt, "channels", "start.mediaFormat") if "channels" in fmt else 1
+        raise ViolationError(f"unsupported encoding {encoding[:40]!r}")
+    rate = counter_field(fmt, "sampleRate", "start.mediaFormat") if "sampleRate" in fmt else SAMPLE_RATE
+    channels = counter_field(fmt, "channels", "start.mediaFormat") if "channels" in fmt else 1
     if rate == 0 or channels == 0:
-        raise _ViolationError("start.mediaFormat sampleRate and channels must be positive")
+        raise ViolationError("start.mediaFormat sampleRate and channels must be positive")
     if (encoding, rate, channels) != (ENCODING, SAMPLE_RATE, 1):
         # Decoding anything else as mono mu-law would feed the model noise: refuse the stream instead.
-        raise _ViolationError(
+        raise ViolationError(
             f"unsupported media format {encoding} at {rate} Hz with {channels} channel(s); "
             f"a Twilio stream is {ENCODING} at {SAMPLE_RATE} Hz, mono"
         )
     return CallStarted(
         stream_id=stream_id,
-        call_id=_string(start, "callSid", "start", ""),
-        account_id=_string(start, "accountSid", "start", ""),
+        call_id=string_field(start, "callSid", "start", ""),
+        account_id=string_field(start, "accountSid", "start", ""),
         tracks=tuple(tracks),
         custom_parameters=dict(params),
         encoding=encoding,
@@ -189,16 +158,13 @@ def _parse_start(msg: Mapping[str, Any]) -> CallStarted:
 
 def _parse_mark(msg: Mapping[str, Any]) -> PlayedTo:
     """Our marks are named after the playback position they confirm; any other name is not ours."""
-    name = _string(_object(msg, "mark"), "name", "mark")
-    if not (0 < len(name) <= _MAX_COUNTER_DIGITS and name.isascii() and name.isdigit()):
-        raise _ViolationError(f"mark {name[:40]!r} is not one the gateway sent")
-    return PlayedTo(position=int(name))
+    return played_to(string_field(object_field(msg, "mark"), "name", "mark"), "mark")
 
 
 def _parse_dtmf(msg: Mapping[str, Any]) -> DtmfReceived:
-    digit = _string(_object(msg, "dtmf"), "digit", "dtmf")
+    digit = string_field(object_field(msg, "dtmf"), "digit", "dtmf")
     if not digit:
-        raise _ViolationError("dtmf.digit is empty")
+        raise ViolationError("dtmf.digit is empty")
     return DtmfReceived(digit=digit)
 
 
@@ -216,59 +182,21 @@ _SIMPLE_PARSERS: Final[Mapping[str, Callable[[Mapping[str, Any]], TelephonyEvent
 }
 
 
-def _unexpected(state: StreamState, name: str) -> _ViolationError:
-    """Explain why `name` is not allowed in `state` (the pair is missing from _TRANSITIONS)."""
-    if state is StreamState.STOPPED:
-        return _ViolationError(f"'{name}' after stop")
-    if name == "connected":
-        return _ViolationError("duplicate 'connected'")
-    if name == "start":
-        return _ViolationError("second 'start' on one stream", fatal=True)
-    return _ViolationError(f"'{name}' before start", fatal=True)
-
-
-class TwilioDialect:
+class TwilioDialect(TextDialect[StreamState]):
     """One Media Streams connection's protocol state: feed it every text frame, send what it returns."""
 
-    __slots__ = ("_call", "_clear_json", "_frame_bytes", "_sid_json", "_state")
+    __slots__ = ("_clear_json", "_frame_bytes", "_sid_json")
 
     def __init__(self) -> None:
-        self._state = StreamState.AWAITING_CONNECTED
-        self._call: CallStarted | None = None
+        super().__init__(StreamState.AWAITING_CONNECTED, StreamState.STREAMING)
         self._sid_json = twilio_wire.QuotedSid("")
         self._clear_json = ""
         self._frame_bytes = 1
 
     @property
-    def state(self) -> StreamState:
-        """The current state of the stream."""
-        return self._state
-
-    @property
-    def call(self) -> CallStarted | None:
-        """The `start` metadata once it has arrived, else None."""
-        return self._call
-
-    @property
-    def can_send(self) -> bool:
-        """True while `send` may be called: after `start` and before `stop`."""
-        return self._state is StreamState.STREAMING
-
-    @property
     def playout(self) -> PlayoutRule:
         """Any size of media message: Twilio queues them and plays them in order."""
         return TWILIO_PLAYOUT
-
-    def receive_text(self, text: str) -> TelephonyEvent:
-        """Parse one text frame. A `ProtocolViolation` with `fatal=True` means: close the socket."""
-        try:
-            return self._receive(text)
-        except _ViolationError as violation:
-            return ProtocolViolation(reason=violation.reason, fatal=violation.fatal)
-
-    def receive_bytes(self, data: bytes) -> ProtocolViolation:
-        """Media Streams never sends binary frames; the caller hands them here and closes the socket."""
-        return ProtocolViolation(reason=f"unexpected binary frame ({len(data)} bytes)", fatal=True)
 
     def send(self, command: TelephonyCommand) -> tuple[str, ...]:
         """Serialize a command into the frames to write, in order; raises LocalProtocolError unless
@@ -291,15 +219,11 @@ class TwilioDialect:
         assert_never(command)
 
     def _receive(self, text: str) -> TelephonyEvent:
-        msg = self._load(text)
-        name = msg.get("event")
-        if not isinstance(name, str):
-            raise _ViolationError("missing or non-string 'event'")
-        if name not in _KNOWN_EVENTS:
-            raise _ViolationError(f"unknown event {name[:40]!r}")
+        msg = load_object(text)
+        name = event_name(msg, _KNOWN_EVENTS)
         next_state = _TRANSITIONS.get((self._state, name))
         if next_state is None:
-            raise _unexpected(self._state, name)
+            raise out_of_order(name, stopped=self._state is StreamState.STOPPED)
         if self._state is StreamState.STREAMING:
             self._check_stream_sid(msg, name)
         event = self._parse(msg, name)
@@ -311,9 +235,9 @@ class TwilioDialect:
             return self._parse_media(msg)
         try:
             event = _SIMPLE_PARSERS[name](msg)
-        except _ViolationError as violation:
+        except ViolationError as violation:
             # Without a usable start there is no stream to talk to.
-            raise _ViolationError(violation.reason, fatal=name == "start") from None
+            raise ViolationError(violation.reason, fatal=name == "start") from None
         if isinstance(event, CallStarted):
             self._begin(event)
         return event
@@ -325,35 +249,21 @@ class TwilioDialect:
         self._frame_bytes = BYTES_PER_SAMPLE[call.encoding] * call.channels
 
     def _parse_media(self, msg: Mapping[str, Any]) -> MediaReceived:
-        media = _object(msg, "media")
-        encoded = _string(media, "payload", "media")
-        try:
-            payload = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise _ViolationError("media.payload is not valid base64") from None
+        media = object_field(msg, "media")
+        payload = decode_base64(string_field(media, "payload", "media"), "media.payload")
         if len(payload) % self._frame_bytes:
-            raise _ViolationError(f"media.payload of {len(payload)} bytes is not a whole number of samples")
+            raise ViolationError(f"media.payload of {len(payload)} bytes is not a whole number of samples")
         return MediaReceived(
             payload=payload,
-            timestamp_ms=_counter(media, "timestamp", "media"),
-            chunk=_counter(media, "chunk", "media"),
-            track=_string(media, "track", "media", "inbound"),
+            timestamp_ms=counter_field(media, "timestamp", "media"),
+            chunk=counter_field(media, "chunk", "media"),
+            track=string_field(media, "track", "media", "inbound"),
         )
 
     def _check_stream_sid(self, msg: Mapping[str, Any], name: str) -> None:
         sid = msg.get("streamSid")
         if sid is not None and (self._call is None or sid != self._call.stream_id):
-            raise _ViolationError(f"'{name}' for another streamSid")
-
-    @staticmethod
-    def _load(text: str) -> Mapping[str, Any]:
-        try:
-            msg = json.loads(text)
-        except (ValueError, RecursionError):
-            raise _ViolationError("text frame is not JSON", fatal=True) from None
-        if not isinstance(msg, dict):
-            raise _ViolationError("text frame is not a JSON object", fatal=True)
-        return msg
+            raise ViolationError(f"'{name}' for another streamSid")
 
 
 # -- the provider: the voice webhook and the signature checks ------------------------------------------

@@ -43,6 +43,7 @@ from urllib.parse import parse_qsl, urlsplit
 import jwt
 
 from gateway.errors import LocalProtocolError
+from gateway.telephony.dialect import BaseDialect, ViolationError, event_name, is_counter, load_object
 from gateway.telephony.events import (
     CallStarted,
     ClearPlayback,
@@ -94,7 +95,6 @@ JWT_ALGORITHM: Final = "HS256"
 CLEAR: Final = '{"action":"clear"}'
 _NOTIFY: Final = '{"action":"notify","payload":{"mark":"%d"}}'
 _DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
-_MAX_MARK_DIGITS: Final = 18  # Python refuses int() on very long digit strings (and they are never ours)
 _CONNECTED: Final = "websocket:connected"
 _AUDIO: Final = "binary audio"  # the input a binary frame is, in the transition table
 
@@ -132,19 +132,10 @@ _TRANSITIONS: Final[Mapping[tuple[StreamState, str], StreamState]] = {
 }
 
 
-class _ViolationError(Exception):
-    """Internal: raised while parsing one frame, returned as a ProtocolViolation."""
-
-    def __init__(self, reason: str, *, fatal: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.fatal = fatal
-
-
 def _rate(value: object) -> int:
     """The rate of an `audio/l16;rate=N` content-type (parameters in any order, case and spacing)."""
     if not isinstance(value, str):
-        raise _ViolationError("websocket:connected has no string content-type", fatal=True)
+        raise ViolationError("websocket:connected has no string content-type", fatal=True)
     media, *params = value.split(";")
     fields: dict[str, str] = {}
     for param in params:
@@ -153,7 +144,7 @@ def _rate(value: object) -> int:
     rate = fields.get("rate", "")
     supported = f"supported are {', '.join(content_type(r) for r in RATES)}, mono"
     if media.strip().lower() != ENCODING or fields.get("channels", "1") != "1" or rate not in map(str, RATES):
-        raise _ViolationError(f"unsupported content-type {value[:60]!r}: {supported}", fatal=True)
+        raise ViolationError(f"unsupported content-type {value[:60]!r}: {supported}", fatal=True)
     return int(rate)
 
 
@@ -186,7 +177,7 @@ def _parse_dtmf(msg: Mapping[str, Any]) -> DtmfReceived:
     if isinstance(digit, int) and not isinstance(digit, bool) and 0 <= digit <= 9:
         digit = str(digit)
     if not isinstance(digit, str) or digit.upper() not in _DTMF_DIGITS:
-        raise _ViolationError(f"websocket:dtmf without one key: {str(digit)[:20]!r}")
+        raise ViolationError(f"websocket:dtmf without one key: {str(digit)[:20]!r}")
     return DtmfReceived(digit=digit.upper())
 
 
@@ -194,10 +185,8 @@ def _parse_notify(msg: Mapping[str, Any]) -> PlayedTo:
     """Our notifies carry the playback position they confirm; any other payload is not ours."""
     payload = msg.get("payload")
     mark = payload.get("mark") if isinstance(payload, dict) else None
-    if not (
-        isinstance(mark, str) and 0 < len(mark) <= _MAX_MARK_DIGITS and mark.isascii() and mark.isdigit()
-    ):
-        raise _ViolationError(f"websocket:notify {str(payload)[:60]!r} is not one the gateway sent")
+    if not (isinstance(mark, str) and is_counter(mark)):
+        raise ViolationError(f"websocket:notify {str(payload)[:60]!r} is not one the gateway sent")
     return PlayedTo(position=int(mark))
 
 
@@ -214,61 +203,28 @@ _PARSERS: Final[Mapping[str, Callable[[Mapping[str, Any]], TelephonyEvent]]] = {
 }
 
 
-def _load(text: str) -> Mapping[str, Any]:
-    try:
-        msg = json.loads(text)
-    except (ValueError, RecursionError):
-        raise _ViolationError("text frame is not JSON", fatal=True) from None
-    if not isinstance(msg, dict):
-        raise _ViolationError("text frame is not a JSON object", fatal=True)
-    return msg
+class VonageDialect(BaseDialect[StreamState]):
+    """One Vonage WebSocket's protocol state: feed it every frame, write out what `send` returns.
+    `call` is the `websocket:connected` metadata; the socket closing ends the call."""
 
-
-class VonageDialect:
-    """One Vonage WebSocket's protocol state: feed it every frame, write out what `send` returns."""
-
-    __slots__ = ("_call", "_format", "_frames", "_samples", "_state")
+    __slots__ = ("_format", "_frames", "_samples")
 
     def __init__(self) -> None:
-        self._state = StreamState.AWAITING_CONNECTED
-        self._call: CallStarted | None = None
+        super().__init__(StreamState.AWAITING_CONNECTED, StreamState.STREAMING)
         self._format = WireFormat(Encoding.L16, REQUESTED_RATE)  # until websocket:connected says
         self._frames = 0  # caller frames received
         self._samples = 0  # caller samples received, the clock of MediaReceived.timestamp_ms
-
-    @property
-    def state(self) -> StreamState:
-        """The current state of the stream."""
-        return self._state
-
-    @property
-    def call(self) -> CallStarted | None:
-        """The `websocket:connected` metadata once it has arrived, else None."""
-        return self._call
-
-    @property
-    def can_send(self) -> bool:
-        """True once `websocket:connected` has arrived (the socket closing ends the call)."""
-        return self._state is StreamState.STREAMING
 
     @property
     def playout(self) -> PlayoutRule:
         """Frames of exactly 20 ms at the stream's rate, the last one of an item padded with silence."""
         return _playout(self._format)
 
-    def receive_text(self, text: str) -> TelephonyEvent:
-        """Parse one text frame. A `ProtocolViolation` with `fatal=True` means: close the socket."""
-        try:
-            msg = _load(text)
-            name = msg.get("event")
-            if not isinstance(name, str):
-                raise _ViolationError("missing or non-string 'event'")
-            if name not in _PARSERS:
-                raise _ViolationError(f"unknown event {name[:40]!r}")
-            next_state = self._next(name)
-            event = _PARSERS[name](msg)
-        except _ViolationError as violation:
-            return ProtocolViolation(reason=violation.reason, fatal=violation.fatal)
+    def _receive(self, text: str) -> TelephonyEvent:
+        msg = load_object(text)
+        name = event_name(msg, _PARSERS)
+        next_state = self._next(name)
+        event = _PARSERS[name](msg)
         self._state = next_state
         if isinstance(event, CallStarted):
             self._call, self._format = event, event.format
@@ -278,7 +234,7 @@ class VonageDialect:
         """Parse one binary frame: caller audio, raw PCM16 little-endian at the stream's rate."""
         try:
             self._state = self._next(_AUDIO)
-        except _ViolationError as violation:
+        except ViolationError as violation:
             return ProtocolViolation(reason=violation.reason, fatal=violation.fatal)
         if not data or len(data) % 2:
             return ProtocolViolation(reason=f"audio frame of {len(data)} bytes is not whole PCM16 samples")
@@ -309,8 +265,8 @@ class VonageDialect:
         next_state = _TRANSITIONS.get((self._state, name))
         if next_state is None:
             if name == _CONNECTED:
-                raise _ViolationError("second websocket:connected on one stream", fatal=True)
-            raise _ViolationError(f"{name} before websocket:connected", fatal=True)
+                raise ViolationError("second websocket:connected on one stream", fatal=True)
+            raise ViolationError(f"{name} before websocket:connected", fatal=True)
         return next_state
 
 

@@ -23,58 +23,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
-from gateway.loadtest.scenarios import speech_ulaw
-from telcodec import ulaw_decode
-from telcodec.resample import Resampler
+from tests.integration.fakes_common import Clear, monotonic_ms, pcm_speech
 
 CHUNK_MS = 100  # Exotel streams caller audio about every 100 ms
 TICK_S = 0.005  # how often the simulated phone plays audio and echoes marks
 MIN_CHUNK, CHUNK_MULTIPLE = 3200, 320  # Exotel's rules for the audio it is sent
 
 
-def monotonic_ms() -> float:
-    """The fake's clock."""
-    return time.monotonic() * 1000
-
-
 def basic_auth(credentials: str) -> str:
     """An `Authorization` value for `user:password`, as Exotel sends credentials written in the URL."""
     return "Basic " + base64.b64encode(credentials.encode()).decode()
-
-
-def pcm_tone(hz: float, ms: int, rate: int, level: float = 0.3) -> bytes:
-    """A sine tone as PCM16 little-endian at `rate`."""
-    samples = np.sin(2 * np.pi * hz * np.arange(ms * rate // 1000) / rate) * level * 32767
-    return samples.astype("<i2").tobytes()
-
-
-def pcm_speech(ms: int, rate: int, *, f0: float = 140.0, seed: int = 1) -> bytes:
-    """The load generator's voice-like caller audio as PCM16 little-endian at `rate`."""
-    narrow = ulaw_decode(speech_ulaw(ms, f0=f0, seed=seed))
-    if rate != 8000:
-        resampler = Resampler(8000, rate)
-        narrow = np.concatenate([resampler.process(narrow), resampler.flush()])
-    return narrow.astype("<i2").tobytes()
-
-
-def dominant_hz(pcm: bytes, rate: int) -> float:
-    """The frequency of the strongest FFT bin of PCM16 little-endian audio."""
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    return float(np.fft.rfftfreq(len(samples), 1 / rate)[int(np.argmax(spectrum))])
-
-
-@dataclass(slots=True)
-class Clear:
-    """A `clear` the gateway sent: when, and how much bot audio had played by then."""
-
-    at_ms: float
-    played_ms: float
 
 
 @dataclass(slots=True, eq=False)

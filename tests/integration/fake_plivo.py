@@ -1,6 +1,6 @@
 """A fake Plivo for the integration tests: a real WebSocket client speaking Plivo Audio Streams.
 
-Built on the shared `FakePhone` (tests/integration/fake_telnyx.py): it opens the stream as Plivo does
+Built on the shared `FakePhone` (tests/integration/fakes_common.py): it opens the stream as Plivo does
 (the upgrade signed with `X-Plivo-Signature-V3` when given the auth token; no `connected`, a `start`
 carrying `extra_headers`), sends `media` (numeric `sequenceNumber` and `chunk`, epoch-ms `timestamp`) and
 `dtmf`, plays `playAudio` at real time (checking it is in the stream's own format), answers a
@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 from gateway.telephony.plivo import NONCE_HEADER, SIGNATURE_HEADER, compute_signature
-from tests.integration.fake_telnyx import FakePhone
+from tests.integration.fakes_common import FakePhone
 
 __all__ = ["FakePlivo"]
 

@@ -23,22 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
-from gateway.loadtest.scenarios import speech_ulaw
-from telcodec import ulaw_decode
-from telcodec.resample import Resampler
+from tests.integration.fakes_common import Clear, monotonic_ms, pcm_speech
 
 FRAME_MS = 20
 TICK_S = 0.005  # how often the simulated phone plays audio and echoes notifies
-
-
-def monotonic_ms() -> float:
-    """The fake's clock."""
-    return time.monotonic() * 1000
 
 
 def frame_bytes(rate: int) -> int:
@@ -60,29 +52,6 @@ def signed_bearer(secret: str, body: bytes = b"", **claims: Any) -> str:
     }
     kept = {name: value for name, value in payload.items() if value is not None}
     return "Bearer " + jwt.encode(kept, secret, algorithm="HS256")
-
-
-def tone(hz: float, ms: int, rate: int, level: float = 0.3) -> bytes:
-    """A sine tone as PCM16 little-endian at `rate`."""
-    t = np.arange(ms * rate // 1000) / rate
-    return (np.sin(2 * np.pi * hz * t) * level * 32767).astype("<i2").tobytes()
-
-
-def speech(ms: int, rate: int, *, f0: float = 140.0, seed: int = 1) -> bytes:
-    """Voice-like caller audio (the load generator's, resampled) as PCM16 little-endian at `rate`."""
-    pcm = ulaw_decode(speech_ulaw(ms, f0=f0, seed=seed))
-    if rate == 8000:
-        return pcm.astype("<i2").tobytes()
-    resampler = Resampler(8000, rate)
-    return np.concatenate([resampler.process(pcm), resampler.flush()]).astype("<i2").tobytes()
-
-
-@dataclass(slots=True)
-class Clear:
-    """A `clear` the gateway sent: when, and how much bot audio had played by then."""
-
-    at_ms: float
-    played_ms: float
 
 
 @dataclass(slots=True, eq=False)
@@ -255,7 +224,7 @@ async def play_interruption(
     """Ask a question, listen until `interrupt_after_ms` of the answer has played, then talk over it (at
     real time, 20 ms frames, silence in between, as a phone streams)."""
     silence = bytes(call.frame)
-    question, interruption = speech(600, call.rate), speech(1200, call.rate, f0=190.0, seed=2)
+    question, interruption = pcm_speech(600, call.rate), pcm_speech(1200, call.rate, f0=190.0, seed=2)
     start, sent = time.monotonic(), 0
 
     async def send(frame: bytes) -> None:

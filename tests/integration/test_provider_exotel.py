@@ -18,11 +18,9 @@ from tests.conftest import RunningGateway, scaled, start_gateway
 from tests.integration.fake_exotel import (
     ExotelCall,
     basic_auth,
-    dominant_hz,
-    pcm_speech,
-    pcm_tone,
     play_interruption,
 )
+from tests.integration.fakes_common import dominant_hz, pcm_speech, pcm_tone
 from tests.integration.test_gateway_call import wait_for
 
 CREDENTIALS = "exotel-key:exotel-token"

@@ -15,8 +15,8 @@ from gateway.telephony.signature import compute_signature
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
 from telcodec import ulaw_encode
 from tests.conftest import RunningGateway, scaled, start_gateway
-from tests.integration.fake_exotel import dominant_hz, pcm_speech, pcm_tone
 from tests.integration.fake_signalwire import SignalWireCall, stream_of
+from tests.integration.fakes_common import dominant_hz, pcm_speech, pcm_tone
 from tests.integration.test_gateway_call import wait_for
 
 KEY = "PSKsignalwire-signing-key-for-tests"

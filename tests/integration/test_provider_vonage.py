@@ -15,7 +15,9 @@ from websockets.exceptions import InvalidStatus
 from gateway.emulator import EmulatorConfig, EmulatorServer
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
 from tests.conftest import RunningGateway, scaled, start_gateway
-from tests.integration.fake_vonage import VonageCall, play_interruption, signed_bearer, speech, tone
+from tests.integration.fake_vonage import VonageCall, play_interruption, signed_bearer
+from tests.integration.fakes_common import pcm_speech as speech
+from tests.integration.fakes_common import pcm_tone as tone
 from tests.integration.test_gateway_call import wait_for
 
 SECRET = "vonage-signature-secret-for-the-tests-0123456789"

@@ -29,6 +29,7 @@ CORES = [
     "gateway.telephony.exotel",
     "gateway.telephony.telnyx",
     "gateway.telephony.plivo",
+    "gateway.telephony.dialect",
     "gateway.call.playback",
     "gateway.call.bargein",
     "gateway.call.localvad",

@@ -1,0 +1,275 @@
+"""What the integration tests' fake providers share: the phone's clock, test audio, and `FakePhone`.
+
+`FakePhone` is what every JSON media-stream provider's side has in common (the Telnyx and Plivo fakes
+build on it): it sends caller audio as 20 ms frames, plays the gateway's audio through a `TwilioPlayout`
+at real time (audio plays in order and waits when the queue runs dry), confirms each confirmation request
+only once the audio queued before it has played, and records what the measurements need (audio received,
+clears with what had been heard by then, confirmations). It has the attributes `play_interruption` reads
+(`played_ms`, `send_frame`, `clears`, `media_times_ms`), so the barge-in scenario runs unchanged on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
+from gateway.loadtest.scenarios import speech_ulaw
+from telcodec import ulaw_decode
+from telcodec.resample import Resampler
+
+__all__ = [
+    "FRAME_MS",
+    "Clear",
+    "FakePhone",
+    "HeardClear",
+    "dominant_hz",
+    "monotonic_ms",
+    "pcm_speech",
+    "pcm_tone",
+]
+
+FRAME_MS = 20
+TICK_S = 0.005  # how often the phone plays audio and confirms what has played
+
+
+def monotonic_ms() -> float:
+    """The fake phone's clock (the event loop's)."""
+    return time.monotonic() * 1000
+
+
+def pcm_tone(hz: float, ms: int, rate: int, level: float = 0.3) -> bytes:
+    """A sine tone as PCM16 little-endian at `rate`."""
+    samples = np.sin(2 * np.pi * hz * np.arange(ms * rate // 1000) / rate) * level * 32767
+    return samples.astype("<i2").tobytes()
+
+
+def pcm_speech(ms: int, rate: int, *, f0: float = 140.0, seed: int = 1) -> bytes:
+    """The load generator's voice-like caller audio as PCM16 little-endian at `rate`."""
+    narrow = ulaw_decode(speech_ulaw(ms, f0=f0, seed=seed))
+    if rate != 8000:
+        resampler = Resampler(8000, rate)
+        narrow = np.concatenate([resampler.process(narrow), resampler.flush()])
+    return narrow.astype("<i2").tobytes()
+
+
+def dominant_hz(pcm: bytes, rate: int) -> float:
+    """The frequency of the strongest FFT bin of PCM16 little-endian audio."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[int(np.argmax(spectrum))])
+
+
+@dataclass(slots=True)
+class Clear:
+    """A `clear` the gateway sent: when, and how much bot audio had played by then."""
+
+    at_ms: float
+    played_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeardClear:
+    """A clear the gateway sent: when it arrived and how much bot audio had been heard by then."""
+
+    at_ms: float
+    played_ms: float
+
+
+class FakePhone:
+    """One provider stream over a real socket. Subclasses say how messages look (`opening_messages`,
+    `media_message`, `dtmf_message`, `confirmation`, `stop_messages`) and read the gateway's
+    (`on_message`)."""
+
+    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, bytes_per_ms: int = 8) -> None:
+        self.url = url
+        self.headers = dict(headers or {})
+        self.bytes_per_ms = bytes_per_ms  # of the stream's audio: 8 for G.711 at 8 kHz, 16 for L16
+        self.playout = TwilioPlayout(keep_audio=False)
+        self.received_media = bytearray()
+        self.media_times_ms: list[float] = []
+        self.clears: list[HeardClear] = []
+        self.requested: list[str] = []  # confirmation names the gateway asked for, in order
+        self.confirmed: list[str] = []  # the ones this phone confirmed, in order
+        self.protocol_errors: list[str] = []
+        self.close_code: int | None = None
+        self.sequence = 0
+        self.chunk = 0
+        self.caller_audio_ms = 0.0
+        self._ws: ClientConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = asyncio.Event()
+
+    async def __aenter__(self) -> FakePhone:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.hang_up()
+
+    # -- what a subclass defines ---------------------------------------------------------------------
+
+    def opening_messages(self) -> list[dict[str, Any]]:
+        """What the provider sends as soon as the socket is open."""
+        raise NotImplementedError
+
+    def media_message(self, payload: str) -> dict[str, Any]:
+        """A caller audio frame (`payload` is base64)."""
+        raise NotImplementedError
+
+    def dtmf_message(self, digit: str) -> dict[str, Any]:
+        """The caller pressed `digit`."""
+        raise NotImplementedError
+
+    def confirmation(self, name: str) -> dict[str, Any]:
+        """The answer to the gateway's confirmation request `name` (its audio has played)."""
+        raise NotImplementedError
+
+    def stop_messages(self) -> list[dict[str, Any]]:
+        """What the provider sends when the caller hangs up, before it closes the socket."""
+        raise NotImplementedError
+
+    def on_message(self, data: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        """Handle one message from the gateway; returns the messages to send back."""
+        raise NotImplementedError
+
+    # -- the caller's side ---------------------------------------------------------------------------
+
+    def next_sequence(self) -> int:
+        self.sequence += 1
+        return self.sequence
+
+    async def open(self) -> None:
+        """Connect, send the opening messages, and start playing what comes back."""
+        self._ws = await connect(self.url, additional_headers=self.headers, open_timeout=10, compression=None)
+        for message in self.opening_messages():
+            await self.send_json(message)
+        self._tasks = [asyncio.create_task(self._receive_loop()), asyncio.create_task(self._play_loop())]
+
+    async def send_json(self, message: Mapping[str, Any]) -> None:
+        """Send one JSON text frame (nothing once the socket is closed)."""
+        assert self._ws is not None, "open() first"
+        with contextlib.suppress(ConnectionClosed):
+            await self._ws.send(json.dumps(message))
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Send one caller audio frame."""
+        self.chunk += 1
+        message = self.media_message(base64.b64encode(frame).decode("ascii"))
+        self.caller_audio_ms += len(frame) / self.bytes_per_ms
+        await self.send_json(message)
+
+    async def send_audio(self, audio: bytes, *, realtime: bool = False) -> None:
+        """Send audio as 20 ms frames, at real-time pace or as fast as possible."""
+        frame = FRAME_MS * self.bytes_per_ms
+        start = time.monotonic()
+        for index, offset in enumerate(range(0, len(audio), frame)):
+            if realtime:
+                await asyncio.sleep(max(0.0, start + index * FRAME_MS / 1000 - time.monotonic()))
+            await self.send_frame(audio[offset : offset + frame])
+
+    async def send_dtmf(self, digit: str) -> None:
+        """Press a key."""
+        await self.send_json(self.dtmf_message(digit))
+
+    async def hang_up(self) -> None:
+        """The caller hangs up: the stop messages, then the socket closes and the phone stops playing."""
+        if self._ws is not None and not self._closed.is_set():
+            for message in self.stop_messages():
+                await self.send_json(message)
+            await self._ws.close()
+        self._closed.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def wait_closed(self, timeout_s: float = 10) -> int | None:
+        """Wait for the gateway to close the socket; returns the close code."""
+        await asyncio.wait_for(self._closed.wait(), timeout_s)
+        return self.close_code
+
+    async def wait_until_quiet(self, quiet_ms: float = 200, timeout_s: float = 10) -> None:
+        """Wait until the gateway has sent no audio for `quiet_ms` and everything queued has played."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            now = monotonic_ms()
+            last = self.media_times_ms[-1] if self.media_times_ms else 0.0
+            if self.playout.queued_ms_at(now) == 0 and now - last >= quiet_ms:
+                await self._confirm(self.playout.advance(now))
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError("the bot kept talking")
+
+    # -- the gateway's audio, played at real time -------------------------------------------------------
+
+    @property
+    def played_ms(self) -> float:
+        """Bot audio played by now."""
+        return self.playout.played_ms_at(monotonic_ms())
+
+    def play(self, audio: bytes, now: float) -> list[str]:
+        """Queue bot audio; returns confirmations that became due before it."""
+        self.received_media += audio
+        self.media_times_ms.append(now)
+        # The playout model counts mu-law bytes (8 per ms): give it audio of the same duration.
+        timed = (
+            audio
+            if self.bytes_per_ms == BYTES_PER_MS
+            else bytes(len(audio) * BYTES_PER_MS // self.bytes_per_ms)
+        )
+        return self.playout.media(timed, now)
+
+    def request(self, name: str, now: float) -> list[str]:
+        """The gateway asks to hear when the audio before `name` has played; returns what is due now."""
+        self.requested.append(name)
+        return self.playout.mark(name, now)
+
+    def clear(self, now: float, *, confirm_pending: bool) -> list[str]:
+        """Drop the queued audio; returns what is due, and the pending requests too if `confirm_pending`."""
+        due = self.playout.advance(now)
+        flushed = self.playout.clear(now)
+        self.clears.append(HeardClear(now, self.playout.played_ms))
+        return due + flushed if confirm_pending else due
+
+    def confirmations(self, names: list[str]) -> list[dict[str, Any]]:
+        """The messages that confirm `names`, recorded as confirmed."""
+        self.confirmed += names
+        return [self.confirmation(name) for name in names]
+
+    async def _confirm(self, names: list[str]) -> None:
+        for message in self.confirmations(names):
+            await self.send_json(message)
+
+    async def _receive_loop(self) -> None:
+        assert self._ws is not None
+        try:
+            async for message in self._ws:
+                try:
+                    data = json.loads(message)
+                    replies = self.on_message(data, monotonic_ms())
+                except (ValueError, KeyError, TypeError):
+                    self.protocol_errors.append(f"unparseable message: {message!r:.80}")
+                    continue
+                for reply in replies:
+                    await self.send_json(reply)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self._ws.close_code
+            self._closed.set()
+
+    async def _play_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            if self.playout.busy:
+                await self._confirm(self.playout.advance(monotonic_ms()))
