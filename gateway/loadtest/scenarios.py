@@ -1,4 +1,4 @@
-"""Caller scripts played in real time by a `TwilioCall`: talk, wait for the bot, interrupt it.
+"""Caller scripts played in real time by a `TwilioCall` (or any `InterruptibleCall`): talk, interrupt.
 
 A caller streams 20 ms frames continuously, as Twilio does (silence while listening). Each script step
 decides the next frame from what the call has seen so far, so "interrupt after the caller has heard N ms
@@ -9,17 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from gateway.loadtest.client import FRAME_BYTES, FRAME_MS, TwilioCall
+from gateway.loadtest.client import FRAME_BYTES, FRAME_MS
 from telcodec import ulaw_encode
 
-__all__ = ["BargeInResult", "play_interruption", "silence_ulaw", "speech_ulaw"]
+__all__ = ["BargeInResult", "InterruptibleCall", "play_interruption", "silence_ulaw", "speech_ulaw"]
 
 SILENCE = b"\xff" * FRAME_BYTES
+
+
+class _HeardClear(Protocol):
+    @property
+    def at_ms(self) -> float: ...
+    @property
+    def played_ms(self) -> float: ...
+
+
+class InterruptibleCall(Protocol):
+    """What a scenario reads of a mu-law 8 kHz phone leg: `TwilioCall`, and the JSON fakes in legs/."""
+
+    @property
+    def played_ms(self) -> float: ...
+    @property
+    def clears(self) -> Sequence[_HeardClear]: ...
+    @property
+    def media_times_ms(self) -> Sequence[float]: ...
+    async def send_frame(self, frame: bytes) -> None: ...
 
 
 def speech_ulaw(ms: int, *, f0: float = 140.0, seed: int = 1) -> bytes:
@@ -46,7 +66,7 @@ class BargeInResult:
     media_after_clear: int  # bot media messages received after the clear (must be 0)
 
 
-async def _stream(call: TwilioCall, next_frame: Callable[[], bytes | None]) -> None:
+async def _stream(call: InterruptibleCall, next_frame: Callable[[], bytes | None]) -> None:
     """Send frames at real-time pace on an absolute schedule until `next_frame` returns None."""
     start = time.monotonic()
     index = 0
@@ -60,7 +80,7 @@ async def _stream(call: TwilioCall, next_frame: Callable[[], bytes | None]) -> N
 class _InterruptScript:
     """Ask a question, listen until `interrupt_after_ms` of the bot has played, then talk over it."""
 
-    call: TwilioCall
+    call: InterruptibleCall
     question: bytes
     interruption: bytes
     interrupt_after_ms: float
@@ -97,7 +117,7 @@ class _InterruptScript:
 
 
 async def play_interruption(
-    call: TwilioCall,
+    call: InterruptibleCall,
     *,
     question_ms: int = 600,
     interrupt_after_ms: float = 1000,

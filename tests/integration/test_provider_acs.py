@@ -36,20 +36,13 @@ from websockets.exceptions import InvalidStatus
 from gateway.app import STATE_KEY, create_app
 from gateway.config import load_settings
 from gateway.emulator import EmulatorConfig, EmulatorServer
+from gateway.loadtest.legs.acs import AcsMediaCall, play_interruption, speech_pcm, tone_pcm
 from gateway.metrics import GatewayMetrics
 from gateway.realtime.upstream import client_request_id
 from gateway.telephony import acs
 from gateway.telephony.acs_client import AcsService
 from tests.conftest import RunningGateway, scaled
-from tests.integration.fake_acs import (
-    AcsMediaCall,
-    FakeAcs,
-    callback_event,
-    incoming_call_event,
-    play_interruption,
-    speech_pcm,
-    tone_pcm,
-)
+from tests.integration.fake_acs import FakeAcs, callback_event, incoming_call_event
 from tests.integration.test_gateway_call import wait_for
 
 NETWORK_DELAY_MS = 60  # one way, gateway -> ACS: every audio and StopAudio message takes effect this late

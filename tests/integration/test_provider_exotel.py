@@ -13,14 +13,14 @@ import structlog.testing
 from websockets.exceptions import InvalidStatus
 
 from gateway.emulator import EmulatorConfig, EmulatorServer
-from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
-from tests.conftest import RunningGateway, scaled, start_gateway
-from tests.integration.fake_exotel import (
+from gateway.loadtest.legs.common import dominant_hz, pcm_speech, pcm_tone
+from gateway.loadtest.legs.exotel import (
     ExotelCall,
     basic_auth,
     play_interruption,
 )
-from tests.integration.fakes_common import dominant_hz, pcm_speech, pcm_tone
+from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
+from tests.conftest import RunningGateway, scaled, start_gateway
 from tests.integration.test_gateway_call import wait_for
 
 CREDENTIALS = "exotel-key:exotel-token"

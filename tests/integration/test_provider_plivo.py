@@ -12,13 +12,13 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from gateway.emulator import EmulatorConfig
+from gateway.loadtest.legs.plivo import NONCE, FakePlivo
 from gateway.loadtest.scenarios import play_interruption, silence_ulaw, speech_ulaw
 from gateway.telephony.plivo import NONCE_HEADER, SIGNATURE_HEADER, compute_signature, decode_extra_headers
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
 from telcodec import Encoding
 from telcodec.resample import BotPath
 from tests.conftest import RunningGateway, scaled
-from tests.integration.fake_plivo import NONCE, FakePlivo
 from tests.integration.test_gateway_call import wait_for
 from tests.integration.test_provider_telnyx import bridged, dominant_hz, tone_ulaw
 
@@ -113,7 +113,7 @@ async def test_barge_in_clears_and_truncates_to_what_was_heard(barge_in: str) ->
         bridged({"BARGE_IN": barge_in}, long_reply) as (gateway, emulator),
         FakePlivo(media_url(gateway)) as phone,
     ):
-        result = await play_interruption(phone, interrupt_after_ms=1000)  # type: ignore[arg-type]
+        result = await play_interruption(phone, interrupt_after_ms=1000)
         session = emulator.sessions[0]
         await wait_for(lambda: session.truncations)
     truncate = session.truncations[0]

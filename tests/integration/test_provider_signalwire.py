@@ -10,13 +10,14 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from gateway.emulator import EmulatorConfig, EmulatorServer
+from gateway.loadtest.legs.common import dominant_hz, pcm_speech, pcm_tone
+from gateway.loadtest.legs.signalwire import SignalWireCall
 from gateway.loadtest.scenarios import play_interruption, silence_ulaw, speech_ulaw
 from gateway.telephony.signature import compute_signature
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
 from telcodec import ulaw_encode
 from tests.conftest import RunningGateway, scaled, start_gateway
-from tests.integration.fake_signalwire import SignalWireCall, stream_of
-from tests.integration.fakes_common import dominant_hz, pcm_speech, pcm_tone
+from tests.integration.fake_signalwire import stream_of
 from tests.integration.test_gateway_call import wait_for
 
 KEY = "PSKsignalwire-signing-key-for-tests"

@@ -19,13 +19,13 @@ from cryptography.hazmat.primitives.serialization import Encoding as KeyEncoding
 from cryptography.hazmat.primitives.serialization import PublicFormat
 
 from gateway.emulator import EmulatorConfig, EmulatorServer
+from gateway.loadtest.legs.telnyx import FakeTelnyx
 from gateway.loadtest.scenarios import play_interruption, silence_ulaw, speech_ulaw
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
 from gateway.telephony.telnyx import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from telcodec import ulaw_encode
 from telcodec.resample import BotPath
 from tests.conftest import RunningGateway, scaled, start_gateway
-from tests.integration.fake_telnyx import FakeTelnyx
 from tests.integration.test_gateway_call import wait_for
 
 PUBLIC = "https://gw.example.com"
@@ -134,7 +134,7 @@ async def test_barge_in_clears_and_truncates_to_what_was_heard(barge_in: str) ->
         bridged({"BARGE_IN": barge_in}, long_reply) as (gateway, emulator),
         FakeTelnyx(media_url(gateway)) as phone,
     ):
-        result = await play_interruption(phone, interrupt_after_ms=1000)  # type: ignore[arg-type]
+        result = await play_interruption(phone, interrupt_after_ms=1000)
         session = emulator.sessions[0]
         await wait_for(lambda: session.truncations)
     truncate = session.truncations[0]

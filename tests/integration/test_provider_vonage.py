@@ -13,11 +13,11 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from gateway.emulator import EmulatorConfig, EmulatorServer
+from gateway.loadtest.legs.common import pcm_speech as speech
+from gateway.loadtest.legs.common import pcm_tone as tone
+from gateway.loadtest.legs.vonage import VonageCall, play_interruption, signed_bearer
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER
 from tests.conftest import RunningGateway, scaled, start_gateway
-from tests.integration.fake_vonage import VonageCall, play_interruption, signed_bearer
-from tests.integration.fakes_common import pcm_speech as speech
-from tests.integration.fakes_common import pcm_tone as tone
 from tests.integration.test_gateway_call import wait_for
 
 SECRET = "vonage-signature-secret-for-the-tests-0123456789"

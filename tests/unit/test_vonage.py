@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import LocalProtocolError
+from gateway.loadtest.legs.vonage import signed_bearer
 from gateway.telephony.events import (
     CallStarted,
     ClearPlayback,
@@ -38,7 +39,6 @@ from gateway.telephony.vonage import (
     verify_signature,
 )
 from telcodec import Encoding, WireFormat
-from tests.integration.fake_vonage import signed_bearer
 
 UUID = "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"
 CONVERSATION = "CON-aaaaaaaa-bbbb-cccc-dddd-0123456789ab"

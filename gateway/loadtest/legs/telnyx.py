@@ -1,6 +1,6 @@
 """A fake Telnyx for the integration tests: a real WebSocket client speaking Telnyx Media Streaming.
 
-`FakeTelnyx` builds on the shared `FakePhone` (tests/integration/fakes_common.py) and speaks Telnyx's
+`FakeTelnyx` builds on the shared `FakePhone` (gateway/loadtest/legs/common.py) and speaks Telnyx's
 layouts (PROTOCOLS.md 2.1): `connected`, `start` (with `custom_parameters` and `media_format`), `media`,
 `dtmf`, `stop`, and mark echoes; on `clear` it echoes the pending marks at once, as Telnyx documents.
 """
@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from tests.integration.fakes_common import FRAME_MS, FakePhone, HeardClear, monotonic_ms
+from gateway.loadtest.legs.common import FRAME_MS, FakePhone, HeardClear, monotonic_ms
 
 __all__ = ["FRAME_MS", "FakePhone", "FakeTelnyx", "HeardClear", "monotonic_ms"]
 

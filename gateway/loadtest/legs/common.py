@@ -1,4 +1,4 @@
-"""What the integration tests' fake providers share: the phone's clock, test audio, and `FakePhone`.
+"""What the fake provider legs share: the phone's clock, test audio, and `FakePhone`.
 
 `FakePhone` is what every JSON media-stream provider's side has in common (the Telnyx and Plivo fakes
 build on it): it sends caller audio as 20 ms frames, plays the gateway's audio through a `TwilioPlayout`

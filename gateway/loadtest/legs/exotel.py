@@ -26,8 +26,10 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway.loadtest.legs.common import Clear, monotonic_ms, pcm_speech
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
-from tests.integration.fakes_common import Clear, monotonic_ms, pcm_speech
+
+__all__ = ["CHUNK_MS", "ExotelCall", "Interruption", "basic_auth", "play_interruption"]
 
 CHUNK_MS = 100  # Exotel streams caller audio about every 100 ms
 TICK_S = 0.005  # how often the simulated phone plays audio and echoes marks
@@ -245,6 +247,7 @@ class Interruption:
 
     heard_at_clear_ms: float  # bot audio played when the clear arrived: what the caller really heard
     chunks_after_clear: int  # bot media messages received after the clear (must be 0)
+    interrupt_to_clear_ms: float = float("nan")  # caller's first interrupting chunk sent -> clear received
 
 
 async def play_interruption(
@@ -268,6 +271,7 @@ async def play_interruption(
         if time.monotonic() - start > timeout_s:
             raise TimeoutError("the bot never played enough to interrupt")
         await send(silence)
+    interrupt_at_ms = monotonic_ms()
     for at in range(0, len(interruption), call.chunk_bytes):
         await send(interruption[at : at + call.chunk_bytes])
     for _ in range(2):  # shorter than server VAD's silence window: no new turn during the measurement
@@ -275,4 +279,5 @@ async def play_interruption(
     if not call.clears:
         raise AssertionError("the gateway never sent a clear")
     clear = call.clears[0]
-    return Interruption(clear.played_ms, sum(1 for t in call.media_times_ms if t > clear.at_ms))
+    after = sum(1 for t in call.media_times_ms if t > clear.at_ms)
+    return Interruption(clear.played_ms, after, clear.at_ms - interrupt_at_ms)

@@ -1,6 +1,6 @@
 """A fake Plivo for the integration tests: a real WebSocket client speaking Plivo Audio Streams.
 
-Built on the shared `FakePhone` (tests/integration/fakes_common.py): it opens the stream as Plivo does
+Built on the shared `FakePhone` (gateway/loadtest/legs/common.py): it opens the stream as Plivo does
 (the upgrade signed with `X-Plivo-Signature-V3` when given the auth token; no `connected`, a `start`
 carrying `extra_headers`), sends `media` (numeric `sequenceNumber` and `chunk`, epoch-ms `timestamp`) and
 `dtmf`, plays `playAudio` at real time (checking it is in the stream's own format), answers a
@@ -16,10 +16,10 @@ import time
 import uuid
 from typing import Any
 
+from gateway.loadtest.legs.common import FakePhone
 from gateway.telephony.plivo import NONCE_HEADER, SIGNATURE_HEADER, compute_signature
-from tests.integration.fakes_common import FakePhone
 
-__all__ = ["FakePlivo"]
+__all__ = ["NONCE", "FakePlivo"]
 
 NONCE = "05429567804466091622"
 

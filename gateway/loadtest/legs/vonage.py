@@ -26,8 +26,10 @@ import jwt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway.loadtest.legs.common import Clear, monotonic_ms, pcm_speech
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
-from tests.integration.fakes_common import Clear, monotonic_ms, pcm_speech
+
+__all__ = ["FRAME_MS", "Interruption", "VonageCall", "frame_bytes", "play_interruption", "signed_bearer"]
 
 FRAME_MS = 20
 TICK_S = 0.005  # how often the simulated phone plays audio and echoes notifies
@@ -216,6 +218,7 @@ class Interruption:
 
     heard_at_clear_ms: float  # bot audio played when the clear arrived: what the caller really heard
     frames_after_clear: int  # bot frames received after the clear (must be 0)
+    interrupt_to_clear_ms: float = float("nan")  # caller's first interrupting frame sent -> clear received
 
 
 async def play_interruption(
@@ -239,6 +242,7 @@ async def play_interruption(
         if time.monotonic() - start > timeout_s:
             raise TimeoutError("the bot never played enough to interrupt")
         await send(silence)
+    interrupt_at_ms = monotonic_ms()
     for at in range(0, len(interruption), call.frame):
         await send(interruption[at : at + call.frame])
     for _ in range(10):  # shorter than server VAD's silence window: no new turn during the measurement
@@ -246,4 +250,5 @@ async def play_interruption(
     if not call.clears:
         raise AssertionError("the gateway never sent a clear")
     clear = call.clears[0]
-    return Interruption(clear.played_ms, sum(1 for t in call.media_times_ms if t > clear.at_ms))
+    after = sum(1 for t in call.media_times_ms if t > clear.at_ms)
+    return Interruption(clear.played_ms, after, clear.at_ms - interrupt_at_ms)
