@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from enum import Enum
 from typing import Any, Final, Generic, TypeVar
 
@@ -29,7 +29,9 @@ __all__ = [
     "is_counter",
     "load_object",
     "object_field",
+    "other_stream",
     "out_of_order",
+    "parse_or_fatal_start",
     "played_to",
     "refuse_binary",
     "string_field",
@@ -86,6 +88,26 @@ def out_of_order(name: str, *, stopped: bool) -> ViolationError:
     if name == "start":
         return ViolationError("second 'start' on one stream", fatal=True)
     return ViolationError(f"'{name}' before start", fatal=True)
+
+
+def other_stream(
+    msg: Mapping[str, Any], key: str, call: CallStarted | None, name: str
+) -> ViolationError | None:
+    """A message that names (under `key`) a stream other than the started one is dropped, not fatal."""
+    if call is not None and msg.get(key, call.stream_id) != call.stream_id:
+        return ViolationError(f"'{name}' for another {key}")
+    return None
+
+
+def parse_or_fatal_start(
+    parse: Callable[[Mapping[str, Any]], TelephonyEvent], msg: Mapping[str, Any], name: str
+) -> TelephonyEvent:
+    """`parse(msg)`; a malformed `start` is fatal (without a usable start there is no stream to talk to),
+    any other malformed message is dropped."""
+    try:
+        return parse(msg)
+    except ViolationError as violation:
+        raise ViolationError(violation.reason, fatal=name == "start") from None
 
 
 def object_field(parent: Mapping[str, Any], key: str, where: str | None = None) -> Mapping[str, Any]:

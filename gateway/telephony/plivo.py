@@ -64,7 +64,9 @@ from gateway.telephony.dialect import (
     event_name,
     load_object,
     object_field,
+    other_stream,
     out_of_order,
+    parse_or_fatal_start,
     played_to,
     string_field,
 )
@@ -278,13 +280,9 @@ class PlivoDialect(TextDialect[StreamState]):
         next_state = _TRANSITIONS.get((self._state, name))
         if next_state is None:
             raise out_of_order(name, stopped=self._state is StreamState.STOPPED)
-        if self._call is not None and msg.get("streamId", self._call.stream_id) != self._call.stream_id:
-            raise ViolationError(f"'{name}' for another streamId")
-        try:
-            event = self._parsers[name](msg)
-        except ViolationError as violation:
-            # Without a usable start there is no stream to talk to.
-            raise ViolationError(violation.reason, fatal=name == "start") from None
+        if (elsewhere := other_stream(msg, "streamId", self._call, name)) is not None:
+            raise elsewhere
+        event = parse_or_fatal_start(self._parsers[name], msg, name)
         self._state = next_state
         return event
 

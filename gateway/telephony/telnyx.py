@@ -57,7 +57,9 @@ from gateway.telephony.dialect import (
     event_name,
     load_object,
     object_field,
+    other_stream,
     out_of_order,
+    parse_or_fatal_start,
     string_field,
 )
 from gateway.telephony.events import (
@@ -265,13 +267,9 @@ class TelnyxDialect(TextDialect[StreamState]):
         next_state = _TRANSITIONS.get((self._state, name))
         if next_state is None:
             raise out_of_order(name, stopped=self._state is StreamState.STOPPED)
-        if self._call is not None and msg.get("stream_id", self._call.stream_id) != self._call.stream_id:
-            raise ViolationError(f"'{name}' for another stream_id")
-        try:
-            event = _PARSERS[name](msg)
-        except ViolationError as violation:
-            # Without a usable start there is no stream to talk to.
-            raise ViolationError(violation.reason, fatal=name == "start") from None
+        if (elsewhere := other_stream(msg, "stream_id", self._call, name)) is not None:
+            raise elsewhere
+        event = parse_or_fatal_start(_PARSERS[name], msg, name)
         if isinstance(event, CallStarted):
             self._call = event
         self._state = next_state

@@ -41,6 +41,7 @@ from gateway.telephony.dialect import (
     load_object,
     object_field,
     out_of_order,
+    parse_or_fatal_start,
     played_to,
     string_field,
 )
@@ -233,11 +234,7 @@ class TwilioDialect(TextDialect[StreamState]):
     def _parse(self, msg: Mapping[str, Any], name: str) -> TelephonyEvent:
         if name == "media":
             return self._parse_media(msg)
-        try:
-            event = _SIMPLE_PARSERS[name](msg)
-        except ViolationError as violation:
-            # Without a usable start there is no stream to talk to.
-            raise ViolationError(violation.reason, fatal=name == "start") from None
+        event = parse_or_fatal_start(_SIMPLE_PARSERS[name], msg, name)
         if isinstance(event, CallStarted):
             self._begin(event)
         return event
