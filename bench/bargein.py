@@ -87,14 +87,14 @@ async def _vonage(base: str, after: float, settle: Settle) -> Heard:
     async with vonage.VonageCall(f"{base}/vonage/media") as call:
         result = await vonage.play_interruption(call, interrupt_after_ms=after)
         await settle()
-    return Heard(result.heard_at_clear_ms, result.interrupt_to_clear_ms, result.frames_after_clear)
+    return Heard(result.heard_at_clear_ms, result.interrupt_to_clear_ms, result.media_after_clear)
 
 
 async def _exotel(base: str, after: float, settle: Settle) -> Heard:
     async with exotel.ExotelCall(f"{base}/exotel/media") as call:
         result = await exotel.play_interruption(call, interrupt_after_ms=after)
         await settle()
-    return Heard(result.heard_at_clear_ms, result.interrupt_to_clear_ms, result.chunks_after_clear)
+    return Heard(result.heard_at_clear_ms, result.interrupt_to_clear_ms, result.media_after_clear)
 
 
 async def _acs(base: str, after: float, settle: Settle) -> Heard:

@@ -98,7 +98,7 @@ async def test_barge_in_clears_and_truncates_to_heard(barge_in: str) -> None:
             await gateway.runner.cleanup()
     print(f"\nexotel barge-in ({barge_in}): {result}, truncate at {session.truncations[0].audio_end_ms} ms")
     assert len(call.clears) == 1
-    assert result.chunks_after_clear == 0
+    assert result.media_after_clear == 0
     assert abs(session.truncations[0].audio_end_ms - result.heard_at_clear_ms) <= scaled(40)
     assert session.responses[0].status == "cancelled"
     assert call.protocol_errors == []

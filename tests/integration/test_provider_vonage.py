@@ -102,7 +102,7 @@ async def test_barge_in_clears_and_truncates_to_heard(barge_in: str) -> None:
             f"truncate at {session.truncations[0].audio_end_ms} ms"
         )
         assert len(call.clears) == 1
-        assert result.frames_after_clear == 0
+        assert result.media_after_clear == 0
         truncate = session.truncations[0]
         assert truncate.item_id == session.responses[0].item_id
         assert abs(truncate.audio_end_ms - result.heard_at_clear_ms) <= scaled(TRUNCATE_TOLERANCE_MS)

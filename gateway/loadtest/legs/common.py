@@ -15,28 +15,31 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
-from gateway.loadtest.scenarios import speech_ulaw
+from gateway.loadtest.scenarios import BargeInResult, speech_ulaw
 from telcodec import ulaw_decode
 from telcodec.resample import Resampler
 
 __all__ = [
     "FRAME_MS",
+    "INTERRUPTION_TAIL_MS",
     "Clear",
     "FakePhone",
     "HeardClear",
+    "PcmPhone",
     "dominant_hz",
     "monotonic_ms",
     "pcm_speech",
     "pcm_tone",
+    "play_pcm_interruption",
 ]
 
 FRAME_MS = 20
@@ -273,3 +276,64 @@ class FakePhone:
             await asyncio.sleep(TICK_S)
             if self.playout.busy:
                 await self._confirm(self.playout.advance(monotonic_ms()))
+
+
+# After talking over the bot, the caller stays silent this long: shorter than server VAD's silence
+# window, so the interruption does not itself start a new bot turn during the measurement.
+INTERRUPTION_TAIL_MS = 200
+
+
+class PcmPhone(Protocol):
+    """A fake phone that streams PCM16 and records the clears and bot media it received."""
+
+    @property
+    def rate(self) -> int: ...
+    @property
+    def played_ms(self) -> float: ...
+    @property
+    def clears(self) -> Sequence[Clear]: ...
+    @property
+    def media_times_ms(self) -> Sequence[float]: ...
+
+
+async def play_pcm_interruption(
+    call: PcmPhone,
+    send: Callable[[bytes], Awaitable[None]],
+    unit_ms: int,
+    *,
+    interrupt_after_ms: float,
+    timeout_s: float = 20,
+) -> BargeInResult:
+    """Ask a question, listen until `interrupt_after_ms` of the answer has played, then talk over it: the
+    caller's PCM16 goes out through `send` in `unit_ms` pieces at real time, silence in between."""
+    unit = call.rate * unit_ms // 1000 * 2
+    silence = bytes(unit)
+    question, interruption = pcm_speech(600, call.rate), pcm_speech(1200, call.rate, f0=190.0, seed=2)
+    start, sent = time.monotonic(), 0
+
+    async def paced(piece: bytes) -> None:
+        nonlocal sent
+        await asyncio.sleep(max(0.0, start + sent * unit_ms / 1000 - time.monotonic()))
+        await send(piece)
+        sent += 1
+
+    for at in range(0, len(question), unit):
+        await paced(question[at : at + unit])
+    while call.played_ms < interrupt_after_ms:
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError("the bot never played enough to interrupt")
+        await paced(silence)
+    interrupt_at_ms, heard_at_interrupt_ms = monotonic_ms(), call.played_ms
+    for at in range(0, len(interruption), unit):
+        await paced(interruption[at : at + unit])
+    for _ in range(INTERRUPTION_TAIL_MS // unit_ms):
+        await paced(silence)
+    if not call.clears:
+        raise AssertionError("the gateway never sent a clear")
+    clear = call.clears[0]
+    return BargeInResult(
+        heard_before_interrupt_ms=heard_at_interrupt_ms,
+        heard_at_clear_ms=clear.played_ms,
+        interrupt_to_clear_ms=clear.at_ms - interrupt_at_ms,
+        media_after_clear=sum(1 for t in call.media_times_ms if t > clear.at_ms),
+    )

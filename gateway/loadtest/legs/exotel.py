@@ -26,10 +26,11 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.loadtest.legs.common import Clear, monotonic_ms, pcm_speech
+from gateway.loadtest.legs.common import Clear, monotonic_ms, play_pcm_interruption
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
+from gateway.loadtest.scenarios import BargeInResult
 
-__all__ = ["CHUNK_MS", "ExotelCall", "Interruption", "basic_auth", "play_interruption"]
+__all__ = ["CHUNK_MS", "ExotelCall", "basic_auth", "play_interruption"]
 
 CHUNK_MS = 100  # Exotel streams caller audio about every 100 ms
 TICK_S = 0.005  # how often the simulated phone plays audio and echoes marks
@@ -241,43 +242,11 @@ class ExotelCall:
                 await self.send_json(message | {"mark": {"name": name}})
 
 
-@dataclass(frozen=True, slots=True)
-class Interruption:
-    """What the simulated phone saw of one barge-in."""
-
-    heard_at_clear_ms: float  # bot audio played when the clear arrived: what the caller really heard
-    chunks_after_clear: int  # bot media messages received after the clear (must be 0)
-    interrupt_to_clear_ms: float = float("nan")  # caller's first interrupting chunk sent -> clear received
-
-
 async def play_interruption(
     call: ExotelCall, *, interrupt_after_ms: float, timeout_s: float = 20
-) -> Interruption:
+) -> BargeInResult:
     """Ask a question, listen until `interrupt_after_ms` of the answer has played, then talk over it (at
     real time, in 100 ms chunks, silence in between, as Exotel streams)."""
-    silence = bytes(call.chunk_bytes)
-    question, interruption = pcm_speech(600, call.rate), pcm_speech(1200, call.rate, f0=190.0, seed=2)
-    start, sent = time.monotonic(), 0
-
-    async def send(chunk: bytes) -> None:
-        nonlocal sent
-        await asyncio.sleep(max(0.0, start + sent * CHUNK_MS / 1000 - time.monotonic()))
-        await call.send_chunk(chunk)
-        sent += 1
-
-    for at in range(0, len(question), call.chunk_bytes):
-        await send(question[at : at + call.chunk_bytes])
-    while call.played_ms < interrupt_after_ms:
-        if time.monotonic() - start > timeout_s:
-            raise TimeoutError("the bot never played enough to interrupt")
-        await send(silence)
-    interrupt_at_ms = monotonic_ms()
-    for at in range(0, len(interruption), call.chunk_bytes):
-        await send(interruption[at : at + call.chunk_bytes])
-    for _ in range(2):  # shorter than server VAD's silence window: no new turn during the measurement
-        await send(silence)
-    if not call.clears:
-        raise AssertionError("the gateway never sent a clear")
-    clear = call.clears[0]
-    after = sum(1 for t in call.media_times_ms if t > clear.at_ms)
-    return Interruption(clear.played_ms, after, clear.at_ms - interrupt_at_ms)
+    return await play_pcm_interruption(
+        call, call.send_chunk, CHUNK_MS, interrupt_after_ms=interrupt_after_ms, timeout_s=timeout_s
+    )

@@ -26,10 +26,11 @@ import jwt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.loadtest.legs.common import Clear, monotonic_ms, pcm_speech
+from gateway.loadtest.legs.common import Clear, monotonic_ms, play_pcm_interruption
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
+from gateway.loadtest.scenarios import BargeInResult
 
-__all__ = ["FRAME_MS", "Interruption", "VonageCall", "frame_bytes", "play_interruption", "signed_bearer"]
+__all__ = ["FRAME_MS", "VonageCall", "frame_bytes", "play_interruption", "signed_bearer"]
 
 FRAME_MS = 20
 TICK_S = 0.005  # how often the simulated phone plays audio and echoes notifies
@@ -212,43 +213,11 @@ class VonageCall:
                 await self.send_json({"event": "websocket:notify", "payload": json.loads(payload)})
 
 
-@dataclass(frozen=True, slots=True)
-class Interruption:
-    """What the simulated phone saw of one barge-in."""
-
-    heard_at_clear_ms: float  # bot audio played when the clear arrived: what the caller really heard
-    frames_after_clear: int  # bot frames received after the clear (must be 0)
-    interrupt_to_clear_ms: float = float("nan")  # caller's first interrupting frame sent -> clear received
-
-
 async def play_interruption(
     call: VonageCall, *, interrupt_after_ms: float, timeout_s: float = 20
-) -> Interruption:
+) -> BargeInResult:
     """Ask a question, listen until `interrupt_after_ms` of the answer has played, then talk over it (at
     real time, 20 ms frames, silence in between, as a phone streams)."""
-    silence = bytes(call.frame)
-    question, interruption = pcm_speech(600, call.rate), pcm_speech(1200, call.rate, f0=190.0, seed=2)
-    start, sent = time.monotonic(), 0
-
-    async def send(frame: bytes) -> None:
-        nonlocal sent
-        await asyncio.sleep(max(0.0, start + sent * FRAME_MS / 1000 - time.monotonic()))
-        await call.send_frame(frame)
-        sent += 1
-
-    for at in range(0, len(question), call.frame):
-        await send(question[at : at + call.frame])
-    while call.played_ms < interrupt_after_ms:
-        if time.monotonic() - start > timeout_s:
-            raise TimeoutError("the bot never played enough to interrupt")
-        await send(silence)
-    interrupt_at_ms = monotonic_ms()
-    for at in range(0, len(interruption), call.frame):
-        await send(interruption[at : at + call.frame])
-    for _ in range(10):  # shorter than server VAD's silence window: no new turn during the measurement
-        await send(silence)
-    if not call.clears:
-        raise AssertionError("the gateway never sent a clear")
-    clear = call.clears[0]
-    after = sum(1 for t in call.media_times_ms if t > clear.at_ms)
-    return Interruption(clear.played_ms, after, clear.at_ms - interrupt_at_ms)
+    return await play_pcm_interruption(
+        call, call.send_frame, FRAME_MS, interrupt_after_ms=interrupt_after_ms, timeout_s=timeout_s
+    )
