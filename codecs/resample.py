@@ -236,6 +236,23 @@ def _new_indices(
     return out[cut:] if cut else out
 
 
+def _flush_indices(
+    stream: _Stream,
+    up: int,
+    down: int,
+    matrix: npt.NDArray[np.float64],
+    pad: int = 0,
+    decode: npt.NDArray[np.float64] | None = None,
+) -> npt.NDArray[np.intp]:
+    """End of stream: pad with `pad` (a silent sample or code) until the filter has seen everything, and
+    return the output indices still owed, so the stream totals round(n_in * up / down)."""
+    zeros, owed = stream.flush_padding(up, down)
+    stream.reserve(zeros)
+    stream.arr[stream.fill : stream.fill + zeros] = pad
+    stream.fill += zeros
+    return _new_indices(stream, matrix, decode)[:owed]
+
+
 class Resampler:
     """A streaming int16 resampler between 8, 16 and 24 kHz (ValueError for any other pair).
 
@@ -273,11 +290,7 @@ class Resampler:
         """Return the stream's remaining samples (its total is round(len_in * out / in)) and reset."""
         s = self._stream
         design = design_filter(self.in_rate, self.out_rate)
-        zeros, owed = s.flush_padding(design.up, design.down)
-        s.reserve(zeros)
-        s.arr[s.fill : s.fill + zeros] = 0
-        s.fill += zeros
-        out = self._pcm[_new_indices(s, self._matrix, None)[:owed]]
+        out = self._pcm[_flush_indices(s, design.up, design.down, self._matrix)]
         s.reset()
         return out
 
@@ -387,11 +400,7 @@ class _UlawCaller(CallerPath):
     def flush(self) -> bytes:
         """Return the stream's last PCM16 bytes (total 3 samples per input byte) and reset."""
         s = self._stream
-        zeros, owed = s.flush_padding(3, 1)
-        s.reserve(zeros)
-        s.arr[s.fill : s.fill + zeros] = _SILENT_CODE
-        s.fill += zeros
-        out = self._pcm[_new_indices(s, self._matrix, _ULAW_DECODE_F64)[:owed]].tobytes()
+        out = self._pcm[_flush_indices(s, 3, 1, self._matrix, _SILENT_CODE, _ULAW_DECODE_F64)].tobytes()
         s.reset()
         return out
 
@@ -472,11 +481,7 @@ class _PcmCaller(CallerPath):
     def flush(self) -> bytes:
         """Return the stream's last PCM16 bytes and reset."""
         s = self._stream
-        zeros, owed = s.flush_padding(self._design.up, self._design.down)
-        s.reserve(zeros)
-        s.arr[s.fill : s.fill + zeros] = 0
-        s.fill += zeros
-        out = self._pcm[_new_indices(s, self._matrix, None)[:owed]].tobytes()
+        out = self._pcm[_flush_indices(s, self._design.up, self._design.down, self._matrix)].tobytes()
         s.reset()
         return out
 
@@ -603,11 +608,7 @@ class _ResamplingBot(BotPath):
     def flush(self) -> bytes:
         """Return the last bytes of the stream (a pending odd byte is dropped) and reset."""
         s = self._stream
-        zeros, owed = s.flush_padding(self._design.up, self._design.down)
-        s.reserve(zeros)
-        s.arr[s.fill : s.fill + zeros] = 0
-        s.fill += zeros
-        out = self._table[_new_indices(s, self._matrix, None)[:owed]].tobytes()
+        out = self._table[_flush_indices(s, self._design.up, self._design.down, self._matrix)].tobytes()
         self.reset()
         return out
 
