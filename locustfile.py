@@ -17,7 +17,11 @@ so the calls of two Locust processes, or of two runs, never share a CallSid. The
 "loadtest worker pid N started: CallSids CA<run id>..." names it.
 
 Environment:
-  LOADTEST_URL            ws://HOST:PORT/media (or pass --host ws://HOST:PORT/media)
+  LOADTEST_URL            ws://HOST:PORT/media (or pass --host ws://HOST:PORT/media); a base
+                          ws://HOST:PORT takes the provider's route /P/media
+  LOADTEST_PROVIDER       whose media stream the calls play: twilio (default), signalwire, telnyx,
+                          plivo, vonage, exotel, acs
+  LOADTEST_FORMAT         the stream's format as ENCODING/RATE (default: the provider's usual)
   LOADTEST_SCENARIOS      comma-separated NAME[:WEIGHT] (default question_answer)
   LOADTEST_SCENARIO_DIR   where scenario names are found (default: the shipped scenarios)
   LOADTEST_TWILIO_AUTH_TOKEN, LOADTEST_PUBLIC_URL   sign as Twilio does (see the CLI's options)
@@ -79,6 +83,10 @@ class _WorkerProcess:
             args += ["--scenario", name]
         if os.environ.get("LOADTEST_SCENARIO_DIR"):
             args += ["--scenario-dir", os.environ["LOADTEST_SCENARIO_DIR"]]
+        if os.environ.get("LOADTEST_PROVIDER"):
+            args += ["--provider", os.environ["LOADTEST_PROVIDER"]]
+        if os.environ.get("LOADTEST_FORMAT"):
+            args += ["--format", os.environ["LOADTEST_FORMAT"]]
         if os.environ.get("LOADTEST_TWILIO_AUTH_TOKEN"):
             args += ["--twilio-auth-token", os.environ["LOADTEST_TWILIO_AUTH_TOKEN"]]
         if os.environ.get("LOADTEST_PUBLIC_URL"):

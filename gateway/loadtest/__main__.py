@@ -1,6 +1,7 @@
 """Command line: `python -m gateway.loadtest --url ws://HOST:PORT/media [options]`, or `--embedded`.
 
-Replays recorded calls against a gateway as Twilio would and reports what callers experienced. Each run
+Replays recorded calls against a gateway as a provider would (`--provider`: Twilio by default, or any
+provider the gateway serves, on its `/P/media` route) and reports what callers experienced. Each run
 writes into its own folder, `--output`/<UTC start>-<run id>/ (summary.txt, results.json, report.html),
 and points `--output`/latest at it. Exit status: 0 when every call completed, 1 when some failed, 2 on
 bad usage (options, scenario files, recordings) or when the `loadtest` extra (rich, matplotlib) is not
@@ -21,8 +22,17 @@ from pathlib import Path
 from gateway.emulator import EmulatorConfig
 from gateway.loadtest.recordings import Recording, RecordingError
 from gateway.loadtest.report import new_run_folder, point_latest, render_text, write_outputs
-from gateway.loadtest.runner import LiveStats, RunConfig, RunResult, embedded_target, new_run_id, run_load
+from gateway.loadtest.runner import (
+    LiveStats,
+    RunConfig,
+    RunResult,
+    embedded_target,
+    media_url,
+    new_run_id,
+    run_load,
+)
 from gateway.loadtest.script import DEFAULT_SCENARIO_DIR, Scenario, ScenarioError, parse_mix, resolve_scenario
+from gateway.loadtest.wires import PROVIDERS, parse_format
 
 __all__ = ["EXTRA_MODULES", "FAULTS", "build_parser", "main", "missing_extra"]
 
@@ -42,10 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
         prog="python -m gateway.loadtest",
-        description="Replay recorded calls against a gateway as Twilio would; measure and report.",
+        description="Replay recorded calls against a gateway as a telephony provider would; measure and "
+        "report.",
     )
     target = parser.add_argument_group("target")
-    target.add_argument("--url", help="the gateway's Media Streams WebSocket, e.g. ws://127.0.0.1:8080/media")
+    target.add_argument(
+        "--url",
+        help="the gateway's media WebSocket (ws://127.0.0.1:8080/media), or its base (ws://127.0.0.1:8080) "
+        "to use the provider's route /P/media",
+    )
+    target.add_argument(
+        "--provider",
+        choices=PROVIDERS,
+        default="twilio",
+        help="whose media stream each call plays (default twilio)",
+    )
+    target.add_argument(
+        "--format",
+        metavar="ENCODING/RATE",
+        help="the stream's audio format, e.g. l16/16000 or alaw/8000 (default: the provider's usual)",
+    )
     target.add_argument(
         "--twilio-auth-token", help="sign /twiml and /media as Twilio does (the gateway's token)"
     )
@@ -138,7 +164,9 @@ def missing_extra() -> list[str]:
 def _run_config(args: argparse.Namespace, url: str, append_ms: int) -> RunConfig:
     calls = args.calls if args.calls is not None or args.duration is not None else 10
     return RunConfig(
-        url=url,
+        url=media_url(url, args.provider),
+        provider=args.provider,
+        media_format=parse_format(args.format),
         mix=_mix(args),
         calls=calls,
         concurrency=args.concurrency,
@@ -198,7 +226,7 @@ async def _run(args: argparse.Namespace, show_progress: bool) -> RunResult:
             env["TWILIO_AUTH_TOKEN"] = args.twilio_auth_token
         config_emulator = emulator_config(args)
         async with embedded_target(config_emulator, env) as target:
-            config = _run_config(args, target.url, target.append_ms)
+            config = _run_config(args, target.base, target.append_ms)
             async with _progress(live, show_progress):
                 return await run_load(config, emulator=target.emulator, live=live)
     config = _run_config(args, args.url, 20)

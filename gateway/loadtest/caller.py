@@ -10,7 +10,7 @@ too long raises `StepTimeout`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.loadtest.recordings import FRAME_MS, SILENCE_PAYLOAD, Recording
@@ -58,6 +58,8 @@ class Frame:
     voice_end: bool = False  # the last voiced frame of a `say`: response latency starts when it is sent
     interrupt_start: bool = False  # the first frame talking over the bot: barge-in latency starts
     dtmf: str | None = None  # a key to press right after this frame
+    recording: Recording | None = None  # where the frame comes from (None: silence), for other formats
+    index: int = 0  # the frame's index in `recording`
 
 
 SILENT = Frame(SILENCE_PAYLOAD)
@@ -148,7 +150,7 @@ class CallerCore:
             self._talking, self._frame = True, 0
         frame = _recording_frame(step.recording, self._frame)
         if frame is not None and self._frame == 0:
-            return Frame(frame.payload, frame.voiced, frame.voice_end, interrupt_start=True)
+            return replace(frame, interrupt_start=True)
         return frame
 
 
@@ -156,4 +158,10 @@ def _recording_frame(recording: Recording, index: int) -> Frame | None:
     if index >= recording.frames:
         return None
     voiced = index <= recording.last_voiced_frame
-    return Frame(recording.payloads[index], voiced=voiced, voice_end=index == recording.last_voiced_frame)
+    return Frame(
+        recording.payloads[index],
+        voiced=voiced,
+        voice_end=index == recording.last_voiced_frame,
+        recording=recording,
+        index=index,
+    )

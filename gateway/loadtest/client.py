@@ -1,24 +1,24 @@
-"""A Twilio Media Streams client: plays a call against a gateway exactly as Twilio would.
+"""A provider's media-stream client: plays a call against a gateway exactly as the provider would.
 
-It sends `connected`, `start` (with customParameters; signed with X-Twilio-Signature when given an auth
-token), 20 ms mu-law `media` frames at real-time pace (or as fast as wanted), `dtmf`, and `stop`; and it
-plays the gateway's audio through a `TwilioPlayout` in real time, echoing marks only when the audio
-before them has played and flushing on `clear`. Used by the tests and by the load generator.
+`PhoneCall` speaks any provider the gateway serves through that provider's `ProviderWire`
+(`gateway.loadtest.wires`, the one definition of what each provider sends): Twilio by default, with
+`connected`, `start` (customParameters; signed with X-Twilio-Signature when given an auth token), 20 ms
+`media` frames at real-time pace (or as fast as wanted), `dtmf` and `stop`. It plays the gateway's audio
+through a `TwilioPlayout` in real time, confirming marks (checkpoints, notifies) only when the audio
+before them has played, and flushing on clear (confirming the pending ones at once where the provider
+does). Used by the tests and by the load generator.
 
-Every message it sends is built by `gateway.telephony.twilio_wire`, the one definition of Twilio's
-layouts. Built to be cheap, so one process can drive hundreds of calls: outgoing `media` messages are
-formatted from pre-encoded payloads (no json.dumps per frame); an incoming `media` message in the
-gateway's own layout is recognised by its prefix and its payload sliced out (no json.loads); and
-every call's playout is advanced by ONE shared ticker task per event loop (`SharedTicker`), not a
-timer per call.
-The client records what the measurements need (marks with their audio positions and echo times,
-clears, response and barge-in latencies) as it goes.
+Built to be cheap, so one process can drive hundreds of calls: caller frames are pre-encoded once per
+recording and format (`WireFrame`); Twilio's `media` messages are formatted without json.dumps and the
+gateway's are recognised by their prefix, their payload sliced out (no json.loads); and every call's
+playout is advanced by ONE shared ticker task per event loop (`SharedTicker`), not a timer per call.
+The client records what the measurements need (marks with their audio positions and confirmation
+times, clears, response and barge-in latencies) as it goes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import time
@@ -31,16 +31,18 @@ from typing import Any, ClassVar
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.loadtest.playout import PlayoutTicker, TwilioPlayout
+from gateway.loadtest.playout import BYTES_PER_MS, PlayoutTicker, TwilioPlayout
 from gateway.loadtest.recordings import FRAME_BYTES, FRAME_MS
-from gateway.telephony import twilio_wire
+from gateway.loadtest.wires import BotAudio, Flush, PlayedRequest, ProviderWire, Strange, WireFrame, make_wire
 from gateway.telephony.signature import SIGNATURE_HEADER, compute_signature
+from telcodec import WireFormat
 
 __all__ = [
     "FRAME_BYTES",
     "FRAME_MS",
     "PLAYOUT_TICK_S",
     "MarkRecord",
+    "PhoneCall",
     "ReceivedClear",
     "SharedTicker",
     "TwilioCall",
@@ -49,7 +51,6 @@ __all__ = [
 
 PLAYOUT_TICK_S = 0.005  # how often the simulated phones play audio and echo marks
 LAG_SAMPLES_KEPT = 200_000  # ticker lateness samples kept for the loop-lag figure (~17 min of ticks)
-_SUFFIX_LEN = len(twilio_wire.MESSAGE_SUFFIX)
 
 
 def monotonic_ms() -> float:
@@ -92,7 +93,7 @@ class SharedTicker:
 
     def __init__(self, period_s: float = PLAYOUT_TICK_S) -> None:
         self.period_s = period_s
-        self.core: PlayoutTicker[TwilioCall] = PlayoutTicker()
+        self.core: PlayoutTicker[PhoneCall] = PlayoutTicker()
         self.lag_ms: list[float] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -105,17 +106,17 @@ class SharedTicker:
             ticker = cls._by_loop[loop] = cls()
         return ticker
 
-    def register(self, call: TwilioCall) -> None:
+    def register(self, call: PhoneCall) -> None:
         """Play `call`'s audio from now on; starts the ticking task if it is not running."""
         self.core.register(call, call.playout)
         if self._task is None or self._task.done() or self._task.cancelling():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def unregister(self, call: TwilioCall) -> None:
+    def unregister(self, call: PhoneCall) -> None:
         """Stop playing `call`'s audio; the task ends by itself when no call is left."""
         self.core.unregister(call)
 
-    async def release(self, call: TwilioCall) -> None:
+    async def release(self, call: PhoneCall) -> None:
         """Unregister `call`; when it was the last one, stop the ticking task before returning."""
         self.core.unregister(call)
         task = self._task
@@ -145,9 +146,11 @@ class SharedTicker:
 
 
 @dataclass(slots=True, eq=False)
-class TwilioCall:
+class PhoneCall:
     """One simulated call. `await open()`, `await send_audio(...)`, `await hang_up()`; or `async with`.
 
+    `provider` names the provider it plays (Twilio by default) and `media_format` the stream's format
+    (default: the provider's own default); every message goes through that provider's `ProviderWire`.
     `keep_audio=False` keeps lengths and timings only (long load runs); the default keeps every byte
     received and played, for exact comparisons in tests.
     """
@@ -161,6 +164,8 @@ class TwilioCall:
     account_sid: str = "AC" + "0" * 32
     keep_audio: bool = True
     open_timeout_s: float = 10.0
+    provider: str = "twilio"
+    media_format: WireFormat | None = None
     playout: TwilioPlayout = field(default_factory=TwilioPlayout)
     received_media: bytearray = field(default_factory=bytearray)  # everything sent to us, played or not
     marks_sent: list[str] = field(default_factory=list)  # mark names the gateway sent, in order
@@ -180,15 +185,13 @@ class TwilioCall:
     hung_up_ms: float | None = None
     close_code: int | None = None
     closed_by_gateway: bool = False
+    wire: ProviderWire = field(init=False)  # built from the fields above in __post_init__
     _ws: ClientConnection | None = None
     _ticker: SharedTicker | None = None
-    _seq: int = 0
-    _chunk: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
     _hanging_up: bool = False
-    _sid_json: twilio_wire.QuotedSid = field(init=False)  # set from stream_sid in __post_init__
-    _media_prefix: str = ""
+    _held_start: str | bytes | None = None  # the opening's last message, when open() held it back
     _pending_marks: dict[str, MarkRecord] = field(default_factory=dict)
     _voice_end_ms: float | None = None  # the last voiced frame went out; the bot's answer not yet here
     _interrupt_ms: float | None = None  # the caller started talking over the bot; no clear yet
@@ -197,15 +200,21 @@ class TwilioCall:
 
     def __post_init__(self) -> None:
         self.playout.keep_audio = self.keep_audio
-        self._sid_json = twilio_wire.quote_sid(self.stream_sid)
-        self._media_prefix = twilio_wire.bot_media_prefix(self._sid_json)
+        self.wire = make_wire(
+            self.provider, self.call_sid, self.custom_parameters, self.media_format, self.stream_sid
+        )
 
-    async def __aenter__(self) -> TwilioCall:
+    async def __aenter__(self) -> PhoneCall:
         await self.open()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.hang_up()
+
+    @property
+    def format(self) -> WireFormat:
+        """The stream's audio format."""
+        return self.wire.format
 
     # -- what the caller script observes (gateway.loadtest.caller.PhoneView) ------------------------
 
@@ -237,18 +246,24 @@ class TwilioCall:
     # -- connecting ----------------------------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
-        if self.auth_token is None:
-            return {}
-        return {SIGNATURE_HEADER: compute_signature(self.auth_token, self.signed_url or self.url, {})}
+        headers = self.wire.upgrade_headers()
+        if self.auth_token is not None:
+            headers[SIGNATURE_HEADER] = compute_signature(self.auth_token, self.signed_url or self.url, {})
+        return headers
 
     async def open(self, *, send_start: bool = True) -> None:
-        """Connect, send `connected` and (by default) `start`, and begin playing what comes back."""
+        """Connect, send the provider's opening (`connected`, `start`, ...; without its last message
+        unless `send_start`), and begin playing what comes back."""
+        self.wire.call_id, self.wire.parameters = self.call_sid, dict(self.custom_parameters)
         self.connect_started_ms = monotonic_ms()
         self._ws = await connect(
             self.url, additional_headers=self._headers(), open_timeout=self.open_timeout_s, compression=None
         )
         self.opened_ms = monotonic_ms()
-        await self.send_text(twilio_wire.connected())
+        *first, last = self.wire.opening()
+        for message in first:
+            await self._ws.send(message)
+        self._held_start = last
         if send_start:
             await self.start()
         self._ticker = SharedTicker.for_running_loop()
@@ -256,20 +271,11 @@ class TwilioCall:
         self._tasks = [asyncio.create_task(self._receive_loop())]
 
     async def start(self) -> None:
-        """Send `start` with this call's ids and custom parameters."""
-        await self.send_text(
-            twilio_wire.start(
-                self._sid_json,
-                call_sid=self.call_sid,
-                account_sid=self.account_sid,
-                custom_parameters=self.custom_parameters,
-                sequence=self._next_seq(),
-            )
-        )
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+        """Send the opening's last message (`start`, or the provider's only one) if open() held it."""
+        assert self._ws is not None, "open() first"
+        if self._held_start is not None:
+            message, self._held_start = self._held_start, None
+            await self._ws.send(message)
 
     async def send_json(self, message: Mapping[str, Any]) -> None:
         """Send one JSON text frame."""
@@ -282,30 +288,23 @@ class TwilioCall:
 
     # -- caller audio --------------------------------------------------------------------------------
 
-    async def send_payload(
+    async def send_caller_frame(
         self,
-        payload: str,
+        frame: WireFrame,
         *,
         voiced: bool = False,
         voice_end: bool = False,
         interrupt_start: bool = False,
-        n_bytes: int = FRAME_BYTES,
     ) -> None:
-        """Send one `media` frame whose base64 `payload` is pre-encoded (`n_bytes` of mu-law).
+        """Send one frame of caller audio (in the stream's format).
 
         The flags say what the frame is for the measurements: caller speech, its last voiced frame
         (response latency starts), the first frame talking over the bot (barge-in latency starts).
         """
-        self._chunk += 1
-        self._seq += 1
-        timestamp = int(self.caller_audio_sent_ms)
-        self.caller_audio_sent_ms += n_bytes / 8
+        assert self._ws is not None, "open() first"
+        self.caller_audio_sent_ms += self.wire.format.duration_ms(len(frame.audio))
         self.frames_sent += 1
-        await self.send_text(
-            twilio_wire.caller_media(
-                self._sid_json, payload, sequence=self._seq, chunk=self._chunk, timestamp_ms=timestamp
-            )
-        )
+        await self._ws.send(self.wire.media(frame))
         if voiced:
             now = monotonic_ms()
             self._voice_end_ms = now if voice_end else None
@@ -316,22 +315,24 @@ class TwilioCall:
                 self.playout.new_turn()
 
     async def send_frame(self, frame: bytes) -> None:
-        """Send one `media` frame (normally 160 bytes of mu-law)."""
-        await self.send_payload(base64.b64encode(frame).decode("ascii"), n_bytes=len(frame))
+        """Send one frame of caller audio (normally 20 ms: 160 bytes of mu-law)."""
+        await self.send_caller_frame(WireFrame.of(frame))
 
-    async def send_audio(self, ulaw: bytes, *, realtime: bool = True, speed: float = 1.0) -> None:
-        """Send mu-law audio as 20 ms frames, paced at `speed` x real time (unpaced if not `realtime`)."""
+    async def send_audio(self, audio: bytes, *, realtime: bool = True, speed: float = 1.0) -> None:
+        """Send audio in the stream's format as 20 ms frames, paced at `speed` x real time (unpaced if
+        not `realtime`)."""
+        size = self.wire.format.frame_bytes(FRAME_MS)
         start = time.monotonic()
-        for index, offset in enumerate(range(0, len(ulaw), FRAME_BYTES)):
+        for index, offset in enumerate(range(0, len(audio), size)):
             if realtime:
                 due = start + index * FRAME_MS / 1000 / speed
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
-            await self.send_frame(ulaw[offset : offset + FRAME_BYTES])
+            await self.send_frame(audio[offset : offset + size])
 
     async def send_dtmf(self, digit: str) -> None:
-        """Send a `dtmf` event."""
+        """Press a key."""
         self.dtmf_sent += digit
-        await self.send_text(twilio_wire.dtmf(self._sid_json, digit, sequence=self._next_seq()))
+        await self.send_text(self.wire.dtmf(digit))
 
     # -- bot audio -----------------------------------------------------------------------------------
 
@@ -351,31 +352,17 @@ class TwilioCall:
 
     async def _on_message(self, message: str | bytes) -> None:
         now = monotonic_ms()
-        if (
-            isinstance(message, str)
-            and message.startswith(self._media_prefix)
-            and message.endswith(twilio_wire.MESSAGE_SUFFIX)
-        ):
-            await self._on_media(message[len(self._media_prefix) : -_SUFFIX_LEN], now)
-            return
-        try:
-            data = json.loads(message)
-            event = data["event"]
-            if data.get("streamSid") != self.stream_sid:
-                self.protocol_errors.append(f"wrong streamSid in {event}")
-            if event == "media":
-                await self._on_media(data["media"]["payload"], now)
-            elif event == "mark":
-                await self._on_mark(data["mark"]["name"], now)
-            elif event == "clear":
+        match self.wire.read(message):
+            case BotAudio(audio=audio):
+                await self._on_media(audio, now)
+            case PlayedRequest(name=name):
+                await self._on_mark(name, now)
+            case Flush():
                 await self._on_clear(now)
-            else:
-                self.protocol_errors.append(f"unexpected event {event!r}")  # Twilio answers 31924
-        except (ValueError, KeyError, TypeError):
-            self.protocol_errors.append(f"unparseable message: {message!r:.80}")
+            case Strange(problem=problem):
+                self.protocol_errors.append(problem)
 
-    async def _on_media(self, payload: str, now: float) -> None:
-        audio = base64.b64decode(payload)
+    async def _on_media(self, audio: bytes, now: float) -> None:
         if self.keep_audio:
             self.received_media += audio
         self.media_times_ms.append(now)
@@ -388,7 +375,11 @@ class TwilioCall:
         if not self._turn_open:
             self._turn_open = True
             self._turn_start_ms = self.playout.played_ms + self.playout.queued_ms
-        self.playout.media(audio, now)
+        per_ms = self.wire.format.bytes_per_ms
+        # The playout model counts mu-law bytes (BYTES_PER_MS a millisecond): other formats by duration.
+        self.playout.media(
+            audio if per_ms == BYTES_PER_MS else bytes(len(audio) * BYTES_PER_MS // per_ms), now
+        )
         self._reschedule()
         await self.echo_marks(echoes, now)
 
@@ -418,19 +409,26 @@ class TwilioCall:
             self._interrupt_ms = None
         self._turn_open = False
         self._reschedule()
-        await self.echo_marks(echoes + flushed, now)
+        if self.wire.flush_confirms_pending:
+            echoes += flushed
+        else:  # the provider forgets them: they will never be confirmed
+            for name in flushed:
+                self._pending_marks.pop(name, None)
+        await self.echo_marks(echoes, now)
+        for reply in self.wire.flushed():
+            await self._send_unless_closed(reply)
 
     def _reschedule(self) -> None:
         if self._ticker is not None:
             self._ticker.core.reschedule(self)
 
     async def echo_marks(self, names: Sequence[str], now: float) -> None:
-        """Echo these marks, in order (called when their audio has played, or on clear)."""
+        """Confirm these marks, in order (called when their audio has played, or on clear)."""
         self.record_echoes(names, now)
         await self.send_echoes(names)
 
     def record_echoes(self, names: Iterable[str], now: float) -> None:
-        """Record that these marks are echoed at `now` (then `send_echoes` sends them)."""
+        """Record that these marks are confirmed at `now` (then `send_echoes` sends them)."""
         for name in names:
             self.marks_echoed.append((name, now))
             record = self._pending_marks.pop(name, None)
@@ -438,12 +436,20 @@ class TwilioCall:
                 record.echoed_ms = now
 
     async def send_echoes(self, names: Iterable[str]) -> None:
-        """Send a `mark` message for each name (nothing once the socket is closed)."""
+        """Send the provider's confirmation of each name (nothing once the socket is closed)."""
         for name in names:
-            if self._closed.is_set():
+            if not await self._send_unless_closed(self.wire.played(name)):
                 return
-            with contextlib.suppress(ConnectionClosed):
-                await self.send_text(twilio_wire.mark_echo(self._sid_json, name, sequence=self._next_seq()))
+
+    async def _send_unless_closed(self, message: str | bytes) -> bool:
+        """Send `message` unless the socket is closed; whether it went."""
+        if self._closed.is_set() or self._ws is None:
+            return False
+        try:
+            await self._ws.send(message)
+        except ConnectionClosed:
+            return False
+        return True
 
     async def wait_until_quiet(self, quiet_ms: float = 300, timeout_s: float = 10) -> None:
         """Wait until the bot has sent nothing for `quiet_ms` and everything queued has played."""
@@ -464,22 +470,16 @@ class TwilioCall:
     # -- ending --------------------------------------------------------------------------------------
 
     async def hang_up(self, *, send_stop: bool = True) -> None:
-        """Send `stop` (as Twilio does when the caller hangs up), close the socket, stop the tasks."""
+        """Send the provider's stop messages (as it does when the caller hangs up), close the socket,
+        stop the tasks."""
         self._hanging_up = True
         if self.hung_up_ms is None:
             self.hung_up_ms = monotonic_ms()
             if not self._closed.is_set():  # marks due by now go back before the stop, as on a phone
                 await self.echo_marks(self.playout.advance(self.hung_up_ms), self.hung_up_ms)
-        if self._ws is not None and send_stop and not self._closed.is_set():
-            with contextlib.suppress(ConnectionClosed):
-                await self.send_text(
-                    twilio_wire.stop(
-                        self._sid_json,
-                        call_sid=self.call_sid,
-                        account_sid=self.account_sid,
-                        sequence=self._next_seq(),
-                    )
-                )
+        if self._ws is not None and send_stop:
+            for message in self.wire.stop():
+                await self._send_unless_closed(message)
         if self._ws is not None:
             await self._ws.close()
         self._closed.set()
@@ -489,3 +489,6 @@ class TwilioCall:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
+
+
+TwilioCall = PhoneCall  # the default provider; the name most tests know it by

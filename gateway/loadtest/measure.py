@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from gateway.loadtest.client import MarkRecord, TwilioCall
+from gateway.loadtest.client import MarkRecord, PhoneCall
 from gateway.loadtest.playout import PlayedSpan
 from gateway.stats import percentile
 
@@ -146,10 +146,10 @@ def check_marks(marks: Iterable[MarkRecord], spans: Sequence[PlayedSpan]) -> tup
     early = unanswered = 0
     played_ms = spans[-1].position_ms + spans[-1].ms if spans else 0.0
     for mark in marks:
+        if mark.flushed:  # a clear dropped its audio: confirmed at once, or never (as the provider does)
+            continue
         if mark.echoed_ms is None:
             unanswered += mark.position_ms <= played_ms + EPSILON_MS
-            continue
-        if mark.flushed:
             continue
         done = finish_time(spans, mark.position_ms) if mark.position_ms > EPSILON_MS else mark.received_ms
         if done is None or mark.echoed_ms < max(done, mark.received_ms) - EPSILON_MS:
@@ -163,20 +163,43 @@ def caller_frames_lost(sent_ms: float, received_ms: float, append_ms: int = 20) 
     return max(0, math.ceil(excess / FRAME_MS - EPSILON_MS))
 
 
-def bot_audio_lost_ms(received: bytes, items: Sequence[tuple[bytes, bool]]) -> float:
-    """Walk the phone's received mu-law through the expected bytes of each item, in order.
+def bot_audio_lost_ms(
+    received: bytes,
+    items: Sequence[tuple[bytes, bool]],
+    bytes_per_ms: int = 8,
+    *,
+    silence: bytes = b"\xff",
+    max_padding: int = 0,
+) -> float:
+    """Walk the phone's received audio through the expected bytes of each item, in order.
 
-    `items` are (expected mu-law bytes, required in full). An item not required in full (interrupted
-    or still streaming when the call ended) may have reached the phone as any prefix.
+    `items` are (expected bytes in the stream's format, required in full). An item not required in full
+    (interrupted or still streaming when the call ended) may have reached the phone as any prefix.
+    Providers whose messages have a minimum size get each reply's end padded with silence (`silence`
+    bytes, at most `max_padding` of them): that padding is skipped, never counted as audio.
     """
     position = lost = 0
     for expected, required in items:
+        if max_padding and position:
+            position += _padding(received, position, expected, silence, max_padding)
         got = received[position : position + len(expected)]
         same = _common_prefix(got, expected)
         position += same
         if required:
             lost += len(expected) - same
-    return lost / 8
+    return lost / bytes_per_ms
+
+
+def _padding(received: bytes, position: int, expected: bytes, silence: bytes, limit: int) -> int:
+    """How many silence bytes at `position` come before `expected` starts (0 if it never does)."""
+    run = 0
+    while run < limit and received[position + run : position + run + 1] == silence:
+        run += 1
+    head = expected[:8]
+    for skip in range(run + 1):
+        if received[position + skip : position + skip + len(head)] == head:
+            return skip
+    return 0
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
@@ -194,7 +217,7 @@ def _common_prefix(a: bytes, b: bytes) -> int:
 
 
 def measure_call(
-    call: TwilioCall,
+    call: PhoneCall,
     *,
     index: int,
     scenario: str,

@@ -13,6 +13,7 @@ latency can be measured from the end of speech rather than from trailing silence
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.call.localvad import frame_dbfs
-from telcodec import Resampler, alaw_decode, ulaw_decode, ulaw_encode
+from gateway.loadtest.wires import WireFrame
+from telcodec import Encoding, Resampler, WireFormat, alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
 __all__ = [
     "FRAME_BYTES",
@@ -31,7 +33,9 @@ __all__ = [
     "Recording",
     "RecordingError",
     "decode_wav",
+    "frames_in",
     "load_recording",
+    "silence_in",
 ]
 
 FRAME_MS = 20
@@ -79,6 +83,33 @@ class Recording:
         frames = [padded[i : i + FRAME_BYTES] for i in range(0, len(padded), FRAME_BYTES)]
         payloads = tuple(base64.b64encode(frame).decode("ascii") for frame in frames)
         return cls(name, padded, payloads, _last_voiced(padded))
+
+
+@functools.lru_cache(maxsize=64)
+def frames_in(recording: Recording, fmt: WireFormat) -> tuple[WireFrame, ...]:
+    """The recording's 20 ms frames in another wire format, converted once per format and shared.
+
+    The whole recording goes through one resampler (no seams between frames); the result is cut to
+    exactly as many frames as the recording has, each exactly 20 ms."""
+    pcm = ulaw_decode(recording.ulaw)
+    if fmt.encoding is Encoding.ULAW:
+        data = recording.ulaw
+    elif fmt.encoding is Encoding.ALAW:
+        data = alaw_encode(pcm)
+    else:
+        if fmt.rate != SAMPLE_RATE:
+            resampler = Resampler(SAMPLE_RATE, fmt.rate)
+            pcm = np.concatenate([resampler.process(pcm), resampler.flush()])
+        data = pcm.astype("<i2").tobytes()
+    size = fmt.frame_bytes(FRAME_MS)
+    data = data[: recording.frames * size].ljust(recording.frames * size, fmt.silence(1)[:1])
+    return tuple(WireFrame.of(data[i : i + size]) for i in range(0, len(data), size))
+
+
+@functools.lru_cache(maxsize=16)
+def silence_in(fmt: WireFormat) -> WireFrame:
+    """20 ms of silence in `fmt`."""
+    return WireFrame.of(fmt.silence(FRAME_MS))
 
 
 def _last_voiced(ulaw: bytes) -> int:

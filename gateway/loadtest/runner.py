@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from gateway.emulator import EmulatorConfig, EmulatorServer, EmulatorSession
 from gateway.loadtest.caller import CallerCore, StepTimeout
-from gateway.loadtest.client import FRAME_MS, SharedTicker, TwilioCall, monotonic_ms
+from gateway.loadtest.client import FRAME_MS, PhoneCall, SharedTicker, monotonic_ms
 from gateway.loadtest.measure import (
     CallResult,
     EmulatorFigures,
@@ -42,12 +42,14 @@ from gateway.loadtest.measure import (
     bot_audio_lost_ms,
     measure_call,
 )
+from gateway.loadtest.recordings import frames_in, silence_in
 from gateway.loadtest.script import Scenario
+from gateway.loadtest.wires import PROVIDERS, ProviderWire, make_wire
 from gateway.realtime.session import AudioFormat
 from gateway.realtime.upstream import CLIENT_REQUEST_ID_HEADER, client_request_id
 from gateway.stats import percentile
 from gateway.telephony.signature import SIGNATURE_HEADER, compute_signature
-from telcodec import BotPath
+from telcodec import BotPath, WireFormat
 
 __all__ = [
     "CallRunner",
@@ -57,6 +59,7 @@ __all__ = [
     "RunResult",
     "call_sid",
     "embedded_target",
+    "media_url",
     "new_run_id",
     "public_base_url",
     "run_load",
@@ -95,8 +98,16 @@ class RunConfig:
     append_ms: int = 20  # the gateway's APPEND_MS (for the caller-frames-lost allowance)
     open_timeout_s: float = 10.0
     keep_logs: bool = False  # keep each call's mark log and played spans in its result (tests)
+    provider: str = "twilio"  # whose media stream the calls play (gateway.loadtest.wires.PROVIDERS)
+    media_format: WireFormat | None = None  # the stream's format; default: the provider's
 
     def __post_init__(self) -> None:
+        make_wire(self.provider, "check", fmt=self.media_format)  # ValueError: unknown provider or format
+        if self.auth_token is not None and self.provider != "twilio":
+            raise ValueError(
+                "signed calls (an auth token) are Twilio's: run the other providers' streams against a "
+                "gateway without their secret"
+            )
         if not self.mix:
             raise ValueError("at least one scenario is needed")
         if self.calls is None and self.duration_s is None:
@@ -146,6 +157,12 @@ class EmbeddedTarget:
     append_ms: int
     app: Any = None  # the gateway's aiohttp Application (soak runs read its state for leaks)
 
+    @property
+    def base(self) -> str:
+        """The gateway's ws:// base URL (no path)."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
 
 @contextlib.asynccontextmanager
 async def embedded_target(
@@ -164,6 +181,16 @@ async def embedded_target(
             yield EmbeddedTarget(f"ws://127.0.0.1:{port}/media", emulator, settings.append_ms, runner.app)
         finally:
             await runner.cleanup()
+
+
+def media_url(url: str, provider: str) -> str:
+    """The media WebSocket URL for `provider`: `url` itself when it names a path, else the gateway's
+    route for the provider (`/media` for Twilio, `/P/media` for the others) under the base `url`."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}: one of {', '.join(PROVIDERS)}")
+    if urlsplit(url).path not in ("", "/"):
+        return url
+    return url.rstrip("/") + ("/media" if provider == "twilio" else f"/{provider}/media")
 
 
 def public_base_url(ws_url: str) -> str:
@@ -240,7 +267,13 @@ class CallRunner:
         error: str | None = None
         detail = ""
         twiml_ms = None
-        call = TwilioCall(self.config.url, call_sid=sid, keep_audio=self.config.keep_audio)
+        call = PhoneCall(
+            self.config.url,
+            call_sid=sid,
+            keep_audio=self.config.keep_audio,
+            provider=self.config.provider,
+            media_format=self.config.media_format,
+        )
         call.open_timeout_s = self.config.open_timeout_s
         try:
             if self.config.auth_token is not None:
@@ -286,7 +319,7 @@ class CallRunner:
         self.live.response_ms.extend(result.response_ms)
         return result
 
-    async def open(self, call: TwilioCall) -> None:
+    async def open(self, call: PhoneCall) -> None:
         try:
             await call.open()
         except InvalidStatus as exc:
@@ -294,7 +327,7 @@ class CallRunner:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise _CallError("connect_failed", f"{type(exc).__name__}: {exc}") from None
 
-    async def emulator_figures(self, call: TwilioCall) -> EmulatorFigures | None:
+    async def emulator_figures(self, call: PhoneCall) -> EmulatorFigures | None:
         assert self.emulator is not None
         wanted = client_request_id(call.call_sid)
         emulator = self.emulator
@@ -309,7 +342,7 @@ class CallRunner:
             async with asyncio.timeout(SESSION_CLOSE_WAIT_S):
                 await emulator.wait_for(lambda: (s := session()) is not None and s.closed)
         found = session()
-        return None if found is None else emulator_figures(found, bytes(call.received_media))
+        return None if found is None else emulator_figures(found, bytes(call.received_media), call.wire)
 
     async def run(self) -> None:
         config = self.config
@@ -344,7 +377,7 @@ class _CallError(Exception):
         self.kind, self.detail = kind, detail
 
 
-async def play_scenario(call: TwilioCall, scenario: Scenario) -> None:
+async def play_scenario(call: PhoneCall, scenario: Scenario) -> None:
     """Play the scenario on an open call: one frame every 20 ms on an absolute schedule (no drift).
 
     Raises `_CallError` for a timeout or a socket the gateway closed before the script ended.
@@ -364,9 +397,13 @@ async def play_scenario(call: TwilioCall, scenario: Scenario) -> None:
             raise _CallError("timeout", str(exc)) from None
         if frame is None:
             return
+        if frame.recording is None:
+            audio = silence_in(call.format)
+        else:
+            audio = frames_in(frame.recording, call.format)[frame.index]
         try:
-            await call.send_payload(
-                frame.payload,
+            await call.send_caller_frame(
+                audio,
                 voiced=frame.voiced,
                 voice_end=frame.voice_end,
                 interrupt_start=frame.interrupt_start,
@@ -381,27 +418,38 @@ async def play_scenario(call: TwilioCall, scenario: Scenario) -> None:
         slot += 1
 
 
-def _expected_ulaw(audio: bytes, fmt: AudioFormat | None) -> bytes:
+def _expected(audio: bytes, session_format: AudioFormat | None, wire: WireFormat) -> bytes:
     """What the gateway turns one item's audio into for the phone (a fresh BotPath per item, flushed)."""
-    if fmt is AudioFormat.PCM16:
-        path = BotPath()
+    if session_format is AudioFormat.PCM16:
+        path = BotPath(wire.encoding, wire.rate)
         return path.process(audio) + path.flush()
-    return bytes(audio)
+    return bytes(audio)  # g711: mu-law passes through (only a mu-law 8 kHz leg may use it)
 
 
-def emulator_figures(session: EmulatorSession, received: bytes) -> EmulatorFigures:
-    """The emulator's side of one call: caller audio it got, bot audio it sent and what of it was lost."""
+def emulator_figures(
+    session: EmulatorSession, received: bytes, wire: ProviderWire | None = None
+) -> EmulatorFigures:
+    """The emulator's side of one call: caller audio it got, bot audio it sent and what of it was lost
+    (`received` is the phone's audio, in the format of `wire`: Twilio's mu-law by default)."""
+    fmt = wire.format if wire is not None else WireFormat.of("ulaw", 8000)
     items = [
         (
-            _expected_ulaw(bytes(item.audio), item.audio_format),
+            _expected(bytes(item.audio), item.audio_format, fmt),
             item.status == "completed" and item.truncated_ms is None,
         )
         for item in session.assistant_items
     ]
+    lost = bot_audio_lost_ms(
+        received,
+        items,
+        fmt.bytes_per_ms,
+        silence=fmt.silence(1)[:1],
+        max_padding=0 if wire is None else wire.max_padding,
+    )
     return EmulatorFigures(
         caller_audio_received_ms=session.input_audio_ms,
-        bot_audio_sent_ms=sum(len(expected) for expected, _ in items) / 8,
-        bot_audio_lost_ms=bot_audio_lost_ms(received, items),
+        bot_audio_sent_ms=sum(fmt.duration_ms(len(expected)) for expected, _ in items),
+        bot_audio_lost_ms=lost,
         truncations_ms=tuple(t.audio_end_ms for t in session.truncations),
     )
 
@@ -409,6 +457,8 @@ def emulator_figures(session: EmulatorSession, received: bytes) -> EmulatorFigur
 def _describe(config: RunConfig) -> dict[str, Any]:
     return {
         "url": config.url,
+        "provider": config.provider,
+        "format": str(config.media_format or make_wire(config.provider, "describe").format),
         "calls": config.calls,
         "concurrency": config.concurrency,
         "ramp_up_s": config.ramp_up_s,

@@ -46,6 +46,7 @@ __all__ = [
     "Strange",
     "WireFrame",
     "make_wire",
+    "parse_format",
 ]
 
 ULAW_8K: Final = WireFormat(Encoding.ULAW, 8000)
@@ -110,9 +111,15 @@ class ProviderWire:
     provider: ClassVar[str]
     formats: ClassVar[tuple[WireFormat, ...]] = (ULAW_8K,)  # what the provider can stream; first: default
     flush_confirms_pending: ClassVar[bool] = False
+    message_ms: ClassVar[int] = 0  # bot messages must be whole multiples of this (the gateway pads replies)
+    min_message_bytes: ClassVar[int] = 0  # ... and at least this long
 
     def __init__(
-        self, call_id: str, parameters: Mapping[str, str] | None = None, fmt: WireFormat | None = None
+        self,
+        call_id: str,
+        parameters: Mapping[str, str] | None = None,
+        fmt: WireFormat | None = None,
+        stream_id: str | None = None,
     ) -> None:
         self.call_id = call_id
         self.parameters = dict(parameters or {})
@@ -120,7 +127,7 @@ class ProviderWire:
         if self.format not in self.formats:
             offered = ", ".join(map(str, self.formats))
             raise ValueError(f"{self.provider} streams {offered}, not {self.format}")
-        self.stream_id = str(uuid.uuid4())
+        self.stream_id = stream_id or str(uuid.uuid4())
         self.sequence = 0
         self.chunk = 0
         self.caller_ms = 0.0  # caller audio sent so far
@@ -133,6 +140,11 @@ class ProviderWire:
     def upgrade_headers(self) -> dict[str, str]:
         """Headers the provider sends with the WebSocket upgrade (signatures are the caller's business)."""
         return {}
+
+    @property
+    def max_padding(self) -> int:
+        """The most silence (bytes) the gateway may add to the end of a reply to meet the message rules."""
+        return max(self.format.frame_bytes(self.message_ms), self.min_message_bytes)
 
     def next_sequence(self) -> int:
         self.sequence += 1
@@ -194,10 +206,13 @@ class TwilioWire(ProviderWire):
     account_sid: ClassVar[str] = "AC" + "0" * 32
 
     def __init__(
-        self, call_id: str, parameters: Mapping[str, str] | None = None, fmt: WireFormat | None = None
+        self,
+        call_id: str,
+        parameters: Mapping[str, str] | None = None,
+        fmt: WireFormat | None = None,
+        stream_id: str | None = None,
     ) -> None:
-        super().__init__(call_id, parameters, fmt)
-        self.stream_id = "MZ" + uuid.uuid4().hex
+        super().__init__(call_id, parameters, fmt, stream_id or "MZ" + uuid.uuid4().hex)
         self.quoted = twilio_wire.quote_sid(self.stream_id)
         self._prefix = twilio_wire.bot_media_prefix(self.quoted)
         self._suffix = twilio_wire.MESSAGE_SUFFIX
@@ -297,6 +312,7 @@ class TelnyxWire(ProviderWire):
     provider = "telnyx"
     formats = (ULAW_8K, WireFormat(Encoding.ALAW, 8000))
     flush_confirms_pending = True
+    message_ms = 20  # RTP mode: whole 20 ms packets
 
     def _envelope(self, event: str, **body: Any) -> str:
         message = {"event": event, "sequence_number": str(self.next_sequence()), "stream_id": self.stream_id}
@@ -500,6 +516,7 @@ class ExotelWire(ProviderWire):
     bot media in chunks of at least 3,200 bytes and a multiple of 320; pending marks dropped on clear."""
 
     provider = "exotel"
+    min_message_bytes = MIN_EXOTEL_CHUNK
     formats = (
         WireFormat(Encoding.L16, 8000),
         WireFormat(Encoding.L16, 16000),
@@ -632,9 +649,23 @@ PROVIDERS: Final = tuple(WIRES)
 
 
 def make_wire(
-    provider: str, call_id: str, parameters: Mapping[str, str] | None = None, fmt: WireFormat | None = None
+    provider: str,
+    call_id: str,
+    parameters: Mapping[str, str] | None = None,
+    fmt: WireFormat | None = None,
+    stream_id: str | None = None,
 ) -> ProviderWire:
     """A fresh wire for one stream (ValueError for an unknown provider or a format it does not stream)."""
     if provider not in WIRES:
         raise ValueError(f"unknown provider {provider!r}: one of {', '.join(PROVIDERS)}")
-    return WIRES[provider](call_id, parameters, fmt)
+    return WIRES[provider](call_id, parameters, fmt, stream_id)
+
+
+def parse_format(text: str | None) -> WireFormat | None:
+    """A format written as ENCODING/RATE (`l16/16000`, `alaw/8000`); None stays None (ValueError if bad)."""
+    if text is None:
+        return None
+    encoding, _, rate = text.partition("/")
+    if not rate.isdigit():
+        raise ValueError(f"format {text!r}: expected ENCODING/RATE, e.g. l16/16000")
+    return WireFormat.of(encoding, int(rate))

@@ -27,8 +27,9 @@ import aiohttp
 
 from gateway.loadtest.client import monotonic_ms
 from gateway.loadtest.recordings import Recording
-from gateway.loadtest.runner import CallRunner, LiveStats, RunConfig
+from gateway.loadtest.runner import CallRunner, LiveStats, RunConfig, media_url
 from gateway.loadtest.script import DEFAULT_SCENARIO_DIR, Scenario, resolve_scenario
+from gateway.loadtest.wires import PROVIDERS, parse_format
 
 __all__ = ["build_parser", "handle_request", "main", "serve"]
 
@@ -36,7 +37,9 @@ __all__ = ["build_parser", "handle_request", "main", "serve"]
 def build_parser() -> argparse.ArgumentParser:
     """The worker's command line (the locustfile builds it from environment variables)."""
     parser = argparse.ArgumentParser(prog="python -m gateway.loadtest.worker", description=__doc__)
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", required=True, help="the media WebSocket, or the gateway's base URL")
+    parser.add_argument("--provider", choices=PROVIDERS, default="twilio")
+    parser.add_argument("--format", metavar="ENCODING/RATE", help="the stream's format (default: provider's)")
     parser.add_argument("--scenario", action="append", required=True, help="a scenario it may be asked for")
     parser.add_argument("--scenario-dir", type=Path, default=DEFAULT_SCENARIO_DIR)
     parser.add_argument("--twilio-auth-token")
@@ -67,7 +70,9 @@ async def serve(args: argparse.Namespace) -> None:
     cache: dict[Path, Recording] = {}
     scenarios = {s.name: s for s in (resolve_scenario(n, args.scenario_dir, cache) for n in args.scenario)}
     config = RunConfig(
-        url=args.url,
+        url=media_url(args.url, args.provider),
+        provider=args.provider,
+        media_format=parse_format(args.format),
         mix=tuple((s, 1.0) for s in scenarios.values()),
         calls=None,
         duration_s=float("inf"),

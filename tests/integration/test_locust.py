@@ -30,12 +30,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-async def test_users_share_one_worker_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("provider", ["twilio", "vonage"])
+async def test_users_share_one_worker_process(tmp_path: Path, provider: str) -> None:
     """Two users placing a call each at the same moment go through ONE worker child, whose run id
-    starts the CallSid of both calls, and both calls complete."""
+    starts the CallSid of both calls, and both calls complete: as Twilio, and as another provider
+    (Vonage: binary audio frames) on its own route under the base URL."""
     async with embedded_target(EmulatorConfig(reply_ms=1000), {"LOG_LEVEL": "warning"}) as target:
         env = {
             **os.environ,
+            "LOADTEST_PROVIDER": provider,
             "LOADTEST_SCENARIOS": "question_answer",
             "LOADTEST_PAUSE_S": "3600",  # one call per user: the run ends while every user pauses
         }
@@ -44,7 +47,7 @@ async def test_users_share_one_worker_process(tmp_path: Path) -> None:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "locust", "-f", str(REPO / "locustfile.py"), "--headless",
             "-u", str(USERS), "-r", "100", "-t", f"{max(2, round(scaled(2)))}s",
-            "--stop-timeout", str(round(scaled(60))), "--host", target.url,
+            "--stop-timeout", str(round(scaled(60))), "--host", target.base,
             "--json-file", str(tmp_path / "stats"), "--only-summary",
             cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip

@@ -4,7 +4,6 @@ service, probes that are never calls, failed calls logged as failures, one meani
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ import structlog.testing
 from gateway.emulator import EmulatorConfig, EmulatorServer
 from gateway.loadtest.client import FRAME_BYTES, TwilioCall
 from gateway.loadtest.scenarios import silence_ulaw, speech_ulaw
+from gateway.loadtest.wires import WireFrame
 from tests.conftest import RunningGateway, scaled, start_gateway
 from tests.integration.test_gateway_call import wait_for
 from tests.integration.test_lifecycle import status
@@ -150,8 +150,9 @@ async def test_response_latency_is_the_callers_wait() -> None:
                     frames = [speech[i : i + FRAME_BYTES] for i in range(0, len(speech), FRAME_BYTES)]
                     for index, frame in enumerate(frames):
                         await asyncio.sleep(max(0.0, start + index * 0.02 - time.monotonic()))
-                        payload = base64.b64encode(frame).decode("ascii")
-                        await call.send_payload(payload, voiced=True, voice_end=index == len(frames) - 1)
+                        await call.send_caller_frame(
+                            WireFrame.of(frame), voiced=True, voice_end=index == len(frames) - 1
+                        )
                     silence_start = time.monotonic()
                     silence = silence_ulaw(20)
                     for index in range(int(scaled(3) / 0.02)):

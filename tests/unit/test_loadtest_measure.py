@@ -90,3 +90,16 @@ def test_aggregate_counts_errors_and_pools_measurements() -> None:
 def test_active_calls_timeline() -> None:
     """Starts and ends turn into a step curve of calls in progress."""
     assert active_calls_timeline([result(0), result(1)]) == [(0, 1), (1, 2), (2, 1), (3, 0)]
+
+
+def test_bot_audio_lost_skips_the_silence_a_provider_needs_at_a_replys_end() -> None:
+    """Exotel's and Vonage's message rules pad each reply with silence: that padding is not audio, so
+    it is skipped, while a missing piece of a reply is still counted."""
+    a, b = bytes(range(1, 201)), bytes(range(10, 250))
+    pad = b"\x00" * 60
+    items = [(a, True), (b, True)]
+    assert bot_audio_lost_ms(a + pad + b + pad, items, 16, silence=b"\x00", max_padding=100) == 0
+    assert bot_audio_lost_ms(a + pad + b, items, 16, silence=b"\x00", max_padding=40) == 240 / 16
+    assert bot_audio_lost_ms(a + pad + b[:80], items, 16, silence=b"\x00", max_padding=100) == 160 / 16
+    # Without padding allowed, the same received audio loses the whole second reply.
+    assert bot_audio_lost_ms(a + pad + b, items, 16) == 240 / 16

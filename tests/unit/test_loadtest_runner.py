@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from gateway.loadtest.runner import RunConfig, call_sid, new_run_id
+from gateway.loadtest.runner import RunConfig, call_sid, media_url, new_run_id
 from gateway.loadtest.script import resolve_scenario
 from gateway.realtime.upstream import client_request_id
+from telcodec import WireFormat
 
 MIX = ((resolve_scenario("question_answer"), 1.0),)
 
@@ -38,3 +39,21 @@ def test_run_id_must_be_short_lowercase_hex() -> None:
     for bad in ("", "ABC", "xyz", "0" * 17):
         with pytest.raises(ValueError, match="run_id"):
             RunConfig("ws://x/media", MIX, run_id=bad)
+
+
+def test_media_url_is_the_providers_route_under_a_base() -> None:
+    """A base URL gets the provider's media route; a URL with a path is taken as it is."""
+    assert media_url("ws://gw:8080", "twilio") == "ws://gw:8080/media"
+    assert media_url("ws://gw:8080/", "vonage") == "ws://gw:8080/vonage/media"
+    assert media_url("wss://gw/custom/path", "acs") == "wss://gw/custom/path"
+    with pytest.raises(ValueError, match="unknown provider"):
+        media_url("ws://gw", "nope")
+
+
+def test_run_config_refuses_what_a_provider_cannot_do() -> None:
+    """A format the provider does not stream, or a Twilio signature on another provider's stream."""
+    mix = ((resolve_scenario("question_answer"), 1.0),)
+    with pytest.raises(ValueError, match="streams"):
+        RunConfig("ws://gw/telnyx/media", mix, provider="telnyx", media_format=WireFormat.of("l16", 16000))
+    with pytest.raises(ValueError, match="Twilio's"):
+        RunConfig("ws://gw/plivo/media", mix, provider="plivo", auth_token="secret")
