@@ -1,25 +1,39 @@
 """How many concurrent calls ONE core of the gateway carries with p99 added latency <= 10 ms.
 
 Starts the gateway as a subprocess pinned to core 0 (`taskset -c 0 python -m gateway serve`), and runs
-the load side in this process pinned to core 1: a lean Twilio client (`bench.lean_twilio`) and a lean
-realtime stub (`bench.lean_realtime`; `--realtime emulator` uses the project's emulator instead, which
-costs far more CPU). It ramps concurrent calls step by step; per step it ramps up, settles, measures a
-steady window, hangs up every call and waits for `gateway_active_calls` to reach 0. Per step it reports:
+the load side in this process pinned to core 1: a lean provider client and a lean realtime stub
+(`bench.lean_realtime`; `--realtime emulator` uses the project's emulator instead, which costs far more
+CPU). The client is `bench.lean_twilio` for Twilio (the default; its figures stay comparable with
+earlier runs) and `bench.lean_provider`, driven by the provider wires of `gateway.loadtest.wires`, for
+every other provider (`--provider P`, on the gateway's `/P/media` route, streaming the provider's
+default format or `--format`). It ramps concurrent calls step by step; per step it ramps up, settles,
+measures a steady window, hangs up every call and waits for `gateway_active_calls` to reach 0. Per step
+it reports:
 
 * gateway CPU (utime + stime from /proc) as seconds per call-minute and as % of its core;
 * gateway resident memory, total and per call above the idle baseline;
 * added latency per frame measured from outside (it includes the gateway's event-loop lag), p50/p99:
-  caller frame written -> its append arriving upstream, and bot delta sent -> its first media message
-  arriving at the client (`bench.latency` explains the matching); and the gateway's own
-  `gateway_added_latency_seconds` p99 over the window (histogram buckets, interpolated);
-* caller frames sent vs appends received (loss), and the load side's own loop lag p99 and CPU %. A step
-  whose load side lags more than 5 ms p99 is flagged load-limited and does not count.
+  caller frame written -> its append arriving upstream, and bot delta sent -> the first media message
+  carrying its first byte (`bench.latency` explains the matching): for all deltas, and for those whose
+  message did not wait by the provider's rule for audio the service sent later (Exotel's 3,200-byte
+  minimum holds a delta's audio until the message is full: a wait by design, not the gateway's); and
+  the gateway's own `gateway_added_latency_seconds` p99 over the window (histogram buckets,
+  interpolated);
+* caller frames sent vs appends received (loss), confirmations asked and sent, and the load side's own
+  loop lag p99 and CPU %. A step whose load side lags more than 5 ms p99 is flagged load-limited and
+  does not count.
 
-The capacity is the highest step with both p99 <= 10 ms. `--profile` samples the gateway with py-spy
-for a while after the top step's window (calls still running) and ranks its hot spots.
+The capacity is the highest step with caller p99 and bot p99 (of the deltas that did not wait by
+design; all of them but Exotel's and some of Telnyx's and Vonage's) <= 10 ms. `--provider all` runs
+the steps for every provider in turn, each against a fresh gateway process (so resident memory per call
+is measured from the same start), and ends with a summary per provider. `--profile` samples the gateway
+with py-spy for a while after the top step's window (calls still running) and ranks its hot spots.
+AUDIO_MODE g711 passes mu-law 8 kHz through: a provider that cannot stream it is refused (skipped with
+`all`), one that can (Exotel) streams mu-law.
 
-Run: `python -m bench.capacity [--steps 50,100,200,300,400] [--step-s 20] [--mode pcm16|g711]
-[--json bench/out/capacity.json] [--profile]`. Numbers, not assertions: a shared machine moves them.
+Run: `python -m bench.capacity [--provider twilio|P|all] [--format l16/16000] [--steps 50,100,200,300]
+[--step-s 20] [--mode pcm16|g711] [--json bench/out/capacity.json] [--profile S]`. Numbers, not
+assertions: a shared machine moves them.
 """
 
 from __future__ import annotations
@@ -39,7 +53,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Final
 
@@ -48,21 +62,37 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import procstat
 from bench.latency import (
-    BOT_HOLDBACK_BYTES,
-    CALLER_FRAME_LAG,
+    ULAW_8K,
+    BotMatch,
+    Delta,
+    LegLayout,
     bot_latencies,
     caller_latencies,
     histogram_quantile,
 )
+from bench.lean_provider import ProviderCall, ProviderLoad, playout_rule
 from bench.lean_realtime import RealtimeStub, StubConfig
 from bench.lean_twilio import CallState, LeanCall, TwilioLoad
 from bench.pyspy import HotSpot, Profile, hot_spots, record
 from gateway.emulator import EmulatorConfig, EmulatorServer
+from gateway.loadtest.wires import PROVIDERS, make_wire
 from gateway.realtime.session import AudioFormat
 from gateway.realtime.upstream import client_request_id
 from gateway.stats import percentile
+from telcodec import WireFormat
 
-__all__ = ["CapacityRun", "SessionRecords", "StepResult", "main", "run_capacity"]
+__all__ = [
+    "PROVIDERS",
+    "CapacityRun",
+    "ProviderSummary",
+    "SessionRecords",
+    "StepResult",
+    "leg_format",
+    "main",
+    "run_capacity",
+    "run_providers",
+    "summarise",
+]
 
 OUT: Final = Path(__file__).parent / "out" / "capacity.json"
 BOUND_MS: Final = 10.0
@@ -72,13 +102,17 @@ LOAD_CORE: Final = 1
 ADDED_LATENCY: Final = "gateway_added_latency_seconds"
 
 
+Call = LeanCall | ProviderCall
+Load = TwilioLoad | ProviderLoad
+
+
 @dataclass(frozen=True, slots=True)
 class SessionRecords:
-    """What the realtime side saw of one call: append arrival times and (sent_at, item_offset_ms,
-    start_ms) of each delta, all on time.monotonic()."""
+    """What the realtime side saw of one call: append arrival times and each delta sent (`Delta`: when,
+    where its item and the delta start, how long it is), all on time.monotonic()."""
 
     append_at: Sequence[float]
-    deltas: Sequence[tuple[float, int, int]]
+    deltas: Sequence[Delta]
 
 
 @dataclass(slots=True)
@@ -96,16 +130,20 @@ class StepResult:
     caller_p99_ms: float
     bot_p50_ms: float
     bot_p99_ms: float
+    bot_immediate_p99_ms: float  # of the deltas whose message did not wait for later audio (the verdict's)
     gateway_caller_p99_ms: float
     gateway_bot_p99_ms: float
     caller_samples: int
     bot_samples: int
+    bot_waited: int  # matched deltas whose message waited by the provider's rule for later audio
     bot_unmatched: int
     frames_sent: int
     appends_received: int
     appends_expected: int
-    marks_echoed: int
+    marks_requested: int  # the gateway's requests to confirm playback (marks, checkpoints, notifies)
+    marks_echoed: int  # confirmations sent (all but those a clear dropped, or still pending at hang-up)
     clears: int
+    strange: int  # messages from the gateway the provider would not accept
     calls_completed: int
     outcomes: dict[str, int]
     load_lag_p99_ms: float
@@ -117,7 +155,8 @@ class StepResult:
 
 @dataclass(slots=True)
 class CapacityRun:
-    """The whole run: settings, steps, the capacity figure and (with --profile) the hot spots."""
+    """One provider's run: settings, steps, the capacity figure and (with --profile) the hot spots.
+    `refused` says why a provider did not run (AUDIO_MODE=g711 and no mu-law 8 kHz stream)."""
 
     mode: str
     realtime: str
@@ -135,6 +174,26 @@ class CapacityRun:
     hot_spots: list[HotSpot] = field(default_factory=list)
     idle_pct: float = 0.0  # share of the profile's samples in which the gateway waited in epoll
     profiled_calls: int = 0
+    provider: str = "twilio"
+    format: str = str(ULAW_8K)  # the stream's wire format, e.g. "l16/16000"
+    refused: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSummary:
+    """One provider's line of the `--provider all` summary: its capacity, and its costs at the step
+    every provider ran (`at_calls`)."""
+
+    provider: str
+    format: str
+    capacity_calls: int
+    at_calls: int
+    gateway_cpu_pct: float
+    gateway_cpu_s_per_call_min: float
+    rss_kb_per_call: float
+    bot_p99_ms: float
+    bot_immediate_p99_ms: float
+    refused: str = ""
 
 
 # -- the gateway process ---------------------------------------------------------------------------------
@@ -291,13 +350,14 @@ def _outcomes(text: str) -> dict[str, float]:
 class RealtimeSide:
     """The stub or the emulator, with its records per upstream request id."""
 
-    def __init__(self, kind: str, mode: str) -> None:
+    def __init__(self, kind: str, mode: str, stub_config: StubConfig | None = None) -> None:
         self.kind = kind
         fmt = AudioFormat.G711_ULAW if mode == "g711" else AudioFormat.PCM16
         self.stub: RealtimeStub | None = None
         self.emulator: EmulatorServer | None = None
         if kind == "stub":
-            self.stub = RealtimeStub(StubConfig(output_format=fmt))
+            stub = stub_config if stub_config is not None else StubConfig()
+            self.stub = RealtimeStub(replace(stub, output_format=fmt))
         else:
             config = EmulatorConfig(
                 record_audio=False, record_client_events=False, realtime_factor=4, reply_ms=2000
@@ -326,7 +386,9 @@ class RealtimeSide:
         if self.stub is not None:
             for session in self.stub.sessions:
                 if session.request_id is not None:
-                    deltas = [(d.sent_at, d.item_offset_ms, d.start_ms) for d in session.deltas]
+                    deltas = [
+                        Delta(d.sent_at, d.item_offset_ms, d.start_ms, d.size_ms) for d in session.deltas
+                    ]
                     out[session.request_id] = SessionRecords(session.append_at, deltas)
         if self.emulator is not None:
             origin = self.emulator.clock_origin_s
@@ -335,12 +397,14 @@ class RealtimeSide:
                 if request_id is None:
                     continue
                 appends = [origin + r.at_ms / 1000 for r in emu.received_audio]
-                emu_deltas: list[tuple[float, int, int]] = []
+                emu_deltas: list[Delta] = []
                 offset = 0
                 for item in emu.items.values():
                     if item.role != "assistant":
                         continue
-                    emu_deltas += [(origin + at / 1000, offset, start) for at, start, _ in item.deltas]
+                    emu_deltas += [
+                        Delta(origin + at / 1000, offset, start, size) for at, start, size in item.deltas
+                    ]
                     offset += item.audio_ms
                 out[request_id] = SessionRecords(appends, emu_deltas)
         return out
@@ -356,12 +420,42 @@ class RealtimeSide:
 # -- one step ------------------------------------------------------------------------------------------
 
 
-async def _ramp(load: TwilioLoad, n: int, ramp_s: float) -> list[LeanCall]:
+def leg_format(provider: str, mode: str, requested: WireFormat | None = None) -> WireFormat:
+    """The format a provider's calls stream: `requested`, else the provider's default (under AUDIO_MODE
+    g711, its mu-law 8 kHz stream if it has one). ValueError for a provider the gateway does not serve,
+    a format the provider does not stream, or one the gateway cannot carry in this mode."""
+    offered = make_wire(provider, "CA" + "0" * 32).formats
+    if requested is not None and requested not in offered:
+        raise ValueError(f"{provider} streams {', '.join(map(str, offered))}, not {requested}")
+    fmt = requested or (ULAW_8K if mode == "g711" and ULAW_8K in offered else offered[0])
+    LegLayout.of(fmt, mode)  # refuses what the gateway would end as a protocol error
+    return fmt
+
+
+@dataclass(frozen=True, slots=True)
+class _Leg:
+    """The provider's side of a run: who, streaming which format, and where its bot bytes land."""
+
+    provider: str
+    format: WireFormat
+    layout: LegLayout
+
+    @classmethod
+    def of(cls, provider: str, fmt: WireFormat, mode: str) -> _Leg:
+        return cls(provider, fmt, LegLayout.of(fmt, mode, playout_rule(provider, fmt)))
+
+    def new_load(self, port: int) -> Load:
+        if self.provider == "twilio":  # the hand-tuned Twilio client: figures comparable with earlier runs
+            return TwilioLoad("127.0.0.1", port)
+        return ProviderLoad("127.0.0.1", port, self.provider, self.format)
+
+
+async def _ramp(load: Load, n: int, ramp_s: float) -> list[Call]:
     start = time.monotonic()
 
     failures: Counter[str] = Counter()
 
-    async def open_at(i: int) -> LeanCall | None:
+    async def open_at(i: int) -> Call | None:
         await asyncio.sleep(max(0.0, start + i * ramp_s / n - time.monotonic()))
         try:
             return await load.open_call()
@@ -384,26 +478,50 @@ async def _wait_idle(http: aiohttp.ClientSession, base: str, timeout_s: float = 
     return text
 
 
+@dataclass(slots=True)
+class _Matched:
+    """Every call's latencies (s) in one step's window, pooled, with the appends received and expected."""
+
+    caller: list[float] = field(default_factory=list)
+    bot: list[float] = field(default_factory=list)
+    bot_immediate: list[float] = field(default_factory=list)
+    unmatched: int = 0
+    received: int = 0
+    expected: int = 0
+
+    def add_bot(self, match: BotMatch) -> None:
+        self.bot += match.latencies
+        self.bot_immediate += match.immediate
+        self.unmatched += match.unmatched
+
+
 def _latencies(
-    calls: Sequence[LeanCall], records: Mapping[str, SessionRecords], mode: str, window: tuple[float, float]
-) -> tuple[list[float], list[float], int, int, int]:
-    """caller and bot latencies (s), unmatched deltas, appends received and appends expected."""
-    lag, holdback = CALLER_FRAME_LAG[mode], BOT_HOLDBACK_BYTES[mode]
-    caller: list[float] = []
-    bot: list[float] = []
-    unmatched = received = expected = 0
+    calls: Sequence[Call],
+    records: Mapping[str, SessionRecords],
+    layout: LegLayout,
+    window: tuple[float, float],
+) -> _Matched:
+    out = _Matched()
+    lag = layout.caller_frame_lag
     for call in calls:
         rec = records.get(client_request_id(call.call_sid))
         if rec is None:
             continue
-        caller += caller_latencies(call.sent_at, rec.append_at, lag, window)
+        out.caller += caller_latencies(call.sent_at, rec.append_at, lag, window)
         until = call.first_clear_at if call.first_clear_at is not None else math.inf
-        match = bot_latencies(rec.deltas, call.media_at, call.media_offset, holdback, window, until=until)
-        bot += match.latencies
-        unmatched += match.unmatched
-        received += len(rec.append_at)
-        expected += max(0, len(call.sent_at) - lag)
-    return caller, bot, unmatched, received, expected
+        media_end = call.received_bytes
+        out.add_bot(
+            bot_latencies(
+                rec.deltas, call.media_at, call.media_offset, layout, window, media_end=media_end, until=until
+            )
+        )
+        out.received += len(rec.append_at)
+        out.expected += max(0, len(call.sent_at) - lag)
+    return out
+
+
+def _strange(call: Call) -> int:
+    return call.strange if isinstance(call, ProviderCall) else call.other_messages
 
 
 def _ms(values: Sequence[float], q: float) -> float:
@@ -413,10 +531,10 @@ def _ms(values: Sequence[float], q: float) -> float:
 async def run_step(
     n: int,
     *,
+    leg: _Leg,
     gateway: GatewayProcess,
     realtime: RealtimeSide,
     http: aiohttp.ClientSession,
-    mode: str,
     step_s: float,
     ramp_s: float,
     settle_s: float,
@@ -425,7 +543,7 @@ async def run_step(
 ) -> tuple[StepResult, Profile | None]:
     """Ramp to `n` calls, settle, measure `step_s`, (profile), hang up, wait for the gateway to idle."""
     realtime.forget()
-    load = TwilioLoad("127.0.0.1", gateway.port)
+    load = leg.new_load(gateway.port)
     calls = await _ramp(load, n, ramp_s)
     await asyncio.sleep(settle_s)
     before = await _scrape(http, gateway.base)
@@ -443,7 +561,7 @@ async def run_step(
     await load.aclose()
     idle = await _wait_idle(http, gateway.base)
     window = (t0, t1)
-    caller, bot, unmatched, received, expected = _latencies(calls, realtime.records(), mode, window)
+    matched = _latencies(calls, realtime.records(), leg.layout, window)
     lags = [lag for at, lag in zip(load.lag_at, load.lag_s, strict=True) if t0 <= at < t1]
     outcomes_before, outcomes_after = _outcomes(before), _outcomes(idle)
     outcomes = {
@@ -461,20 +579,24 @@ async def run_step(
         gateway_cpu_s_per_call_min=round((cpu1 - cpu0) / (max(1, open_calls) * wall / 60), 4),
         rss_mb=round(rss / 1024, 1),
         rss_kb_per_call=round((rss - baseline_rss_kb) / max(1, n), 1),
-        caller_p50_ms=_ms(caller, 50),
-        caller_p99_ms=_ms(caller, 99),
-        bot_p50_ms=_ms(bot, 50),
-        bot_p99_ms=_ms(bot, 99),
+        caller_p50_ms=_ms(matched.caller, 50),
+        caller_p99_ms=_ms(matched.caller, 99),
+        bot_p50_ms=_ms(matched.bot, 50),
+        bot_p99_ms=_ms(matched.bot, 99),
+        bot_immediate_p99_ms=_ms(matched.bot_immediate, 99),
         gateway_caller_p99_ms=round(_window_p99_ms(before, after, "caller"), 3),
         gateway_bot_p99_ms=round(_window_p99_ms(before, after, "bot"), 3),
-        caller_samples=len(caller),
-        bot_samples=len(bot),
-        bot_unmatched=unmatched,
+        caller_samples=len(matched.caller),
+        bot_samples=len(matched.bot),
+        bot_waited=len(matched.bot) - len(matched.bot_immediate),
+        bot_unmatched=matched.unmatched,
         frames_sent=sum(len(c.sent_at) for c in calls),
-        appends_received=received,
-        appends_expected=expected,
+        appends_received=matched.received,
+        appends_expected=matched.expected,
+        marks_requested=sum(c.marks_received for c in calls),
         marks_echoed=sum(c.marks_echoed for c in calls),
         clears=sum(c.clears for c in calls),
+        strange=sum(_strange(c) for c in calls),
         calls_completed=outcomes.get("completed", 0),
         outcomes=outcomes,
         load_lag_p99_ms=lag_p99,
@@ -487,7 +609,7 @@ async def run_step(
         not result.load_limited
         and open_calls == n
         and result.caller_p99_ms <= BOUND_MS
-        and result.bot_p99_ms <= BOUND_MS
+        and result.bot_immediate_p99_ms <= BOUND_MS
     )
     return result, spots
 
@@ -495,9 +617,61 @@ async def run_step(
 # -- the run ------------------------------------------------------------------------------------------
 
 
-async def run_capacity(
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every provider's run shares."""
+
+    steps: Sequence[int]
+    step_s: float
+    ramp_s: float
+    settle_s: float
+    profile_s: float
+    progress: bool
+
+
+async def _run_steps(
+    run: CapacityRun,
+    leg: _Leg,
+    plan: _Plan,
+    *,
+    gateway: GatewayProcess,
+    realtime: RealtimeSide,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Every step of one provider against a started gateway; fills in `run`."""
+    await asyncio.sleep(1.0)
+    baseline = procstat.rss_kb(gateway.pid)
+    run.baseline_rss_mb = round(baseline / 1024, 1)
+    for i, n in enumerate(plan.steps):
+        last = i == len(plan.steps) - 1
+        result, spots = await run_step(
+            n,
+            leg=leg,
+            gateway=gateway,
+            realtime=realtime,
+            http=http,
+            step_s=plan.step_s,
+            ramp_s=plan.ramp_s,
+            settle_s=plan.settle_s,
+            baseline_rss_kb=baseline,
+            profile_s=plan.profile_s if last else 0.0,
+        )
+        run.steps.append(result)
+        if spots is not None:
+            run.hot_spots, run.idle_pct, run.profiled_calls = spots.spots, spots.idle_pct, n
+        if plan.progress:
+            if i == 0:
+                print(_HEADER, flush=True)
+            print(_row(result), flush=True)
+    good = [s.calls for s in run.steps if s.within_bound]
+    run.capacity_calls = max(good, default=0)
+
+
+async def run_providers(
+    providers: Sequence[str],
     steps: Sequence[int],
     *,
+    formats: Mapping[str, WireFormat] | None = None,
     step_s: float = 20.0,
     ramp_s: float = 5.0,
     settle_s: float = 3.0,
@@ -509,14 +683,18 @@ async def run_capacity(
     gateway_uvloop: bool = False,
     priority: int = 0,
     progress: bool = True,
-) -> CapacityRun:
-    """Run every step against one gateway process; returns the figures (see the module doc)."""
+    stub_config: StubConfig | None = None,
+) -> list[CapacityRun]:
+    """Run every step for each provider in turn (each against a fresh gateway process, all against one
+    realtime side); one `CapacityRun` each, with `refused` set for a provider whose stream the gateway
+    cannot carry in `mode`. `formats` picks a provider's format (default: see `leg_format`);
+    `stub_config` shapes the stub's turns (its output format follows `mode`)."""
     pinned = pin and _can_pin()
     if pinned:
         os.sched_setaffinity(0, {LOAD_CORE})
     raised = _raise_priority(0, priority)
-    run = CapacityRun(mode, realtime_kind, pinned, os.cpu_count() or 1, step_s, ramp_s, settle_s)
-    realtime = RealtimeSide(realtime_kind, mode)
+    plan = _Plan(steps, step_s, ramp_s, settle_s, profile_s, progress)
+    realtime = RealtimeSide(realtime_kind, mode, stub_config)
     url = await realtime.start()
     env = {
         "LOG_LEVEL": "warning",
@@ -526,50 +704,125 @@ async def run_capacity(
         "AUDIO_MODE": mode,
         **(gateway_env or {}),
     }
-    gateway = GatewayProcess(env, pin=pinned, uvloop=gateway_uvloop)
-    run.load_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    run.gateway_loop = "uvloop" if gateway_uvloop else "asyncio"
+    runs: list[CapacityRun] = []
     try:
         async with aiohttp.ClientSession() as http:
-            await gateway.start(http)
-            raised = raised and _raise_priority(gateway.pid, priority)
-            run.priority = priority if raised else 0
-            await asyncio.sleep(1.0)
-            baseline = procstat.rss_kb(gateway.pid)
-            run.baseline_rss_mb = round(baseline / 1024, 1)
-            for i, n in enumerate(steps):
-                last = i == len(steps) - 1
-                result, spots = await run_step(
-                    n,
-                    gateway=gateway,
-                    realtime=realtime,
-                    http=http,
-                    mode=mode,
-                    step_s=step_s,
-                    ramp_s=ramp_s,
-                    settle_s=settle_s,
-                    baseline_rss_kb=baseline,
-                    profile_s=profile_s if last else 0.0,
+            for provider in providers:
+                run = CapacityRun(
+                    mode,
+                    realtime_kind,
+                    pinned,
+                    os.cpu_count() or 1,
+                    step_s,
+                    ramp_s,
+                    settle_s,
+                    provider=provider,
                 )
-                run.steps.append(result)
-                if spots is not None:
-                    run.hot_spots, run.idle_pct, run.profiled_calls = spots.spots, spots.idle_pct, n
+                run.load_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+                run.gateway_loop = "uvloop" if gateway_uvloop else "asyncio"
+                runs.append(run)
+                try:
+                    fmt = leg_format(provider, mode, (formats or {}).get(provider))
+                except ValueError as exc:
+                    run.refused = str(exc)
+                    if progress:
+                        print(f"--provider {provider}: refused: {exc}", flush=True)
+                    continue
+                run.format = str(fmt)
                 if progress:
-                    if i == 0:
-                        print(_HEADER, flush=True)
-                    print(_row(result), flush=True)
+                    print(f"--provider {provider} ({fmt}, AUDIO_MODE={mode})", flush=True)
+                gateway = GatewayProcess(env, pin=pinned, uvloop=gateway_uvloop)
+                try:
+                    await gateway.start(http)
+                    run.priority = priority if raised and _raise_priority(gateway.pid, priority) else 0
+                    leg = _Leg.of(provider, fmt, mode)
+                    await _run_steps(run, leg, plan, gateway=gateway, realtime=realtime, http=http)
+                finally:
+                    await gateway.stop()
     finally:
-        await gateway.stop()
         await realtime.stop()
-    good = [s.calls for s in run.steps if s.within_bound]
-    run.capacity_calls = max(good, default=0)
+    return runs
+
+
+async def run_capacity(
+    steps: Sequence[int],
+    *,
+    provider: str = "twilio",
+    fmt: WireFormat | None = None,
+    step_s: float = 20.0,
+    ramp_s: float = 5.0,
+    settle_s: float = 3.0,
+    mode: str = "pcm16",
+    realtime_kind: str = "stub",
+    pin: bool = True,
+    profile_s: float = 0.0,
+    gateway_env: Mapping[str, str] | None = None,
+    gateway_uvloop: bool = False,
+    priority: int = 0,
+    progress: bool = True,
+    stub_config: StubConfig | None = None,
+) -> CapacityRun:
+    """Run every step for one provider against one gateway process; returns the figures (see the module
+    doc). ValueError if the gateway cannot carry the provider's stream in `mode`."""
+    fmt = leg_format(provider, mode, fmt)
+    (run,) = await run_providers(
+        [provider],
+        steps,
+        formats={provider: fmt},
+        step_s=step_s,
+        ramp_s=ramp_s,
+        settle_s=settle_s,
+        mode=mode,
+        realtime_kind=realtime_kind,
+        pin=pin,
+        profile_s=profile_s,
+        gateway_env=gateway_env,
+        gateway_uvloop=gateway_uvloop,
+        priority=priority,
+        progress=progress,
+        stub_config=stub_config,
+    )
     return run
+
+
+def summarise(runs: Sequence[CapacityRun]) -> list[ProviderSummary]:
+    """One line per provider: its capacity, and its costs at the largest step every provider that ran
+    carried within bound (else the smallest step they all ran), so CPU and memory compare like for like."""
+    ran = [run for run in runs if run.steps]
+    common = set.intersection(*({s.calls for s in run.steps} for run in ran)) if ran else set()
+    carried = [n for n in common if all(s.within_bound for run in ran for s in run.steps if s.calls == n)]
+    at = max(carried, default=min(common, default=0))
+    out: list[ProviderSummary] = []
+    for run in runs:
+        step = next((s for s in run.steps if s.calls == at), None)
+        if step is None:
+            nan = math.nan
+            out.append(
+                ProviderSummary(
+                    run.provider, run.format, run.capacity_calls, 0, nan, nan, nan, nan, nan, run.refused
+                )
+            )
+            continue
+        out.append(
+            ProviderSummary(
+                provider=run.provider,
+                format=run.format,
+                capacity_calls=run.capacity_calls,
+                at_calls=at,
+                gateway_cpu_pct=step.gateway_cpu_pct,
+                gateway_cpu_s_per_call_min=step.gateway_cpu_s_per_call_min,
+                rss_kb_per_call=step.rss_kb_per_call,
+                bot_p99_ms=step.bot_p99_ms,
+                bot_immediate_p99_ms=step.bot_immediate_p99_ms,
+            )
+        )
+    return out
 
 
 _HEADER = (
     f"{'calls':>5} {'open':>5} {'gwCPU%':>6} {'s/call-min':>10} {'RSS MB':>7} {'KB/call':>7} "
-    f"{'caller p50/p99':>15} {'bot p50/p99':>13} {'gw own p99 c/b':>15} {'appends/expected':>17} "
-    f"{'lag p99':>7} {'loadCPU%':>8} {'steal%':>6}  verdict"
+    f"{'caller p50/p99':>15} {'bot p50/p99':>13} {'imm p99':>7} {'gw own p99 c/b':>15} "
+    f"{'appends/expected':>17} {'confirms':>9} {'lag p99':>7} {'loadCPU%':>8} {'steal%':>6}  verdict"
 )
 
 
@@ -579,32 +832,69 @@ def _row(s: StepResult) -> str:
         f"{s.calls:>5} {s.calls_open:>5} {s.gateway_cpu_pct:>6.1f} {s.gateway_cpu_s_per_call_min:>10.4f} "
         f"{s.rss_mb:>7.1f} {s.rss_kb_per_call:>7.1f} "
         f"{s.caller_p50_ms:>7.2f}/{s.caller_p99_ms:<7.2f} {s.bot_p50_ms:>6.2f}/{s.bot_p99_ms:<6.2f} "
+        f"{s.bot_immediate_p99_ms:>7.2f} "
         f"{s.gateway_caller_p99_ms:>7.2f}/{s.gateway_bot_p99_ms:<7.2f} "
-        f"{s.appends_received:>8}/{s.appends_expected:<8} {s.load_lag_p99_ms:>7.2f} {s.load_cpu_pct:>8.1f} "
-        f"{s.steal_pct:>6.1f}  "
+        f"{s.appends_received:>8}/{s.appends_expected:<8} {s.marks_echoed:>4}/{s.marks_requested:<4} "
+        f"{s.load_lag_p99_ms:>7.2f} {s.load_cpu_pct:>8.1f} {s.steal_pct:>6.1f}  "
         f"{verdict}"
     )
 
 
 def render(run: CapacityRun) -> str:
-    """The printed report: settings, the table, the capacity, and the hot spots if profiled."""
+    """The printed report of one provider: settings, the table, the capacity, and the hot spots if
+    profiled."""
+    if run.refused:
+        return f"--provider {run.provider}: refused: {run.refused}"
     lines = [
-        f"gateway capacity on one core: mode={run.mode} realtime={run.realtime} pinned={run.pinned} "
+        f"gateway capacity on one core: provider={run.provider} format={run.format} mode={run.mode} "
+        f"realtime={run.realtime} pinned={run.pinned} "
         f"(gateway core {GATEWAY_CORE}, load core {LOAD_CORE}) cpus={run.cpu_count} window={run.step_s:g}s "
         f"idle RSS {run.baseline_rss_mb} MB; event loops: gateway {run.gateway_loop}, load {run.load_loop}; "
         f"nice {run.priority}",
-        "latencies in ms; caller: frame written -> append upstream; bot: delta sent -> first media out",
+        "latencies in ms; caller: frame written -> append upstream; bot: delta sent -> first media out "
+        "(imm: deltas whose message did not wait for later audio); confirms: sent/asked",
         _HEADER,
         *(_row(s) for s in run.steps),
-        f"capacity: {run.capacity_calls} concurrent calls with both p99 <= {BOUND_MS:g} ms"
-        + ("" if run.capacity_calls else " (no step qualified)"),
     ]
+    waited = sum(s.bot_waited for s in run.steps)
+    if waited:
+        matched = sum(s.bot_samples for s in run.steps)
+        lines.append(
+            f"{waited} of {matched} matched deltas waited by design: {run.provider}'s minimum message size "
+            "holds their audio until audio the service sent later fills the message; the verdict uses the "
+            "other deltas' p99 (imm)"
+        )
+    lines.append(
+        f"capacity: {run.capacity_calls} concurrent calls with both p99 <= {BOUND_MS:g} ms"
+        + ("" if run.capacity_calls else " (no step qualified)")
+    )
     if run.hot_spots:
         lines.append(
             f"gateway hot spots at {run.profiled_calls} calls (py-spy; % of busy samples, self / total; "
             f"idle in epoll {run.idle_pct:.1f}% of all samples):"
         )
         lines += [f"  {h.self_pct:5.1f}% {h.total_pct:5.1f}%  {h.function}" for h in run.hot_spots]
+    return "\n".join(lines)
+
+
+def render_summary(summary: Sequence[ProviderSummary]) -> str:
+    """The per-provider summary of a `--provider all` run."""
+    at = max((s.at_calls for s in summary), default=0)
+    lines = [
+        f"summary: capacity per provider; costs at {at} concurrent calls (the largest step every provider "
+        "carried within bound, else the smallest)",
+        f"{'provider':<11} {'format':<10} {'capacity':>8} {'gwCPU%':>7} {'s/call-min':>10} {'KB/call':>8} "
+        f"{'bot p99 all/imm':>16}",
+    ]
+    for s in summary:
+        if s.refused:
+            lines.append(f"{s.provider:<11} refused: {s.refused}")
+            continue
+        lines.append(
+            f"{s.provider:<11} {s.format:<10} {s.capacity_calls:>8} {s.gateway_cpu_pct:>7.1f} "
+            f"{s.gateway_cpu_s_per_call_min:>10.4f} {s.rss_kb_per_call:>8.1f} "
+            f"{s.bot_p99_ms:>7.2f}/{s.bot_immediate_p99_ms:<8.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -618,9 +908,39 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _parse_format(text: str) -> WireFormat:
+    encoding, _, rate = text.partition("/")
+    try:
+        return WireFormat.of(encoding, int(rate))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _formats(providers: Sequence[str], mode: str, requested: WireFormat | None) -> dict[str, WireFormat]:
+    """The format per provider; SystemExit when one named alone cannot run (all: refused ones are skipped)."""
+    if requested is not None and len(providers) > 1:
+        raise SystemExit("--format needs a single --provider")
+    if len(providers) > 1:
+        return {}
+    try:
+        return {providers[0]: leg_format(providers[0], mode, requested)}
+    except ValueError as exc:
+        raise SystemExit(f"--provider {providers[0]}: {exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run from the command line; prints the table and writes the JSON. Returns the exit status."""
+    """Run from the command line; prints the tables and writes the JSON. Returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--provider", choices=(*PROVIDERS, "all"), default="twilio", help="whose streams the calls are"
+    )
+    parser.add_argument(
+        "--format",
+        type=_parse_format,
+        default=None,
+        metavar="ENC/RATE",
+        help="the stream's format for a provider with several (e.g. l16/16000; default: its first)",
+    )
     parser.add_argument("--steps", default="50,100,200,300,400", help="concurrent calls per step")
     parser.add_argument("--step-s", type=float, default=20.0, help="steady measuring window per step")
     parser.add_argument("--ramp-s", type=float, default=5.0, help="calls are opened over this long")
@@ -648,6 +968,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the load side's event loop (auto: uvloop when installed: a cheaper load side)",
     )
     args = parser.parse_args(argv)
+    providers = PROVIDERS if args.provider == "all" else (args.provider,)
+    formats = _formats(providers, args.mode, args.format)
     use_uvloop = args.load_loop == "uvloop" or (args.load_loop == "auto" and uvloop_available())
     if (use_uvloop or args.gateway_uvloop) and not uvloop_available():
         raise SystemExit("uvloop is not installed: pip install uvloop")
@@ -656,9 +978,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     steps = [int(x) for x in args.steps.split(",") if x.strip()]
-    run = asyncio.run(
-        run_capacity(
+    runs = asyncio.run(
+        run_providers(
+            providers,
             steps,
+            formats=formats,
             step_s=args.step_s,
             ramp_s=args.ramp_s,
             settle_s=args.settle_s,
@@ -672,9 +996,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=True,
         )
     )
-    print(render(run))
+    print("\n\n".join(render(run) for run in runs))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(asdict(run), indent=2, allow_nan=True) + "\n")
+    if len(runs) == 1:  # one provider: the run itself, as before (now naming its provider and format)
+        report: object = asdict(runs[0])
+    else:
+        summary = summarise(runs)
+        print("\n" + render_summary(summary))
+        report = {"runs": [asdict(run) for run in runs], "summary": [asdict(s) for s in summary]}
+    args.json.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
     return 0
 
 

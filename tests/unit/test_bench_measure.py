@@ -12,6 +12,8 @@ import pytest
 from bench.latency import (
     BOT_HOLDBACK_BYTES,
     CALLER_FRAME_LAG,
+    ULAW_8K,
+    LegLayout,
     bot_latencies,
     caller_latencies,
     delta_first_byte,
@@ -101,13 +103,15 @@ def test_delta_first_byte_follows_the_resampler_holdback() -> None:
 
 def test_bot_latencies_match_media_by_offset_and_stop_at_a_clear() -> None:
     """Deltas find the media message starting at their first byte; later and missing ones do not count."""
-    deltas = [(1.0, 0, 0), (1.1, 0, 100), (1.2, 0, 200), (1.3, 0, 300)]
+    deltas = [(1.0, 0, 0, 100), (1.1, 0, 100, 100), (1.2, 0, 200, 100), (1.3, 0, 300, 100)]
     media_at = [1.002, 1.004, 1.103, 1.2051]
     media_offset = [0, 320, 780, 1580]
-    match = bot_latencies(deltas, media_at, media_offset, 20, (0.0, 9.0), until=1.25)
+    twilio = LegLayout.of(ULAW_8K, "pcm16")
+    match = bot_latencies(deltas, media_at, media_offset, twilio, (0.0, 9.0), media_end=2380, until=1.25)
     assert match.latencies == pytest.approx([0.002, 0.003, 0.0051])
+    assert match.immediate == match.latencies
     assert match.unmatched == 0
-    partial = bot_latencies(deltas, media_at[:2], media_offset[:2], 20, (0.0, 9.0))
+    partial = bot_latencies(deltas, media_at[:2], media_offset[:2], twilio, (0.0, 9.0), media_end=640)
     assert partial.latencies == pytest.approx([0.002])
     assert partial.unmatched == 3
 

@@ -1,26 +1,27 @@
 """A fake ACS media leg: Azure Communication Services' side of the media WebSocket, over a real socket.
 
-`AcsMediaCall` opens the socket with ACS's upgrade headers, sends `AudioMetadata` and 20 ms `AudioData`
-frames (PCM16) and `DtmfData`, and plays the gateway's audio at real time through `PcmPlayout`, after a
-fixed one-way network delay: every message the gateway sends (audio and StopAudio alike) takes effect
-`network_delay_ms` after it arrives. What it played when a StopAudio took effect is the truth the
-gateway's truncation is held against (ACS confirms nothing: the gateway's clock model is all there is).
+`AcsMediaCall` speaks through ACS's wire (`AcsWire` in gateway/loadtest/wires.py): it opens the socket
+with ACS's upgrade headers, sends `AudioMetadata` and 20 ms `AudioData` frames (PCM16) and `DtmfData`,
+and plays the gateway's audio at real time through `PcmPlayout`, after a fixed one-way network delay:
+every message the gateway sends (audio and StopAudio alike) takes effect `network_delay_ms` after it
+arrives. What it played when a StopAudio took effect is the truth the gateway's truncation is held
+against (ACS confirms nothing: the gateway's clock model is all there is).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import time
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from gateway.loadtest.wires import BotAudio, Flush, WireFrame, make_wire
+from telcodec import Encoding, WireFormat
 
 __all__ = [
     "FRAME_MS",
@@ -128,6 +129,8 @@ class AcsMediaCall:
     close_code: int | None = None
 
     def __post_init__(self) -> None:
+        self.wire = make_wire("acs", self.call_connection_id, fmt=WireFormat(Encoding.L16, self.rate))
+        self.wire.stream_id = self.correlation_id  # the upgrade's x-ms-call-correlation-id
         self.playout = PcmPlayout(self.rate)
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -138,7 +141,7 @@ class AcsMediaCall:
     @property
     def frame_bytes(self) -> int:
         """Bytes of one 20 ms frame."""
-        return self.rate * 2 * FRAME_MS // 1000
+        return self.wire.format.frame_bytes(FRAME_MS)
 
     @property
     def played_ms(self) -> float:
@@ -156,10 +159,7 @@ class AcsMediaCall:
 
     async def open(self, *, send_metadata: bool = True) -> None:
         """Open the socket with ACS's upgrade headers (and JWT), then announce the audio format."""
-        headers = {
-            "x-ms-call-connection-id": self.call_connection_id,
-            "x-ms-call-correlation-id": self.correlation_id,
-        }
+        headers = self.wire.upgrade_headers()
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
         self._ws = await connect(self.url, additional_headers=headers, open_timeout=5, compression=None)
@@ -168,30 +168,18 @@ class AcsMediaCall:
             await self.send_metadata()
 
     async def send_metadata(self) -> None:
-        """The first message of every ACS stream."""
-        meta = {
-            "subscriptionId": "89e8cb59-b991-48b0-b154-1db84f16a077",
-            "encoding": "PCM",
-            "sampleRate": self.rate,
-            "channels": 1,
-            "length": self.frame_bytes,
-        }
-        await self.send_json({"kind": "AudioMetadata", "audioMetadata": meta})
+        """The first message of every ACS stream (`AudioMetadata`)."""
+        for message in self.wire.opening():
+            await self.send(message)
 
-    async def send_json(self, message: Mapping[str, Any]) -> None:
-        """Send one JSON text frame."""
+    async def send(self, message: str | bytes) -> None:
+        """Send one frame as the wire wrote it."""
         assert self._ws is not None
-        await self._ws.send(json.dumps(message))
+        await self._ws.send(message)
 
     async def send_frame(self, pcm: bytes) -> None:
         """One AudioData message (silent when every sample is zero, as ACS flags it)."""
-        audio = {
-            "timestamp": "2024-11-15T19:16:12.925Z",
-            "participantRawID": "4:+14255550123",
-            "data": base64.b64encode(pcm).decode(),
-            "silent": not any(pcm),
-        }
-        await self.send_json({"kind": "AudioData", "audioData": audio})
+        await self.send(self.wire.media(WireFrame.of(pcm)))
 
     async def send_audio(self, pcm: bytes, *, realtime: bool = True) -> None:
         """Send PCM in 20 ms frames, at real-time pace on an absolute schedule or as fast as possible."""
@@ -204,7 +192,7 @@ class AcsMediaCall:
 
     async def send_dtmf(self, key: str) -> None:
         """A DtmfData message."""
-        await self.send_json({"kind": "DtmfData", "dtmfData": {"data": key}})
+        await self.send(self.wire.dtmf(key))
 
     async def close(self) -> None:
         """Hang up: close the socket (ACS has no stop message)."""
@@ -262,27 +250,18 @@ class AcsMediaCall:
 
     def _on_message(self, message: str | bytes) -> None:
         now = monotonic_ms()
-        try:
-            doc = json.loads(message)
-            kind = doc["Kind"]
-        except (ValueError, KeyError, TypeError):
-            self.protocol_errors.append(f"not an ACS outbound message: {str(message)[:80]}")
-            return
         due = now + self.network_delay_ms
-        if (
-            kind == "AudioData"
-            and set(doc) == {"Kind", "AudioData", "StopAudio"}
-            and doc["StopAudio"] is None
-        ):
-            pcm = base64.b64decode(doc["AudioData"]["Data"], validate=True)
-            self.received_audio += pcm
-            self.audio_times_ms.append(now)
-            self._line.append((due, "audio", len(pcm)))
-        elif doc == {"Kind": "StopAudio", "AudioData": None, "StopAudio": {}}:
-            self._arrived[len(self._arrived)] = now
-            self._line.append((due, "stop", 0))
-        else:
-            self.protocol_errors.append(f"unexpected message {str(message)[:80]}")
+        # ACS is asked for no confirmation: anything but audio and a stop is a protocol error.
+        match self.wire.read(message):
+            case BotAudio(pcm):
+                self.received_audio += pcm
+                self.audio_times_ms.append(now)
+                self._line.append((due, "audio", len(pcm)))
+            case Flush():
+                self._arrived[len(self._arrived)] = now
+                self._line.append((due, "stop", 0))
+            case strange:
+                self.protocol_errors.append(str(strange))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,23 +1,22 @@
 """What the fake provider legs share: the phone's clock, test audio, and `FakePhone`.
 
 `FakePhone` is what every JSON media-stream provider's side has in common (the Telnyx and Plivo fakes
-build on it): it sends caller audio as 20 ms frames, plays the gateway's audio through a `TwilioPlayout`
-at real time (audio plays in order and waits when the queue runs dry), confirms each confirmation request
-only once the audio queued before it has played, and records what the measurements need (audio received,
-clears with what had been heard by then, confirmations). It has the attributes `play_interruption` reads
-(`played_ms`, `send_frame`, `clears`, `media_times_ms`), so the barge-in scenario runs unchanged on it.
+build on it): it speaks through its provider's `ProviderWire` (gateway/loadtest/wires.py), sends caller
+audio as 20 ms frames, plays the gateway's audio through a `TwilioPlayout` at real time (audio plays in
+order and waits when the queue runs dry), confirms each confirmation request only once the audio queued
+before it has played, and records what the measurements need (audio received, clears with what had been
+heard by then, confirmations). It has the attributes `play_interruption` reads (`played_ms`,
+`send_frame`, `clears`, `media_times_ms`), so the barge-in scenario runs unchanged on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
 from gateway.loadtest.scenarios import BargeInResult, speech_ulaw
+from gateway.loadtest.wires import BotAudio, Flush, PlayedRequest, ProviderWire, Strange, WireFrame
 from telcodec import ulaw_decode
 from telcodec.resample import Resampler
 
@@ -90,14 +90,13 @@ class HeardClear:
 
 
 class FakePhone:
-    """One provider stream over a real socket. Subclasses say how messages look (`opening_messages`,
-    `media_message`, `dtmf_message`, `confirmation`, `stop_messages`) and read the gateway's
-    (`on_message`)."""
+    """One provider stream over a real socket: every message it sends and reads goes through `wire`."""
 
-    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, bytes_per_ms: int = 8) -> None:
+    def __init__(self, url: str, wire: ProviderWire, *, headers: Mapping[str, str] | None = None) -> None:
         self.url = url
-        self.headers = dict(headers or {})
-        self.bytes_per_ms = bytes_per_ms  # of the stream's audio: 8 for G.711 at 8 kHz, 16 for L16
+        self.wire = wire
+        self.headers = wire.upgrade_headers() | dict(headers or {})
+        self.bytes_per_ms = wire.format.bytes_per_ms  # 8 for G.711 at 8 kHz, 16 for L16 at 8 kHz
         self.playout = TwilioPlayout(keep_audio=False)
         self.received_media = bytearray()
         self.media_times_ms: list[float] = []
@@ -106,9 +105,6 @@ class FakePhone:
         self.confirmed: list[str] = []  # the ones this phone confirmed, in order
         self.protocol_errors: list[str] = []
         self.close_code: int | None = None
-        self.sequence = 0
-        self.chunk = 0
-        self.caller_audio_ms = 0.0
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
@@ -120,57 +116,24 @@ class FakePhone:
     async def __aexit__(self, *_exc: object) -> None:
         await self.hang_up()
 
-    # -- what a subclass defines ---------------------------------------------------------------------
-
-    def opening_messages(self) -> list[dict[str, Any]]:
-        """What the provider sends as soon as the socket is open."""
-        raise NotImplementedError
-
-    def media_message(self, payload: str) -> dict[str, Any]:
-        """A caller audio frame (`payload` is base64)."""
-        raise NotImplementedError
-
-    def dtmf_message(self, digit: str) -> dict[str, Any]:
-        """The caller pressed `digit`."""
-        raise NotImplementedError
-
-    def confirmation(self, name: str) -> dict[str, Any]:
-        """The answer to the gateway's confirmation request `name` (its audio has played)."""
-        raise NotImplementedError
-
-    def stop_messages(self) -> list[dict[str, Any]]:
-        """What the provider sends when the caller hangs up, before it closes the socket."""
-        raise NotImplementedError
-
-    def on_message(self, data: dict[str, Any], now: float) -> list[dict[str, Any]]:
-        """Handle one message from the gateway; returns the messages to send back."""
-        raise NotImplementedError
-
     # -- the caller's side ---------------------------------------------------------------------------
-
-    def next_sequence(self) -> int:
-        self.sequence += 1
-        return self.sequence
 
     async def open(self) -> None:
         """Connect, send the opening messages, and start playing what comes back."""
         self._ws = await connect(self.url, additional_headers=self.headers, open_timeout=10, compression=None)
-        for message in self.opening_messages():
-            await self.send_json(message)
+        for message in self.wire.opening():
+            await self.send(message)
         self._tasks = [asyncio.create_task(self._receive_loop()), asyncio.create_task(self._play_loop())]
 
-    async def send_json(self, message: Mapping[str, Any]) -> None:
-        """Send one JSON text frame (nothing once the socket is closed)."""
+    async def send(self, message: str | bytes) -> None:
+        """Send one frame as the wire wrote it (nothing once the socket is closed)."""
         assert self._ws is not None, "open() first"
         with contextlib.suppress(ConnectionClosed):
-            await self._ws.send(json.dumps(message))
+            await self._ws.send(message)
 
     async def send_frame(self, frame: bytes) -> None:
         """Send one caller audio frame."""
-        self.chunk += 1
-        message = self.media_message(base64.b64encode(frame).decode("ascii"))
-        self.caller_audio_ms += len(frame) / self.bytes_per_ms
-        await self.send_json(message)
+        await self.send(self.wire.media(WireFrame.of(frame)))
 
     async def send_audio(self, audio: bytes, *, realtime: bool = False) -> None:
         """Send audio as 20 ms frames, at real-time pace or as fast as possible."""
@@ -183,13 +146,13 @@ class FakePhone:
 
     async def send_dtmf(self, digit: str) -> None:
         """Press a key."""
-        await self.send_json(self.dtmf_message(digit))
+        await self.send(self.wire.dtmf(digit))
 
     async def hang_up(self) -> None:
         """The caller hangs up: the stop messages, then the socket closes and the phone stops playing."""
         if self._ws is not None and not self._closed.is_set():
-            for message in self.stop_messages():
-                await self.send_json(message)
+            for message in self.wire.stop():
+                await self.send(message)
             await self._ws.close()
         self._closed.set()
         for task in self._tasks:
@@ -237,34 +200,42 @@ class FakePhone:
         self.requested.append(name)
         return self.playout.mark(name, now)
 
-    def clear(self, now: float, *, confirm_pending: bool) -> list[str]:
-        """Drop the queued audio; returns what is due, and the pending requests too if `confirm_pending`."""
+    def clear(self, now: float) -> list[str]:
+        """Drop the queued audio; returns what is due, and the pending requests too if the provider
+        confirms them on a clear (`flush_confirms_pending`)."""
         due = self.playout.advance(now)
         flushed = self.playout.clear(now)
         self.clears.append(HeardClear(now, self.playout.played_ms))
-        return due + flushed if confirm_pending else due
+        return due + flushed if self.wire.flush_confirms_pending else due
 
-    def confirmations(self, names: list[str]) -> list[dict[str, Any]]:
+    def confirmations(self, names: list[str]) -> list[str]:
         """The messages that confirm `names`, recorded as confirmed."""
         self.confirmed += names
-        return [self.confirmation(name) for name in names]
+        return [self.wire.played(name) for name in names]
+
+    def on_message(self, message: str | bytes, now: float) -> list[str]:
+        """Handle one message from the gateway, read as the provider reads it; returns the replies."""
+        match self.wire.read(message):
+            case BotAudio(audio):
+                return self.confirmations(self.play(audio, now))
+            case PlayedRequest(name):
+                return self.confirmations(self.request(name, now))
+            case Flush():
+                return self.confirmations(self.clear(now)) + self.wire.flushed()
+            case Strange(problem):
+                self.protocol_errors.append(problem)
+        return []
 
     async def _confirm(self, names: list[str]) -> None:
         for message in self.confirmations(names):
-            await self.send_json(message)
+            await self.send(message)
 
     async def _receive_loop(self) -> None:
         assert self._ws is not None
         try:
             async for message in self._ws:
-                try:
-                    data = json.loads(message)
-                    replies = self.on_message(data, monotonic_ms())
-                except (ValueError, KeyError, TypeError):
-                    self.protocol_errors.append(f"unparseable message: {message!r:.80}")
-                    continue
-                for reply in replies:
-                    await self.send_json(reply)
+                for reply in self.on_message(message, monotonic_ms()):
+                    await self.send(reply)
         except ConnectionClosed:
             pass
         finally:

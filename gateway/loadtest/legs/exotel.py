@@ -1,14 +1,15 @@
 """A fake Exotel Voicebot leg: a WebSocket client that plays a call against the gateway as Exotel would.
 
-It opens the stream URL (with `Authorization: Basic ...` when given credentials, as Exotel sends the
-`user:password@` of the applet's URL), sends `connected` and `start` in Exotel's snake_case shapes
-(PROTOCOLS.md 2.5: counters as strings, `media_format` with a string `sample_rate`), streams caller audio
-as `media` messages of 100 ms of PCM16 (as Exotel does), and sends `dtmf` and `stop`. Bot audio is
-played at real time through `TwilioPlayout` (audio in order; a mark echoed once the audio before it has
-played); a `clear` drops the queue and echoes no pending mark (Exotel does not document what it does
-with them: the gateway must not need them). Anything Exotel would not accept is recorded in
-`protocol_errors`: a media chunk shorter than 3,200 bytes or not a multiple of 320 bytes, a message
-for another stream_sid, an event other than media, mark and clear.
+It speaks through Exotel's wire (`ExotelWire` in gateway/loadtest/wires.py): it opens the stream URL
+(with `Authorization: Basic ...` when given credentials, as Exotel sends the `user:password@` of the
+applet's URL), sends `connected` and `start` in Exotel's snake_case shapes (PROTOCOLS.md 2.5: counters as
+strings, `media_format` with a string `sample_rate`), streams caller audio as `media` messages of 100 ms
+of PCM16 (as Exotel does), and sends `dtmf` and `stop`. Bot audio is played at real time through
+`TwilioPlayout` (audio in order; a mark echoed once the audio before it has played); a `clear` drops the
+queue and echoes no pending mark (Exotel does not document what it does with them: the gateway must not
+need them). Anything Exotel would not accept is recorded in `protocol_errors` (and not played): a media
+chunk shorter than 3,200 bytes or not a multiple of 320 bytes, a message for another stream_sid, an
+event other than media, mark and clear.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -29,12 +28,13 @@ from websockets.exceptions import ConnectionClosed
 from gateway.loadtest.legs.common import Clear, monotonic_ms, play_pcm_interruption
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
 from gateway.loadtest.scenarios import BargeInResult
+from gateway.loadtest.wires import BotAudio, Flush, PlayedRequest, ProviderWire, Strange, WireFrame, make_wire
+from telcodec import Encoding, WireFormat
 
 __all__ = ["CHUNK_MS", "ExotelCall", "basic_auth", "play_interruption"]
 
 CHUNK_MS = 100  # Exotel streams caller audio about every 100 ms
 TICK_S = 0.005  # how often the simulated phone plays audio and echoes marks
-MIN_CHUNK, CHUNK_MULTIPLE = 3200, 320  # Exotel's rules for the audio it is sent
 
 
 def basic_auth(credentials: str) -> str:
@@ -48,8 +48,7 @@ class ExotelCall:
 
     url: str
     credentials: str | None = None  # "user:password", sent as basic auth
-    rate: int = 8000
-    encoding: str = "audio/x-raw"
+    rate: int = 8000  # of the stream's PCM16 (`audio/x-raw`)
     custom_parameters: Mapping[str, str] = field(default_factory=dict)
     call_sid: str = field(default_factory=lambda: uuid.uuid4().hex)
     stream_sid: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -62,11 +61,15 @@ class ExotelCall:
     protocol_errors: list[str] = field(default_factory=list)
     close_code: int | None = None
     playout: TwilioPlayout = field(default_factory=lambda: TwilioPlayout(keep_audio=False))
+    wire: ProviderWire = field(init=False)  # built from the fields above in __post_init__
     _ws: ClientConnection | None = None
-    _sequence: int = 0
-    _chunk: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        fmt = WireFormat(Encoding.L16, self.rate)
+        self.wire = make_wire("exotel", self.call_sid, self.custom_parameters, fmt)
+        self.wire.stream_id = self.stream_sid
 
     async def __aenter__(self) -> ExotelCall:
         await self.open()
@@ -78,7 +81,7 @@ class ExotelCall:
     @property
     def chunk_bytes(self) -> int:
         """Bytes of one 100 ms chunk of PCM16 at this leg's rate."""
-        return self.rate * CHUNK_MS // 1000 * 2
+        return self.wire.format.frame_bytes(CHUNK_MS)
 
     @property
     def played_ms(self) -> float:
@@ -94,44 +97,18 @@ class ExotelCall:
         """Connect (with basic auth when `credentials` is set), send connected and start, start playing."""
         extra = {"Authorization": basic_auth(self.credentials)} if self.credentials else {}
         self._ws = await connect(self.url, additional_headers=extra, open_timeout=10, compression=None)
-        await self.send_json({"event": "connected"})
-        await self.send_json(self.start_message())
+        for message in self.wire.opening():
+            await self.send(message)
         self._tasks = [asyncio.create_task(self._receive_loop()), asyncio.create_task(self._tick_loop())]
 
-    def start_message(self) -> dict[str, Any]:
-        """The `start` message, as the protocol pages show it."""
-        return {
-            "event": "start",
-            "sequence_number": self._next(),
-            "stream_sid": self.stream_sid,
-            "start": {
-                "stream_sid": self.stream_sid,
-                "call_sid": self.call_sid,
-                "account_sid": "exotel-account",
-                "from": "+919876543210",
-                "to": "+918047491899",
-                "custom_parameters": dict(self.custom_parameters),
-                "media_format": {"encoding": self.encoding, "sample_rate": str(self.rate), "bit_rate": "16"},
-            },
-        }
-
-    def _next(self) -> str:
-        self._sequence += 1
-        return str(self._sequence)
-
-    async def send_json(self, message: Mapping[str, Any]) -> None:
-        """Send one JSON text frame."""
+    async def send(self, message: str | bytes) -> None:
+        """Send one frame as the wire wrote it."""
         assert self._ws is not None, "open() first"
-        await self._ws.send(json.dumps(message))
+        await self._ws.send(message)
 
     async def send_chunk(self, pcm: bytes) -> None:
         """Send one `media` message of caller audio."""
-        self._chunk += 1
-        media = {"chunk": str(self._chunk), "timestamp": str((self._chunk - 1) * CHUNK_MS)}
-        media["payload"] = base64.b64encode(pcm).decode()
-        await self.send_json(
-            {"event": "media", "sequence_number": self._next(), "stream_sid": self.stream_sid, "media": media}
-        )
+        await self.send(self.wire.media(WireFrame.of(pcm)))
 
     async def send_audio(self, pcm: bytes, *, realtime: bool = True) -> None:
         """Send PCM16 in 100 ms chunks, at real-time pace unless `realtime` is False."""
@@ -143,8 +120,7 @@ class ExotelCall:
 
     async def send_dtmf(self, digit: str) -> None:
         """Send a key press, as documented."""
-        message = {"event": "dtmf", "sequence_number": self._next(), "stream_sid": self.stream_sid}
-        await self.send_json(message | {"dtmf": {"digit": digit, "duration": "100"}})
+        await self.send(self.wire.dtmf(digit))
 
     async def wait_until_quiet(self, quiet_ms: float = 300, timeout_s: float = 10) -> None:
         """Wait until the bot has sent nothing for `quiet_ms` and all of it has played."""
@@ -166,16 +142,9 @@ class ExotelCall:
     async def hang_up(self, *, send_stop: bool = True) -> None:
         """Send `stop` (the caller hung up), close the socket, stop the tasks."""
         if self._ws is not None and send_stop and not self._closed.is_set():
-            stop = {"call_sid": self.call_sid, "account_sid": "exotel-account", "reason": "callended"}
             with contextlib.suppress(ConnectionClosed):
-                await self.send_json(
-                    {
-                        "event": "stop",
-                        "sequence_number": self._next(),
-                        "stream_sid": self.stream_sid,
-                        "stop": stop,
-                    }
-                )
+                for message in self.wire.stop():
+                    await self.send(message)
         if self._ws is not None:
             await self._ws.close()
         self._closed.set()
@@ -197,35 +166,23 @@ class ExotelCall:
             self.close_code = self._ws.close_code
             self._closed.set()
 
-    async def _on_message(self, text: str | bytes, now: float) -> None:
-        try:
-            message = json.loads(text)
-            event = message["event"]
-        except (ValueError, KeyError, TypeError):
-            self.protocol_errors.append(f"unparseable message {text[:60]!r}")
-            return
-        if message.get("stream_sid") != self.stream_sid:
-            self.protocol_errors.append(f"{event} for stream_sid {message.get('stream_sid')!r}")
-        if event == "media":
-            self._on_media(base64.b64decode(message["media"]["payload"]), now)
-        elif event == "mark":
-            self.marks.append(message["mark"]["name"])
-            await self._echo(self.playout.mark(message["mark"]["name"], now))
-        elif event == "clear":
-            self.playout.advance(now)
-            self.clears.append(Clear(now, self.playout.played_ms))
-            self.playout.clear(now)  # pending marks are dropped, not echoed
-        else:
-            self.protocol_errors.append(f"unexpected event {event!r}")
-
-    def _on_media(self, audio: bytes, now: float) -> None:
-        if len(audio) < MIN_CHUNK or len(audio) % CHUNK_MULTIPLE:
-            self.protocol_errors.append(f"media chunk of {len(audio)} bytes")
-        self.received += audio
-        self.chunk_sizes.append(len(audio))
-        self.media_times_ms.append(now)
-        # The playout model counts mu-law bytes (BYTES_PER_MS a millisecond): feed it as many.
-        self.playout.media(bytes(len(audio) * BYTES_PER_MS // (self.rate // 1000 * 2)), now)
+    async def _on_message(self, message: str | bytes, now: float) -> None:
+        match self.wire.read(message):
+            case BotAudio(audio):
+                self.received += audio
+                self.chunk_sizes.append(len(audio))
+                self.media_times_ms.append(now)
+                # The playout model counts mu-law bytes (BYTES_PER_MS a millisecond): feed it as many.
+                self.playout.media(bytes(len(audio) * BYTES_PER_MS // self.wire.format.bytes_per_ms), now)
+            case PlayedRequest(name):
+                self.marks.append(name)
+                await self._echo(self.playout.mark(name, now))
+            case Flush():
+                self.playout.advance(now)
+                self.clears.append(Clear(now, self.playout.played_ms))
+                self.playout.clear(now)  # pending marks are dropped, not echoed
+            case Strange(problem):
+                self.protocol_errors.append(problem)
 
     async def _tick_loop(self) -> None:
         while not self._closed.is_set():
@@ -237,9 +194,8 @@ class ExotelCall:
             if self._closed.is_set():
                 return
             self.echoed.append(name)
-            message = {"event": "mark", "sequence_number": self._next(), "stream_sid": self.stream_sid}
             with contextlib.suppress(ConnectionClosed):
-                await self.send_json(message | {"mark": {"name": name}})
+                await self.send(self.wire.played(name))
 
 
 async def play_interruption(

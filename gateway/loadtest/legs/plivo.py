@@ -1,23 +1,22 @@
 """A fake Plivo for the integration tests: a real WebSocket client speaking Plivo Audio Streams.
 
-Built on the shared `FakePhone` (gateway/loadtest/legs/common.py): it opens the stream as Plivo does
-(the upgrade signed with `X-Plivo-Signature-V3` when given the auth token; no `connected`, a `start`
-carrying `extra_headers`), sends `media` (numeric `sequenceNumber` and `chunk`, epoch-ms `timestamp`) and
-`dtmf`, plays `playAudio` at real time (checking it is in the stream's own format), answers a
-`checkpoint` with `playedStream` only once the audio before it has played, and on `clearAudio` drops the
-queue, answers `clearedAudio` and never confirms the checkpoints it dropped (Plivo confirms only audio
-that really played). It hangs up by closing the socket: Plivo sends no stop message.
+The shared `FakePhone` (gateway/loadtest/legs/common.py) on Plivo's wire (`PlivoWire` in
+gateway/loadtest/wires.py): it opens the stream as Plivo does (the upgrade signed with
+`X-Plivo-Signature-V3` when given the auth token; no `connected`, a `start` carrying `extra_headers`),
+sends `media` (numeric `sequenceNumber` and `chunk`, epoch-ms `timestamp`) and `dtmf`, plays `playAudio`
+at real time (refusing it unless it is in the stream's own format), answers a `checkpoint` with
+`playedStream` only once the audio before it has played, and on `clearAudio` drops the queue, answers
+`clearedAudio` and never confirms the checkpoints it dropped (Plivo confirms only audio that really
+played). It hangs up by closing the socket: Plivo sends no stop message.
 """
 
 from __future__ import annotations
 
-import base64
-import time
 import uuid
-from typing import Any
 
 from gateway.loadtest.legs.common import FakePhone
-from gateway.telephony.plivo import NONCE_HEADER, SIGNATURE_HEADER, compute_signature
+from gateway.loadtest.wires import make_wire
+from gateway.telephony.plivo import FORMATS, NONCE_HEADER, SIGNATURE_HEADER, compute_signature
 
 __all__ = ["NONCE", "FakePlivo"]
 
@@ -25,7 +24,10 @@ NONCE = "05429567804466091622"
 
 
 class FakePlivo(FakePhone):
-    """Plivo's side of a bidirectional `<Stream>`, in mu-law at 8 kHz unless told another format."""
+    """Plivo's side of a bidirectional `<Stream>`, in mu-law at 8 kHz unless told another format.
+
+    `extra_headers` is the answer's `extraHeaders` attribute as written (`k=v,k=v`); the stream's
+    `start` hands its pairs back, after the call's own `CallUUID` unless they name one."""
 
     def __init__(
         self,
@@ -42,85 +44,11 @@ class FakePlivo(FakePhone):
         if auth_token is not None:
             signature = compute_signature(auth_token, "GET", signed_url or url, {}, NONCE)
             headers = {SIGNATURE_HEADER: signature, NONCE_HEADER: NONCE}
-        per_ms = 8 if encoding == "audio/x-mulaw" else 2 * sample_rate // 1000
-        super().__init__(url, headers=headers, bytes_per_ms=per_ms)
-        self.extra_headers = extra_headers
-        self.call_id = call_id or str(uuid.uuid4())
-        self.stream_id = str(uuid.uuid4())
-        self.encoding = encoding
-        self.sample_rate = sample_rate
-        self.cleared_audio_sent = 0
+        pairs = dict(pair.split("=", 1) for pair in extra_headers.split(",") if pair)
+        wire = make_wire("plivo", call_id or str(uuid.uuid4()), pairs, FORMATS[(encoding, sample_rate)])
+        super().__init__(url, wire, headers=headers)
 
-    def _epoch_ms(self) -> str:
-        return str(int(time.time() * 1000))
-
-    def opening_messages(self) -> list[dict[str, Any]]:
-        """Only `start`: call and stream ids, the format, and the answer's extraHeaders as `k=v;k=v`."""
-        start = {
-            "callId": self.call_id,
-            "streamId": self.stream_id,
-            "accountId": "MA" + "X" * 18,
-            "tracks": ["inbound"],
-            "mediaFormat": {"encoding": self.encoding, "sampleRate": self.sample_rate},
-        }
-        message = {"event": "start", "sequenceNumber": self.next_sequence(), "start": start}
-        return [{**message, "extra_headers": self.extra_headers.replace(",", ";")}]
-
-    def media_message(self, payload: str) -> dict[str, Any]:
-        """Numeric counters, an epoch-ms timestamp as a string."""
-        media = {"track": "inbound", "timestamp": self._epoch_ms(), "chunk": self.chunk, "payload": payload}
-        return {
-            "event": "media",
-            "sequenceNumber": self.next_sequence(),
-            "streamId": self.stream_id,
-            "media": media,
-            "extra_headers": self.extra_headers,
-        }
-
-    def dtmf_message(self, digit: str) -> dict[str, Any]:
-        """The digit under `dtmf.digit`."""
-        return {
-            "event": "dtmf",
-            "sequenceNumber": self.next_sequence(),
-            "streamId": self.stream_id,
-            "dtmf": {"track": "inbound", "digit": digit, "timestamp": self._epoch_ms()},
-            "extra_headers": self.extra_headers,
-        }
-
-    def confirmation(self, name: str) -> dict[str, Any]:
-        """`playedStream`: the audio before the checkpoint has played."""
-        return {
-            "event": "playedStream",
-            "sequenceNumber": self.next_sequence(),
-            "streamId": self.stream_id,
-            "name": name,
-        }
-
-    def stop_messages(self) -> list[dict[str, Any]]:
-        """None: Plivo just closes the socket."""
-        return []
-
-    def on_message(self, data: dict[str, Any], now: float) -> list[dict[str, Any]]:
-        """`playAudio` plays, `checkpoint` waits for its audio, `clearAudio` drops both."""
-        event = data["event"]
-        if event == "playAudio":
-            media = data["media"]
-            if (media["contentType"], media["sampleRate"]) != (self.encoding, self.sample_rate):
-                self.protocol_errors.append(
-                    f"playAudio in {media['contentType']} at {media['sampleRate']} Hz"
-                )
-            return self.confirmations(self.play(base64.b64decode(media["payload"], validate=True), now))
-        if data.get("streamId") != self.stream_id:
-            self.protocol_errors.append(f"{event} for stream {data.get('streamId')!r}")
-        if event == "checkpoint":
-            return self.confirmations(self.request(data["name"], now))
-        if event == "clearAudio":
-            self.cleared_audio_sent += 1
-            cleared = {
-                "event": "clearedAudio",
-                "sequenceNumber": self.next_sequence(),
-                "streamId": self.stream_id,
-            }
-            return [*self.confirmations(self.clear(now, confirm_pending=False)), cleared]
-        self.protocol_errors.append(f"unexpected event {event!r}")
-        return []
+    @property
+    def cleared_audio_sent(self) -> int:
+        """`clearedAudio` answers sent: one for every `clearAudio` (PlivoWire.flushed)."""
+        return len(self.clears)

@@ -1,14 +1,14 @@
 """A fake Vonage Voice API leg: a WebSocket client that plays a call against the gateway as Vonage would.
 
-It opens `/vonage/media` (with `Authorization: Bearer <JWT>` when given one, as the NCCO's
-`"authorization": {"type": "vonage"}` asks Vonage to), sends `websocket:connected` with the NCCO's
-headers echoed at the top level, streams caller audio as binary frames of raw PCM16 (20 ms each), and
-sends `websocket:dtmf`. Bot audio is played at real time through `TwilioPlayout` (the same queue model:
-audio in order, a notify echoed once the audio before it has played); a `clear` drops the queue, answers
-`websocket:cleared` and echoes no pending notify (what Vonage does with them is not documented: the
-gateway must not need them). Anything the gateway sends that Vonage would not accept is recorded in
-`protocol_errors`: a binary frame that is not exactly 20 ms, a text frame other than the documented
-`notify` and `clear` actions.
+It speaks through Vonage's wire (`VonageWire` in gateway/loadtest/wires.py): it opens `/vonage/media`
+(with `Authorization: Bearer <JWT>` when given one, as the NCCO's `"authorization": {"type": "vonage"}`
+asks Vonage to), sends `websocket:connected` with the NCCO's headers echoed at the top level, streams
+caller audio as binary frames of raw PCM16 (20 ms each), and sends `websocket:dtmf`. Bot audio is played
+at real time through `TwilioPlayout` (the same queue model: audio in order, a notify echoed once the
+audio before it has played); a `clear` drops the queue, answers `websocket:cleared` and echoes no pending
+notify (what Vonage does with them is not documented: the gateway must not need them). Anything the
+gateway sends that Vonage would not accept is recorded in `protocol_errors` (and not played): a binary
+frame that is not exactly 20 ms, a text frame other than the documented `notify` and `clear` actions.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,16 +30,13 @@ from websockets.exceptions import ConnectionClosed
 from gateway.loadtest.legs.common import Clear, monotonic_ms, play_pcm_interruption
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
 from gateway.loadtest.scenarios import BargeInResult
+from gateway.loadtest.wires import BotAudio, Flush, PlayedRequest, ProviderWire, Strange, WireFrame, make_wire
+from telcodec import Encoding, WireFormat
 
-__all__ = ["FRAME_MS", "VonageCall", "frame_bytes", "play_interruption", "signed_bearer"]
+__all__ = ["FRAME_MS", "VonageCall", "play_interruption", "signed_bearer"]
 
 FRAME_MS = 20
 TICK_S = 0.005  # how often the simulated phone plays audio and echoes notifies
-
-
-def frame_bytes(rate: int) -> int:
-    """Bytes of one 20 ms PCM16 frame at `rate`."""
-    return rate * FRAME_MS // 1000 * 2
 
 
 def signed_bearer(secret: str, body: bytes = b"", **claims: Any) -> str:
@@ -64,7 +62,7 @@ class VonageCall:
     url: str
     headers: Mapping[str, Any] = field(default_factory=dict)  # the NCCO's headers, echoed when connected
     rate: int = 24000
-    content_type: str | None = None  # default: audio/l16;rate=<rate>
+    content_type: str | None = None  # default: audio/l16;rate=<rate>, as the wire writes it
     authorization: str | None = None
     received: bytearray = field(default_factory=bytearray)  # every bot audio byte, played or not
     media_times_ms: list[float] = field(default_factory=list)
@@ -74,9 +72,14 @@ class VonageCall:
     protocol_errors: list[str] = field(default_factory=list)
     close_code: int | None = None
     playout: TwilioPlayout = field(default_factory=lambda: TwilioPlayout(keep_audio=False))
+    wire: ProviderWire = field(init=False)  # the call's uuid is the NCCO's, if its headers name one
     _ws: ClientConnection | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        call_id = str(self.headers.get("uuid", uuid.uuid4()))
+        self.wire = make_wire("vonage", call_id, self.headers, WireFormat(Encoding.L16, self.rate))
 
     async def __aenter__(self) -> VonageCall:
         await self.open()
@@ -88,7 +91,7 @@ class VonageCall:
     @property
     def frame(self) -> int:
         """Bytes of one 20 ms frame at this leg's rate."""
-        return frame_bytes(self.rate)
+        return self.wire.format.frame_bytes(FRAME_MS)
 
     @property
     def played_ms(self) -> float:
@@ -104,19 +107,20 @@ class VonageCall:
         """Connect (signed when `authorization` is set), send websocket:connected, start playing."""
         extra = {"Authorization": self.authorization} if self.authorization else {}
         self._ws = await connect(self.url, additional_headers=extra, open_timeout=10, compression=None)
-        content_type = self.content_type or f"audio/l16;rate={self.rate}"
-        await self.send_json({"event": "websocket:connected", "content-type": content_type, **self.headers})
+        (connected,) = self.wire.opening()
+        if self.content_type is not None:  # a type the wire does not write (an unsupported rate, say)
+            connected = json.dumps(json.loads(connected) | {"content-type": self.content_type})
+        await self.send(connected)
         self._tasks = [asyncio.create_task(self._receive_loop()), asyncio.create_task(self._tick_loop())]
 
-    async def send_json(self, message: Mapping[str, Any]) -> None:
-        """Send one JSON text frame."""
+    async def send(self, message: str | bytes) -> None:
+        """Send one frame as the wire wrote it."""
         assert self._ws is not None, "open() first"
-        await self._ws.send(json.dumps(message))
+        await self._ws.send(message)
 
     async def send_frame(self, frame: bytes) -> None:
         """Send one binary frame of caller audio."""
-        assert self._ws is not None, "open() first"
-        await self._ws.send(frame)
+        await self.send(self.wire.media(WireFrame.of(frame)))
 
     async def send_audio(self, pcm: bytes, *, realtime: bool = True) -> None:
         """Send PCM16 as 20 ms binary frames, at real-time pace unless `realtime` is False."""
@@ -128,7 +132,7 @@ class VonageCall:
 
     async def send_dtmf(self, digit: str) -> None:
         """Send a key press, as documented."""
-        await self.send_json({"event": "websocket:dtmf", "digit": digit, "duration": 260})
+        await self.send(self.wire.dtmf(digit))
 
     async def wait_until_quiet(self, quiet_ms: float = 300, timeout_s: float = 10) -> None:
         """Wait until the bot has sent nothing for `quiet_ms` and all of it has played."""
@@ -163,54 +167,45 @@ class VonageCall:
         assert self._ws is not None
         try:
             async for message in self._ws:
-                now = monotonic_ms()
-                if isinstance(message, bytes):
-                    await self._on_audio(message, now)
-                else:
-                    await self._on_text(message, now)
+                await self._on_message(message, monotonic_ms())
         except ConnectionClosed:
             pass
         finally:
             self.close_code = self._ws.close_code
             self._closed.set()
 
-    async def _on_audio(self, frame: bytes, now: float) -> None:
-        if len(frame) != self.frame:
-            self.protocol_errors.append(f"binary frame of {len(frame)} bytes, not {self.frame}")
-        self.received += frame
-        self.media_times_ms.append(now)
-        # The playout model counts mu-law bytes (BYTES_PER_MS a millisecond): feed it as many.
-        await self._echo(self.playout.media(bytes(len(frame) * BYTES_PER_MS // (self.rate // 1000 * 2)), now))
-
-    async def _on_text(self, text: str, now: float) -> None:
-        try:
-            message = json.loads(text)
-        except ValueError:
-            self.protocol_errors.append(f"text frame that is not JSON: {text[:60]!r}")
-            return
-        if message == {"action": "clear"}:
-            self.playout.advance(now)
-            self.clears.append(Clear(now, self.playout.played_ms))
-            self.playout.clear(now)  # pending notifies are dropped, not echoed
-            await self.send_json({"event": "websocket:cleared"})
-        elif message.get("action") == "notify" and set(message) == {"action", "payload"}:
-            self.notifies.append(str(message["payload"].get("mark")))
-            await self._echo(self.playout.mark(json.dumps(message["payload"]), now))
-        else:
-            self.protocol_errors.append(f"unexpected text frame {text[:60]!r}")
+    async def _on_message(self, message: str | bytes, now: float) -> None:
+        match self.wire.read(message):
+            case BotAudio(audio):
+                self.received += audio
+                self.media_times_ms.append(now)
+                # The playout model counts mu-law bytes (BYTES_PER_MS a millisecond): feed it as many.
+                timed = bytes(len(audio) * BYTES_PER_MS // self.wire.format.bytes_per_ms)
+                await self._echo(self.playout.media(timed, now))
+            case PlayedRequest(name):
+                self.notifies.append(str(json.loads(name).get("mark")))
+                await self._echo(self.playout.mark(name, now))
+            case Flush():
+                self.playout.advance(now)
+                self.clears.append(Clear(now, self.playout.played_ms))
+                self.playout.clear(now)  # pending notifies are dropped, not echoed
+                for reply in self.wire.flushed():
+                    await self.send(reply)
+            case Strange(problem):
+                self.protocol_errors.append(problem)
 
     async def _tick_loop(self) -> None:
         while not self._closed.is_set():
             await self._echo(self.playout.advance(monotonic_ms()))
             await asyncio.sleep(TICK_S)
 
-    async def _echo(self, payloads: list[str]) -> None:
-        for payload in payloads:
+    async def _echo(self, names: list[str]) -> None:
+        for name in names:
             if self._closed.is_set():
                 return
-            self.echoed.append(str(json.loads(payload).get("mark")))
+            self.echoed.append(str(json.loads(name).get("mark")))
             with contextlib.suppress(ConnectionClosed):
-                await self.send_json({"event": "websocket:notify", "payload": json.loads(payload)})
+                await self.send(self.wire.played(name))
 
 
 async def play_interruption(
