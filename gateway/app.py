@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.backend import acs_options_from, bridge_settings_from, open_upstream
 from gateway.background import running
 from gateway.call.bridge import BridgeSettings, CallBridge, Leg
+from gateway.call.channel import WebSocketChannel
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
 from gateway.realtime.auth import TokenProvider
@@ -336,7 +337,8 @@ async def handle_media(request: web.Request, provider: Provider) -> web.StreamRe
     dialect = provider.dialect_for(incoming) if provider.dialect_for is not None else provider.dialect()
     token_key = state.settings.stream_token_key(provider)
     leg = Leg(provider.name, dialect, token_key, provider.stream_token_required)
-    bridge = CallBridge(ws, leg, state.bridge_settings, state.metrics, state.upstream, request.transport)
+    channel = WebSocketChannel(ws, dialect, request.transport, state.bridge_settings.send_timeout_s)
+    bridge = CallBridge(channel, leg, state.bridge_settings, state.metrics, state.upstream)
     task = asyncio.current_task()
     assert task is not None
     state.calls.add(task)

@@ -1,9 +1,10 @@
-"""One call: the caller leg's WebSocket bridged to one realtime session.
+"""One call: the caller leg bridged to one realtime session.
 
-The only module (with the app) that awaits during a call. Every decision is the call core's
-(`gateway/call/core.py`): the dialect parses and serializes the leg's frames, the realtime codec the
-session's, and the core turns events into commands for each side. The bridge moves bytes between
-sockets, stamps time, and counts.
+The only module (with the app and the leg channels) that awaits during a call. Every decision is the
+call core's (`gateway/call/core.py`): the leg's channel (`gateway/call/channel.py`: a provider's
+WebSocket through its dialect, or a SIP call's RTP) turns the leg into events and carries out commands,
+the realtime codec parses and builds the session's messages, and the core turns events into commands
+for each side. The bridge moves them between the two sides, stamps time, and counts.
 
 Lifecycle: wait for `start` (bounded), check the per-call stream token when signatures are on, dial
 the realtime session, then run both directions in one TaskGroup. Whichever direction ends first
@@ -20,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 
 import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
 from websockets.exceptions import ConnectionClosed
 
+from gateway.call.channel import CallEnded, LegChannel
 from gateway.call.core import (
     Answered,
     AudioDropped,
@@ -50,7 +51,6 @@ from gateway.realtime.events import (
 )
 from gateway.realtime.link import SessionReconnected, UpstreamLink, UpstreamLostError
 from gateway.realtime.upstream import Upstream, UpstreamConnectError, client_request_id
-from gateway.sockets import close_or_abort
 from gateway.telephony.events import (
     CallStarted,
     CallStopped,
@@ -70,7 +70,6 @@ __all__ = ["BridgeSettings", "CallBridge", "CallSummary", "Leg"]
 
 log = structlog.get_logger(__name__)
 
-PROVIDER_CLOSE_TIMEOUT_S = 2.0
 # Below this many bytes waiting in a transport a send cannot block (asyncio pauses writers at 64 KiB), so
 # the send timeout, which costs a timer per message, is armed only above it.
 UNHURRIED_BUFFER_BYTES = 16 * 1024
@@ -110,15 +109,6 @@ def now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
-class _CallEnded(Exception):  # noqa: N818 - ends a call on purpose; not an error
-    """Raised inside the call to end it on purpose, with its outcome and the cause."""
-
-    def __init__(self, outcome: Outcome, detail: str = "") -> None:
-        super().__init__(outcome, detail)
-        self.outcome = outcome
-        self.detail = detail
-
-
 @dataclass(slots=True)
 class CallSummary:
     """What the per-call summary line reports."""
@@ -140,19 +130,17 @@ class CallSummary:
 
 
 class CallBridge:
-    """Runs one call from the provider's WebSocket; construct after `prepare`, then await `run()`."""
+    """Runs one call from its leg's channel (opened, or about to be); then await `run()`."""
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        channel: LegChannel,
         leg: Leg,
         settings: BridgeSettings,
         metrics: GatewayMetrics,
         upstream: Upstream,
-        transport: asyncio.Transport | None = None,
     ) -> None:
-        self.ws = ws
-        self.transport = transport  # the provider's TCP connection, to abort when a close cannot finish
+        self.channel = channel
         self.settings = settings
         self.metrics = metrics
         self.upstream = upstream
@@ -179,7 +167,7 @@ class CallBridge:
         self.metrics.active_calls.inc()
         try:
             await self._run()
-        except _CallEnded as end:
+        except CallEnded as end:
             self._end(end.outcome, end.detail)
         except asyncio.CancelledError:
             self._end(Outcome.SHUTDOWN)
@@ -209,7 +197,7 @@ class CallBridge:
                 self.settings.core, self.upstream.session.input_format, call.format, self.dialect.playout
             )
         except ValueError as exc:  # a format this gateway's session cannot carry
-            raise _CallEnded(Outcome.PROTOCOL_ERROR, str(exc)) from None
+            raise CallEnded(Outcome.PROTOCOL_ERROR, str(exc)) from None
         log.debug("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
         self._link = await self._dial(call.call_id)
         self._core.start()
@@ -219,12 +207,12 @@ class CallBridge:
                 group.create_task(self._caller_loop())
                 group.create_task(self._upstream_loop())
                 group.create_task(self._silence_watchdog())
-        except* _CallEnded as ended:
+        except* CallEnded as ended:
             first = ended.exceptions[0]
-            assert isinstance(first, _CallEnded)
+            assert isinstance(first, CallEnded)
             raise first from None
         except* TimeoutError:
-            raise _CallEnded(
+            raise CallEnded(
                 Outcome.MAX_DURATION, f"call reached MAX_CALL_S={self.settings.max_call_s:g}"
             ) from None
 
@@ -242,9 +230,9 @@ class CallBridge:
             if isinstance(event, CallStarted):
                 return event
             if isinstance(event, CallStopped):
-                raise _CallEnded(Outcome.COMPLETED, "stopped before start")
+                raise CallEnded(Outcome.COMPLETED, "stopped before start")
             if isinstance(event, ProtocolViolation) and event.fatal:
-                raise _CallEnded(Outcome.PROTOCOL_ERROR, event.reason)
+                raise CallEnded(Outcome.PROTOCOL_ERROR, event.reason)
 
     async def _receive(
         self,
@@ -252,22 +240,13 @@ class CallBridge:
         timeout_outcome: Outcome = Outcome.START_TIMEOUT,
         timeout_detail: str = "",
     ) -> TelephonyEvent:
-        """The provider's next message as an event; a close, a socket error or a timeout ends the call."""
+        """The leg's next event; a close, a socket error or a timeout ends the call."""
         try:
-            # Without a timeout aiohttp arms no timer; the call loop's silence check is the watchdog.
-            msg = await self.ws.receive(timeout=None if timeout_s is None else max(0.001, timeout_s))
+            event = await self.channel.receive(timeout_s)
         except TimeoutError:
-            raise _CallEnded(timeout_outcome, timeout_detail) from None
+            raise CallEnded(timeout_outcome, timeout_detail) from None
         self._caller_msg_at = time.perf_counter()
-        if msg.type is WSMsgType.TEXT:
-            return self.dialect.receive_text(msg.data)
-        if msg.type is WSMsgType.BINARY:
-            return self.dialect.receive_bytes(msg.data)
-        if self.ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
-            raise _CallEnded(Outcome.PROTOCOL_ERROR, "message over the size limit")
-        if msg.type is WSMsgType.ERROR:
-            raise _CallEnded(Outcome.PROTOCOL_ERROR, f"provider socket error: {self.ws.exception()}")
-        raise _CallEnded(Outcome.COMPLETED, f"caller closed the socket (code {self.ws.close_code})")
+        return event
 
     def _check_stream_token(self, call: CallStarted) -> None:
         secret = self.leg.token_secret
@@ -279,7 +258,7 @@ class CallBridge:
         problem = verify_stream_token(secret, call.call_id, token, time.time())
         if problem is not None:
             self.metrics.rejected_requests.labels(route="media", reason="stream token").inc()
-            raise _CallEnded(Outcome.REJECTED, problem)
+            raise CallEnded(Outcome.REJECTED, problem)
 
     async def _dial(self, call_id: str) -> UpstreamLink:
         request_id = client_request_id(call_id)
@@ -295,12 +274,12 @@ class CallBridge:
         try:
             elapsed = await link.open()
         except UpstreamConnectError as exc:
-            raise _CallEnded(Outcome.UPSTREAM_FAILED, str(exc)) from None
+            raise CallEnded(Outcome.UPSTREAM_FAILED, str(exc)) from None
         except AuthError as exc:
             self.metrics.upstream_errors.labels(code="auth").inc()
-            raise _CallEnded(Outcome.UPSTREAM_FAILED, str(exc)) from None
+            raise CallEnded(Outcome.UPSTREAM_FAILED, str(exc)) from None
         except ConnectionClosed:
-            raise _CallEnded(Outcome.UPSTREAM_FAILED, "realtime session closed during set-up") from None
+            raise CallEnded(Outcome.UPSTREAM_FAILED, "realtime session closed during set-up") from None
         self.summary.upstream_connect_ms = round(elapsed * 1000, 1)
         return link
 
@@ -309,13 +288,8 @@ class CallBridge:
             self.summary.reconnects = self._link.reconnects
             with contextlib.suppress(Exception):
                 await self._link.close()
-        if not self.ws.closed:
-            await self._close_provider(self.summary.outcome.close_code)
-
-    async def _close_provider(self, code: int) -> None:
-        """Close the provider's socket; a peer that does not read cannot hold the close: abort after 2 s."""
-        closing = self.ws.close(code=code, message=self.summary.outcome.label.encode())
-        await close_or_abort(closing, self.transport, PROVIDER_CLOSE_TIMEOUT_S)
+        if not self.channel.closed:
+            await self.channel.close(self.summary.outcome)
 
     def _log_summary(self, duration: float) -> None:
         """One line per call, at the outcome's level: a failed call is a warning (an error if ours)."""
@@ -412,7 +386,7 @@ class CallBridge:
                     self.metrics.upstream_errors.labels(code="response_failed").inc()
                     log.warning("response_failed", response_id=response_id, reason=reason)
                 case CallMustEnd(outcome=outcome, detail=detail):
-                    raise _CallEnded(outcome, detail)
+                    raise CallEnded(outcome, detail)
 
     # -- caller -> upstream --------------------------------------------------------------------------
 
@@ -429,7 +403,7 @@ class CallBridge:
         while True:
             await asyncio.sleep(idle_s / 4)
             if time.perf_counter() - self._caller_msg_at > idle_s:
-                raise _CallEnded(Outcome.CALLER_TIMEOUT, f"no message from the provider for {idle_s:g}s")
+                raise CallEnded(Outcome.CALLER_TIMEOUT, f"no message from the provider for {idle_s:g}s")
 
     async def _on_telephony(self, event: TelephonyEvent) -> None:
         match event:
@@ -454,12 +428,12 @@ class CallBridge:
             case DtmfReceived(digit=digit):
                 self._core.receive_dtmf(digit, now_ms())
             case CallStopped():
-                raise _CallEnded(Outcome.COMPLETED, "caller hung up")
+                raise CallEnded(Outcome.COMPLETED, "caller hung up")
             case ProtocolViolation(reason=reason, fatal=fatal):
                 self.metrics.protocol_violations.labels(peer="provider").inc()
                 log.warning("provider_protocol_violation", reason=reason, fatal=fatal)
                 if fatal:
-                    raise _CallEnded(Outcome.PROTOCOL_ERROR, reason)
+                    raise CallEnded(Outcome.PROTOCOL_ERROR, reason)
             case _:
                 pass
 
@@ -479,7 +453,7 @@ class CallBridge:
             async with asyncio.timeout(self.settings.send_timeout_s):
                 await self._link.send(command)
         except TimeoutError:
-            raise _CallEnded(Outcome.UPSTREAM_FAILED, "realtime session stopped reading") from None
+            raise CallEnded(Outcome.UPSTREAM_FAILED, "realtime session stopped reading") from None
 
     # -- upstream -> caller --------------------------------------------------------------------------
 
@@ -491,8 +465,8 @@ class CallBridge:
                 await self._on_realtime(event)
                 await self._flush(self._upstream_msg_at)
         except UpstreamLostError as lost:
-            raise _CallEnded(Outcome.UPSTREAM_CLOSED, str(lost)) from None
-        raise _CallEnded(Outcome.UPSTREAM_CLOSED, "realtime session ended")
+            raise CallEnded(Outcome.UPSTREAM_CLOSED, str(lost)) from None
+        raise CallEnded(Outcome.UPSTREAM_CLOSED, "realtime session ended")
 
     async def _on_realtime(self, event: RealtimeEvent | SessionReconnected) -> None:
         match event:
@@ -515,22 +489,7 @@ class CallBridge:
                 self._core.receive_realtime(event, now_ms())
 
     async def _send_caller(self, command: TelephonyCommand) -> None:
-        if not self.dialect.can_send:  # Twilio said stop: the stream is over, whatever the bot still says
-            raise _CallEnded(Outcome.COMPLETED, "caller hung up")
-        frames = self.dialect.send(command)
-        try:
-            for frame in frames:
-                buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
-                sending = self.ws.send_str(frame) if isinstance(frame, str) else self.ws.send_bytes(frame)
-                if buffered < UNHURRIED_BUFFER_BYTES:
-                    await sending  # cannot block: far below the transport's high-water mark
-                else:
-                    async with asyncio.timeout(self.settings.send_timeout_s):
-                        await sending
-        except ConnectionResetError:
-            raise _CallEnded(Outcome.COMPLETED, "caller went away") from None
-        except TimeoutError:
-            raise _CallEnded(Outcome.SLOW_CONSUMER, "the provider stopped reading bot audio") from None
+        await self.channel.send(command)
 
     def _on_error(self, err: ErrorReported) -> None:
         kind = self._core.classify_error(err)
