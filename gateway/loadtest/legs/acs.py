@@ -129,8 +129,9 @@ class AcsMediaCall:
     close_code: int | None = None
 
     def __post_init__(self) -> None:
-        self.wire = make_wire("acs", self.call_connection_id, fmt=WireFormat(Encoding.L16, self.rate))
-        self.wire.stream_id = self.correlation_id  # the upgrade's x-ms-call-correlation-id
+        fmt = WireFormat(Encoding.L16, self.rate)
+        # The upgrade names the call by the connection id, its stream by the correlation id.
+        self.wire = make_wire("acs", self.call_connection_id, fmt=fmt, stream_id=self.correlation_id)
         self.playout = PcmPlayout(self.rate)
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None

@@ -68,8 +68,7 @@ class ExotelCall:
 
     def __post_init__(self) -> None:
         fmt = WireFormat(Encoding.L16, self.rate)
-        self.wire = make_wire("exotel", self.call_sid, self.custom_parameters, fmt)
-        self.wire.stream_id = self.stream_sid
+        self.wire = make_wire("exotel", self.call_sid, self.custom_parameters, fmt, self.stream_sid)
 
     async def __aenter__(self) -> ExotelCall:
         await self.open()
