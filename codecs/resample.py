@@ -175,9 +175,11 @@ class _Stream:
         self.skip = self.delay
 
     def reserve(self, n: int) -> None:
-        """Make room for n more samples after `fill`."""
-        if self.fill + n > self.capacity:
-            self._allocate(max(self.fill + n, 2 * self.capacity))
+        """Make room for n more samples after `fill`, and for the rest of the last (partial) row: its window
+        is gathered whole, though only the outputs its real samples determine are used."""
+        need = self.fill + n + self.rm.block_in
+        if need > self.capacity:
+            self._allocate(max(need, 2 * self.capacity))
 
     def windows(self) -> tuple[Intps, int, int, int] | None:
         """Gather indices for the rows touched by pending samples, and the slice of their outputs that is new.

@@ -231,3 +231,21 @@ def test_batch_slots_are_recycled_with_silent_history() -> None:
     assert np.array_equal(batch.process(frame, np.array([again])), first)
     with pytest.raises(ValueError, match="uint8"):
         batch.process(np.zeros((1, 160), np.int16), np.array([again]))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("in_rate", "out_rate"), [(24000, 8000), (24000, 16000), (8000, 24000), (16000, 24000)]
+)
+def test_chunks_larger_than_the_initial_buffer_of_any_size(in_rate: int, out_rate: int) -> None:
+    """A chunk that grows the input buffer, of any length (a realtime delta longer than about 170 ms at
+    24 kHz), must not read past it: the last, partial row's window is gathered whole. Every size from
+    4,000 to 4,400 samples (the buffer starts at 4,096), twice in a row, then a flush, as BotPath does."""
+    for n in range(4000, 4400):
+        resampler, path = Resampler(in_rate, out_rate), BotPath()
+        chunk = np.arange(n, dtype=np.int16)
+        out = np.concatenate([resampler.process(chunk), resampler.process(chunk), resampler.flush()])
+        assert len(out) == round(2 * n * out_rate / in_rate)
+        if in_rate == 24000 and out_rate == 8000:
+            assert len(path.process(chunk.tobytes()) + path.process(chunk.tobytes()) + path.flush()) == round(
+                2 * n / 3
+            )
