@@ -24,10 +24,11 @@ it reports:
   does not count.
 
 The capacity is the highest step with caller p99 and bot p99 (of the deltas that did not wait by
-design; all of them but Exotel's and some of Telnyx's and Vonage's) <= 10 ms. `--provider all` runs
-the steps for every provider in turn, each against a fresh gateway process (so resident memory per call
-is measured from the same start), and ends with a summary per provider. `--profile` samples the gateway
-with py-spy for a while after the top step's window (calls still running) and ranks its hot spots.
+design: with the stub's 2 s replies in 100 ms deltas, every delta but 11 of each Exotel reply's 20)
+<= 10 ms. `--provider all` runs the steps for every provider in turn, each against a fresh gateway
+process (so resident memory per call is measured from the same start), and ends with a summary per
+provider. `--profile` samples the gateway with py-spy for a while after the top step's window (calls
+still running) and ranks its hot spots.
 AUDIO_MODE g711 passes mu-law 8 kHz through: a provider that cannot stream it is refused (skipped with
 `all`), one that can (Exotel) streams mu-law.
 
@@ -182,17 +183,18 @@ class CapacityRun:
 @dataclass(frozen=True, slots=True)
 class ProviderSummary:
     """One provider's line of the `--provider all` summary: its capacity, and its costs at the step
-    every provider ran (`at_calls`)."""
+    every provider ran (`at_calls`; 0 and NaN costs for a provider that did not run)."""
 
     provider: str
     format: str
     capacity_calls: int
-    at_calls: int
-    gateway_cpu_pct: float
-    gateway_cpu_s_per_call_min: float
-    rss_kb_per_call: float
-    bot_p99_ms: float
-    bot_immediate_p99_ms: float
+    at_calls: int = 0
+    gateway_cpu_pct: float = math.nan
+    gateway_cpu_s_per_call_min: float = math.nan
+    rss_kb_per_call: float = math.nan
+    bot_p99_ms: float = math.nan
+    bot_immediate_p99_ms: float = math.nan
+    within_bound: bool = False  # this provider's verdict at `at_calls`
     refused: str = ""
 
 
@@ -638,8 +640,9 @@ async def _run_steps(
     realtime: RealtimeSide,
     http: aiohttp.ClientSession,
 ) -> None:
-    """Every step of one provider against a started gateway; fills in `run`."""
-    await asyncio.sleep(1.0)
+    """Every step of one provider against a started gateway (its idle RSS read after `settle_s`); fills
+    in `run`."""
+    await asyncio.sleep(plan.settle_s)
     baseline = procstat.rss_kb(gateway.pid)
     run.baseline_rss_mb = round(baseline / 1024, 1)
     for i, n in enumerate(plan.steps):
@@ -796,12 +799,7 @@ def summarise(runs: Sequence[CapacityRun]) -> list[ProviderSummary]:
     for run in runs:
         step = next((s for s in run.steps if s.calls == at), None)
         if step is None:
-            nan = math.nan
-            out.append(
-                ProviderSummary(
-                    run.provider, run.format, run.capacity_calls, 0, nan, nan, nan, nan, nan, run.refused
-                )
-            )
+            out.append(ProviderSummary(run.provider, run.format, run.capacity_calls, refused=run.refused))
             continue
         out.append(
             ProviderSummary(
@@ -814,6 +812,7 @@ def summarise(runs: Sequence[CapacityRun]) -> list[ProviderSummary]:
                 rss_kb_per_call=step.rss_kb_per_call,
                 bot_p99_ms=step.bot_p99_ms,
                 bot_immediate_p99_ms=step.bot_immediate_p99_ms,
+                within_bound=step.within_bound,
             )
         )
     return out
@@ -880,11 +879,13 @@ def render(run: CapacityRun) -> str:
 def render_summary(summary: Sequence[ProviderSummary]) -> str:
     """The per-provider summary of a `--provider all` run."""
     at = max((s.at_calls for s in summary), default=0)
+    ran = [s for s in summary if not s.refused]
+    why = "every provider within bound there" if all(s.within_bound for s in ran) else "not all within bound"
     lines = [
-        f"summary: capacity per provider; costs at {at} concurrent calls (the largest step every provider "
-        "carried within bound, else the smallest)",
+        f"summary: capacity per provider (calls within bound); costs at {at} concurrent calls, the step "
+        f"all ran ({why}); bot p99 in ms, of all deltas / of those that did not wait by design",
         f"{'provider':<11} {'format':<10} {'capacity':>8} {'gwCPU%':>7} {'s/call-min':>10} {'KB/call':>8} "
-        f"{'bot p99 all/imm':>16}",
+        f"{'bot p99 all/imm':>16}  verdict at {at}",
     ]
     for s in summary:
         if s.refused:
@@ -893,7 +894,7 @@ def render_summary(summary: Sequence[ProviderSummary]) -> str:
         lines.append(
             f"{s.provider:<11} {s.format:<10} {s.capacity_calls:>8} {s.gateway_cpu_pct:>7.1f} "
             f"{s.gateway_cpu_s_per_call_min:>10.4f} {s.rss_kb_per_call:>8.1f} "
-            f"{s.bot_p99_ms:>7.2f}/{s.bot_immediate_p99_ms:<8.2f}"
+            f"{s.bot_p99_ms:>7.2f}/{s.bot_immediate_p99_ms:<8.2f}  {'ok' if s.within_bound else 'over'}"
         )
     return "\n".join(lines)
 

@@ -380,9 +380,11 @@ class PlivoWire(ProviderWire):
         return str(int(time.time() * 1000))
 
     def _headers(self) -> str:
-        return ";".join(
-            f"{key}={value}" for key, value in {"CallUUID": self.call_id, **self.parameters}.items()
-        )
+        """The answer's extraHeaders as Plivo hands them back. The call's own CallUUID is hex, as the
+        gateway's answer writes it (sent raw, an id that happens to be valid hex would be decoded into
+        garbage); `parameters` go as given (a fake answer's pairs are already encoded)."""
+        pairs = {"CallUUID": self.call_id.encode("utf-8").hex(), **self.parameters}
+        return ";".join(f"{key}={value}" for key, value in pairs.items())
 
     def opening(self) -> list[str | bytes]:
         """`start`: ids, the format, and the answer's extraHeaders as `k=v;k=v`."""

@@ -108,3 +108,13 @@ def test_unknown_provider_or_format_is_refused() -> None:
         make_wire("nope", "x")
     with pytest.raises(ValueError, match="streams"):
         make_wire("twilio", "x", fmt=WireFormat.of("l16", 16000))
+
+
+def test_plivo_call_ids_survive_the_gateways_hex_decoding() -> None:
+    """The gateway hex-decodes CallUUID (its answer hex-encodes it): an id that is itself valid hex, as
+    the load generator's `CA<hex>` ones often are, must still come back unchanged."""
+    for call_id in ("CA975936000000000000000000000000", "CAffff", "9f1c2d3e-aaaa-bbbb-cccc-0123456789ab"):
+        wire = make_wire("plivo", call_id)
+        dialect = _dialect(wire)
+        started = [e for e in map(lambda m: _feed(dialect, m), wire.opening()) if isinstance(e, CallStarted)]
+        assert started[0].call_id == call_id
