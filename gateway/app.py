@@ -13,12 +13,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.backend import acs_options_from, bridge_settings_from, open_upstream
+from gateway.backend import acs_options_from, bridge_settings_from, open_upstream, sip_settings_from
 from gateway.background import running
 from gateway.call.bridge import BridgeSettings, CallBridge, Leg
 from gateway.call.channel import WebSocketChannel
@@ -33,6 +34,10 @@ from gateway.telephony.acs_client import AcsService
 from gateway.telephony.provider import HttpRequest, Provider, Refusal
 from gateway.telephony.providers import PROVIDERS
 from gateway.telephony.streamtoken import issue_stream_token
+
+if TYPE_CHECKING:
+    from gateway.sip.channel import RtpChannel
+    from gateway.sip.server import SipServer
 
 __all__ = ["STATE_KEY", "GatewayState", "create_app", "drain", "start_on_loopback"]
 
@@ -64,6 +69,8 @@ class GatewayState:
     first_verdict: asyncio.Future[Health] | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False
+    sip: SipServer | None = None  # the native SIP leg, when SIP_LISTEN is set
+    sip_bound: list[tuple[str, str, int]] = field(default_factory=list)  # its listeners, real ports
 
 
 STATE_KEY = web.AppKey("gateway_state", GatewayState)
@@ -108,6 +115,8 @@ def create_app(
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
     app.cleanup_ctx.append(_upstream_ctx)
+    if settings.sip_listen:
+        app.cleanup_ctx.append(_sip_ctx)
     app.cleanup_ctx.append(state.metrics.sample_worker)
     app.on_shutdown.append(_close_calls)
     return app
@@ -152,6 +161,53 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                 yield
             finally:
                 state.upstream = None
+
+
+def _busy(state: GatewayState) -> str | None:
+    """Why a new call cannot be taken now (None: it can)."""
+    if state.draining:
+        return "draining"
+    if state.upstream is None:
+        return "not ready"
+    if len(state.calls) >= state.settings.max_calls:
+        return "at capacity"
+    return None
+
+
+async def _sip_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The native SIP leg: listeners up with the app, down (each call with its BYE) before the upstream."""
+    state = app[STATE_KEY]
+    settings = state.settings
+
+    async def start_call(channel: RtpChannel) -> None:
+        assert state.bridge_settings is not None
+        assert state.upstream is not None
+        leg = Leg("sip", channel.dialect, None, token_required=False)
+        bridge = CallBridge(channel, leg, state.bridge_settings, state.metrics, state.upstream)
+        task = asyncio.current_task()
+        assert task is not None
+        state.calls.add(task)
+        try:
+            await bridge.run()
+        finally:
+            state.calls.discard(task)
+
+    if not settings.sip_allow_from and not settings.sip_username:
+        log.warning(
+            "sip_unauthenticated",
+            hint="every INVITE is answered: set SIP_ALLOW_FROM (your trunk's addresses) and/or "
+            "SIP_USERNAME/SIP_PASSWORD (digest)",
+        )
+    from gateway.sip.server import SipServer  # only a gateway that speaks SIP loads the SIP stack
+
+    server = SipServer(sip_settings_from(settings), start_call, lambda: _busy(state))
+    state.sip_bound = await server.start()
+    state.sip = server
+    try:
+        yield
+    finally:
+        await server.stop()
+        state.sip = None
 
 
 def _media_guarded(settings: Settings, name: str) -> bool:

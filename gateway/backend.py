@@ -20,6 +20,7 @@ from gateway.realtime.auth import Credential, EntraToken, StaticKey, TokenProvid
 from gateway.realtime.endpoint import EndpointKind, RealtimeEndpoint, resolve_endpoint
 from gateway.realtime.session import AudioFormat, SessionSettings, TurnDetection
 from gateway.realtime.upstream import Upstream
+from gateway.sip.settings import SipSettings
 from gateway.telephony.acs import DEFAULT_OPENID_URL, AcsOptions
 
 __all__ = ["acs_options_from", "bridge_settings_from", "open_upstream", "session_settings_from"]
@@ -34,6 +35,22 @@ def acs_options_from(settings: Settings) -> AcsOptions:
         endpoint=settings.acs_endpoint,
         audience=settings.acs_audience,
         openid_url=settings.acs_openid_url or DEFAULT_OPENID_URL,
+    )
+
+
+def sip_settings_from(settings: Settings) -> SipSettings:
+    """The native SIP leg's settings."""
+    digest = None
+    if settings.sip_username and settings.sip_password:
+        digest = (settings.sip_realm, settings.sip_username, settings.sip_password)
+    return SipSettings(
+        listen=settings.sip_listen,
+        public_ip=settings.sip_public_ip,
+        rtp_ports=settings.rtp_ports,
+        allow_from=settings.sip_allow_from,
+        digest=digest,
+        jitter_ms=settings.sip_jitter_ms,
+        rtp_timeout_s=settings.rtp_timeout_s,
     )
 
 

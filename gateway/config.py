@@ -152,6 +152,42 @@ def _provider_list(raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _sip_listen(raw: str) -> tuple[tuple[str, str, int], ...]:
+    """`udp:0.0.0.0:5060,tcp:0.0.0.0:5060` as (transport, host, port) triples; empty: no SIP."""
+    out: list[tuple[str, str, int]] = []
+    for item in (part.strip() for part in raw.split(",") if part.strip()):
+        transport, _, rest = item.partition(":")
+        host, _, port = rest.rpartition(":")
+        if transport not in ("udp", "tcp") or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{item!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+        out.append((transport, host.strip("[]"), int(port)))
+    return tuple(out)
+
+
+def _port_range(raw: str) -> tuple[int, int]:
+    """`10000-20000` (inclusive; at least two ports, RTP on even ports)."""
+    low, sep, high = raw.partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ValueError("expected LOW-HIGH, e.g. 10000-20000")
+    lo, hi = int(low), int(high)
+    if not 1024 <= lo < hi <= 65535:
+        raise ValueError("ports must satisfy 1024 <= LOW < HIGH <= 65535")
+    return lo, hi
+
+
+def _cidrs(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of addresses or CIDR blocks (checked, normalised)."""
+    import ipaddress
+
+    out = []
+    for item in (part.strip() for part in raw.split(",") if part.strip()):
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an address or a CIDR block") from None
+    return tuple(out)
+
+
 def _http_url(raw: str) -> str | None:
     if not raw:
         return None
@@ -455,6 +491,53 @@ SETTINGS: tuple[Setting, ...] = (
         "/readyz turns 503 once every realtime handshake has failed for this long",
     ),
     Setting(
+        "SIP_LISTEN",
+        "sip_listen",
+        "",
+        _sip_listen,
+        "native SIP: where to listen, e.g. udp:0.0.0.0:5060,tcp:0.0.0.0:5060 (empty: no SIP)",
+    ),
+    Setting(
+        "SIP_PUBLIC_IP",
+        "sip_public_ip",
+        "",
+        _opt_str,
+        "the address peers reach us at, for Contact and SDP c= (behind NAT); default: the SIP_LISTEN "
+        "address, or this host's outbound address when that is 0.0.0.0",
+    ),
+    Setting("RTP_PORTS", "rtp_ports", "10000-20000", _port_range, "UDP ports for RTP, LOW-HIGH"),
+    Setting(
+        "SIP_ALLOW_FROM",
+        "sip_allow_from",
+        "",
+        _cidrs,
+        "addresses or CIDR blocks whose INVITEs are accepted (others get 403); empty: any",
+    ),
+    Setting("SIP_REALM", "sip_realm", "voice-gateway", _str, "digest realm for SIP_USERNAME/SIP_PASSWORD"),
+    Setting("SIP_USERNAME", "sip_username", "", _opt_str, "digest user inbound INVITEs must authenticate as"),
+    Setting(
+        "SIP_PASSWORD",
+        "sip_password",
+        "",
+        _opt_str,
+        "digest password: with SIP_USERNAME, inbound INVITEs are challenged (401)",
+        secret=True,
+    ),
+    Setting(
+        "SIP_JITTER_MS",
+        "sip_jitter_ms",
+        "40",
+        _int_in(0, 200),
+        "the far end's jitter buffer as the gateway estimates it: audio sent counts as heard this much later",
+    ),
+    Setting(
+        "RTP_TIMEOUT_S",
+        "rtp_timeout_s",
+        "30",
+        _float_in(1, 3600),
+        "a SIP call whose caller sends no RTP for this long is ended (BYE); calls on hold are exempt",
+    ),
+    Setting(
         "GATEWAY_MAX_CALLS",
         "max_calls",
         "500",
@@ -530,6 +613,15 @@ class Settings:
     upstream_renew_margin_s: float
     upstream_probe_interval_s: float
     upstream_unhealthy_after_s: float
+    sip_listen: tuple[tuple[str, str, int], ...]
+    sip_public_ip: str | None
+    rtp_ports: tuple[int, int]
+    sip_allow_from: tuple[str, ...]
+    sip_realm: str
+    sip_username: str | None
+    sip_password: str | None = field(repr=False)
+    sip_jitter_ms: int
+    rtp_timeout_s: float
     max_calls: int
     drain_timeout_s: float
     workers: int
@@ -679,6 +771,13 @@ def _check_combinations(settings: Settings) -> None:
             parse_connection_string(settings.acs_connection_string)
         except ValueError as exc:
             raise ConfigError(f"ACS_CONNECTION_STRING=<redacted> is invalid: {exc}") from None
+    if settings.sip_listen and settings.workers > 1:
+        raise ConfigError(
+            "SIP_LISTEN needs GATEWAY_WORKERS=1: run one gateway process per SIP port and spread calls over "
+            "them with Kamailio (deploy/kamailio)"
+        )
+    if bool(settings.sip_username) != bool(settings.sip_password):
+        raise ConfigError("SIP_USERNAME and SIP_PASSWORD go together: set both, or neither")
     if settings.realtime_auth == "key" and not settings.backend_key():
         raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY, AZURE_OPENAI_API_KEY or OPENAI_API_KEY")
 

@@ -201,12 +201,15 @@ class CallBridge:
         log.debug("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
         self._link = await self._dial(call.call_id)
         self._core.start()
+        self.channel.ready()
         await self._flush_upstream()
         try:
             async with asyncio.timeout(self.settings.max_call_s), asyncio.TaskGroup() as group:
                 group.create_task(self._caller_loop())
                 group.create_task(self._upstream_loop())
-                group.create_task(self._silence_watchdog())
+                idle_s = self.channel.idle_timeout_s(self.settings.caller_idle_timeout_s)
+                if idle_s is not None:
+                    group.create_task(self._silence_watchdog(idle_s))
         except* CallEnded as ended:
             first = ended.exceptions[0]
             assert isinstance(first, CallEnded)
@@ -396,10 +399,9 @@ class CallBridge:
             await self._on_telephony(event)
             await self._flush(self._caller_msg_at)
 
-    async def _silence_watchdog(self) -> None:
+    async def _silence_watchdog(self, idle_s: float) -> None:
         """End the call when the provider sends nothing for CALLER_IDLE_TIMEOUT_S (Twilio streams 50 frames
         a second, silence included). One timer per call instead of one per message."""
-        idle_s = self.settings.caller_idle_timeout_s
         while True:
             await asyncio.sleep(idle_s / 4)
             if time.perf_counter() - self._caller_msg_at > idle_s:

@@ -56,6 +56,16 @@ class LegChannel(Protocol):
         """End the leg with the call's outcome (bounded in time; never raises)."""
         ...
 
+    def idle_timeout_s(self, default_s: float) -> float | None:
+        """How long the leg may stay silent before the bridge ends the call (None: the channel watches
+        the caller itself)."""
+        ...
+
+    def ready(self) -> None:
+        """The realtime session is up and the call core started: a leg that answers late (SIP's 200 OK)
+        answers now."""
+        ...
+
 
 class WebSocketChannel:
     """A provider's media stream on an aiohttp WebSocket, parsed and built by the provider's dialect."""
@@ -108,6 +118,13 @@ class WebSocketChannel:
             raise CallEnded(Outcome.COMPLETED, "caller went away") from None
         except TimeoutError:
             raise CallEnded(Outcome.SLOW_CONSUMER, "the provider stopped reading bot audio") from None
+
+    def idle_timeout_s(self, default_s: float) -> float | None:
+        """A provider streams all the time (Twilio: 50 frames a second, silence included): the default."""
+        return default_s
+
+    def ready(self) -> None:
+        """Nothing to do: the provider answered the call before it opened the stream."""
 
     async def close(self, outcome: Outcome) -> None:
         """Close with the outcome's code; a peer that does not read cannot hold the close: abort after 2 s."""

@@ -44,6 +44,12 @@ CORES = [
     "gateway.emulator.vad",
     "gateway.emulator.voice",
     "gateway.loadtest.playout",
+    "gateway.sip.rtp",
+    "gateway.sip.message",
+    "gateway.sip.sdp",
+    "gateway.sip.digest",
+    "gateway.sip.ua",
+    "gateway.sip.settings",
     "gateway.stats",
     "telcodec",
     # The codec core is pure computation throughout: every module of it is checked.
@@ -61,6 +67,7 @@ ALLOWED_INTERNAL = {
     "gateway.call",
     "gateway.emulator",
     "gateway.loadtest",
+    "gateway.sip",
 }
 
 
@@ -109,7 +116,7 @@ def test_the_check_sees_imports() -> None:
 
 # The layers below the app take plain values: only the app (and its wiring, gateway.backend) knows the
 # settings, and that an embedded emulator can stand in for a realtime service.
-LAYERS = ("gateway.call", "gateway.realtime", "gateway.telephony")
+LAYERS = ("gateway.call", "gateway.realtime", "gateway.telephony", "gateway.sip")
 APP_ONLY = ("gateway.config", "gateway.app", "gateway.backend", "gateway.serve", "gateway.emulator")
 
 
@@ -125,7 +132,7 @@ def _layer_modules() -> list[str]:
 
 @pytest.mark.parametrize("module", _layer_modules())
 def test_layers_import_no_settings_app_or_emulator(module: str) -> None:
-    """Nothing under call/, realtime/ or telephony/ imports the settings, the app or the emulator."""
+    """Nothing under call/, realtime/, telephony/ or sip/ imports the settings, the app or the emulator."""
     bad = {name for name in _imports(module) if name.startswith(APP_ONLY)}
     assert not bad, sorted(bad)
 

@@ -1,0 +1,1 @@
+"""Native SIP: the sans-I/O user agent, SDP, RTP."""

@@ -1,0 +1,325 @@
+"""One SIP call's media under the bridge: RTP on one UDP port, paced by the gateway itself.
+
+`RtpChannel` is the SIP leg's `LegChannel` (`gateway/call/channel.py`). Caller RTP goes through
+symmetric-RTP latching, the RFC 4733 DTMF decoder and the jitter buffer (`gateway/sip/rtp.py`) and
+comes out as `MediaReceived` / `DtmfReceived` events; the peer's BYE arrives as `CallStopped`.
+
+Bot audio is paced here: one RTP packet of `ptime` every `ptime` ms on an absolute schedule, silence
+when there is nothing to say (peers and SBCs expect a steady stream; a silent one trips their RTP
+timeouts). A clear (barge-in) empties the queue at once: a local flush, nothing to ask the peer. What
+the caller heard is what was sent minus the far end's jitter buffer: once a chunk's last byte has gone
+out, the channel confirms its position (`PlayedTo`) `jitter_ms` later, so the call core's playback
+tracker runs that much behind the wire.
+
+The channel ends the call when the caller's RTP stops for `rtp_timeout_s` (not while the call is on
+hold), and asks the SIP side to hang up (BYE) when the bridge closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from gateway.call.channel import CallEnded
+from gateway.call.outcome import Outcome
+from gateway.sip.rtp import DtmfDecoder, JitterBuffer, RtpError, RtpSender, is_rtcp, parse_rtp
+from gateway.telephony.events import (
+    CallStarted,
+    CallStopped,
+    ClearPlayback,
+    DtmfReceived,
+    MediaReceived,
+    PlayAudio,
+    PlayedTo,
+    PlayoutRule,
+    ProtocolViolation,
+    TelephonyCommand,
+    TelephonyEvent,
+)
+from telcodec import WireFormat
+
+__all__ = ["MediaPlan", "RtpChannel", "SipMediaDialect"]
+
+log = structlog.get_logger(__name__)
+
+Address = tuple[str, int]
+RTP_TIMEOUT = "rtp_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaPlan:
+    """What the SDP exchange settled for one call's media."""
+
+    format: WireFormat  # the codec, as the call core sees it (PCMU: ulaw/8000, PCMA: alaw/8000)
+    payload_type: int
+    remote: Address  # where the SDP said to send; replaced by the first packet's source (symmetric RTP)
+    dtmf_payload_type: int | None = None
+    ptime_ms: int = 20
+    on_hold: bool = False
+
+
+class SipMediaDialect:
+    """The SIP leg's dialect as the bridge and the call core see it: G.711 at 8 kHz, any message size
+    (the channel paces), nothing to parse (the channel turns RTP into events itself)."""
+
+    can_send = True
+    playout = PlayoutRule()
+
+    def __init__(self, call: CallStarted) -> None:
+        self.call: CallStarted | None = call
+
+    def receive_text(self, text: str) -> TelephonyEvent:
+        """SIP media has no text frames."""
+        return ProtocolViolation("text on an RTP leg")
+
+    def receive_bytes(self, data: bytes) -> TelephonyEvent:
+        """Not used: the channel parses RTP."""
+        return ProtocolViolation("raw bytes on an RTP leg")
+
+    def send(self, command: TelephonyCommand) -> tuple[str | bytes, ...]:
+        """Not used: the channel paces audio itself."""
+        return ()
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, channel: RtpChannel) -> None:
+        self.channel = channel
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.channel.datagram_received(data, addr[:2])
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.: the peer may come back
+        log.debug("rtp_socket_error", error=str(exc))
+
+
+class RtpChannel:
+    """One SIP call's RTP (see the module docstring). `await open(...)`, then hand it to the bridge."""
+
+    def __init__(
+        self,
+        call: CallStarted,
+        plan: MediaPlan,
+        *,
+        jitter_ms: int = 40,
+        rtp_timeout_s: float = 30.0,
+        hang_up: Callable[[], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.call = call
+        self.plan = plan
+        self.dialect = SipMediaDialect(call)
+        self.jitter_ms = jitter_ms
+        self.rtp_timeout_s = rtp_timeout_s
+        self._hang_up = hang_up
+        self._on_ready = on_ready
+        self._transport: asyncio.DatagramTransport | None = None
+        self._remote: Address = plan.remote
+        self._latched = False
+        fmt = plan.format
+        self._frame_bytes = fmt.frame_bytes(plan.ptime_ms)
+        self._silence = fmt.silence(plan.ptime_ms)
+        self._sender = RtpSender(plan.payload_type, fmt.rate)
+        self._dtmf = DtmfDecoder(plan.dtmf_payload_type) if plan.dtmf_payload_type is not None else None
+        silence_byte = fmt.silence(1)[0]
+        self._jitter = JitterBuffer(frame_samples=fmt.rate * 20 // 1000, silence_byte=silence_byte)
+        self._events: asyncio.Queue[TelephonyEvent] = asyncio.Queue()
+        self._events.put_nowait(call)
+        self._queue = bytearray()  # bot audio; `_read` bytes of it already sent
+        self._read = 0
+        self._queued_end = 0  # bytes ever queued (flushed audio included)
+        self._sent = 0  # bytes of bot audio sent
+        self._chunks: deque[tuple[int, int]] = deque()  # (position, queued_end) of chunks not yet sent
+        self._confirm: deque[tuple[float, int]] = deque()  # (due monotonic s, position) to confirm
+        self._talking = False
+        self._last_rtp = time.monotonic()
+        self._ticker: asyncio.Task[None] | None = None
+        self._ended: str | None = None  # why the peer ended the call
+        self._closed = False
+        self.packets_in = self.packets_out = self.rtcp_in = self.bad_packets = self.foreign_packets = 0
+
+    # -- set-up ----------------------------------------------------------------------------------------
+
+    async def open(self, host: str, ports: range) -> int:
+        """Bind the first free even port of `ports` on `host`; returns it (OSError when none is free)."""
+        loop = asyncio.get_running_loop()
+        last: OSError | None = None
+        for port in ports:
+            if port % 2:
+                continue
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _RtpProtocol(self), local_addr=(host, port)
+                )
+            except OSError as exc:
+                last = exc
+                continue
+            self._transport = transport
+            self._ticker = asyncio.create_task(self._tick_loop())
+            return port
+        raise last or OSError("no RTP port free")
+
+    @property
+    def local_port(self) -> int:
+        """The bound RTP port."""
+        assert self._transport is not None
+        return int(self._transport.get_extra_info("sockname")[1])
+
+    def update(self, plan: MediaPlan) -> None:
+        """A re-INVITE changed the media (hold, resume, a new address)."""
+        if plan.remote != self.plan.remote:
+            self._remote, self._latched = plan.remote, False
+        self.plan = plan
+        self._last_rtp = time.monotonic()
+
+    def peer_hung_up(self, reason: str) -> None:
+        """The SIP side ended the call (BYE, CANCEL, a timeout): the bridge's next receive ends it."""
+        if self._ended is None:
+            self._ended = reason
+            self._events.put_nowait(CallStopped(reason))
+
+    def ready(self) -> None:
+        """The bot is there: answer the call (the SIP side sends its 200 OK)."""
+        if self._on_ready is not None:
+            on_ready, self._on_ready = self._on_ready, None
+            on_ready()
+
+    def inject(self, event: TelephonyEvent) -> None:
+        """An event from the signalling side (INFO DTMF) joins the media's."""
+        if not self._closed:
+            self._events.put_nowait(event)
+
+    # -- caller -> bridge --------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """One UDP datagram on the RTP port."""
+        if self._closed:
+            return
+        if not self._latched:  # symmetric RTP: answer where the caller's media really comes from
+            self._remote, self._latched = addr, True
+        elif addr != self._remote:
+            self.foreign_packets += 1
+            return
+        if is_rtcp(data):
+            self.rtcp_in += 1
+            return
+        try:
+            packet = parse_rtp(data)
+        except RtpError:
+            self.bad_packets += 1
+            return
+        self.packets_in += 1
+        now = time.monotonic()
+        self._last_rtp = now
+        if self._dtmf is not None and packet.payload_type == self.plan.dtmf_payload_type:
+            digit = self._dtmf.receive(packet)
+            if digit is not None:
+                self._events.put_nowait(DtmfReceived(digit))
+            return
+        if packet.payload_type != self.plan.payload_type:
+            self.bad_packets += 1  # comfort noise or a codec we did not agree on
+            return
+        self._jitter.push(packet, now)
+        self._drain_jitter(now)
+
+    def _drain_jitter(self, now: float) -> None:
+        for frame in self._jitter.pop(now):
+            self._events.put_nowait(MediaReceived(frame, 0, 0))
+
+    async def receive(self, timeout_s: float | None = None) -> TelephonyEvent:
+        """The leg's next event; once the peer ended the call and everything was read, the call ends."""
+        if self._events.empty() and self._ended is not None:
+            raise CallEnded(Outcome.COMPLETED, f"caller hung up ({self._ended})")
+        if timeout_s is None:
+            event = await self._events.get()
+        else:
+            async with asyncio.timeout(max(0.001, timeout_s)):
+                event = await self._events.get()
+        if isinstance(event, CallStopped) and event.reason == RTP_TIMEOUT:
+            raise CallEnded(Outcome.CALLER_TIMEOUT, f"no RTP from the caller for {self.rtp_timeout_s:g}s")
+        return event
+
+    def idle_timeout_s(self, default_s: float) -> float | None:
+        """None: the channel watches the caller itself (RTP timeout, hold exempt)."""
+        return None
+
+    # -- bridge -> caller --------------------------------------------------------------------------------
+
+    async def send(self, command: TelephonyCommand) -> None:
+        """Queue bot audio for pacing, or flush it (barge-in)."""
+        if self._ended is not None:
+            raise CallEnded(Outcome.COMPLETED, f"caller hung up ({self._ended})")
+        if isinstance(command, PlayAudio):
+            self._queue += command.payload
+            self._queued_end += len(command.payload)
+            self._chunks.append((command.end_position, self._queued_end))
+        elif isinstance(command, ClearPlayback):
+            self._queued_end -= len(self._queue) - self._read
+            self._queue.clear()
+            self._read = 0
+            self._chunks.clear()
+
+    def _send_frame(self, now: float) -> None:
+        if self._transport is None or self.plan.on_hold:
+            return
+        if self._read < len(self._queue):
+            frame = bytes(self._queue[self._read : self._read + self._frame_bytes])
+            self._read += len(frame)
+            if self._read == len(self._queue):  # all sent: start over (no copying of what is left)
+                self._queue.clear()
+                self._read = 0
+            self._sent += len(frame)
+            if len(frame) < self._frame_bytes:
+                frame += self._silence[len(frame) :]
+            if not self._talking:
+                self._sender.talkspurt()
+                self._talking = True
+        else:
+            frame, self._talking = self._silence, False
+        self._transport.sendto(self._sender.packet(frame), self._remote)
+        self.packets_out += 1
+        due = now + self.jitter_ms / 1000
+        while self._chunks and self._chunks[0][1] <= self._sent:
+            self._confirm.append((due, self._chunks.popleft()[0]))
+
+    async def _tick_loop(self) -> None:
+        period = self.plan.ptime_ms / 1000
+        due = time.monotonic()
+        while True:
+            now = time.monotonic()
+            self._send_frame(now)
+            while self._confirm and self._confirm[0][0] <= now:
+                self._events.put_nowait(PlayedTo(self._confirm.popleft()[1]))
+            self._drain_jitter(now)
+            if not self.plan.on_hold and now - self._last_rtp > self.rtp_timeout_s:
+                self.peer_hung_up(RTP_TIMEOUT)
+            due += period
+            if due < now - period:  # the loop fell behind: do not burst to catch up
+                due = now
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    # -- ending ------------------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether the channel is closed."""
+        return self._closed
+
+    async def close(self, outcome: Outcome) -> None:
+        """Stop sending, release the port, and hang up unless the caller already did."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._transport is not None:
+            self._transport.close()
+        if self._ended is None and self._hang_up is not None:
+            self._hang_up()

@@ -1,0 +1,451 @@
+"""The native SIP leg's I/O: SIP over UDP and TCP around the sans-I/O user agent, one RTP channel a call.
+
+`SipServer` binds the `SIP_LISTEN` sockets, feeds every message to the `UserAgent` (`gateway/sip/ua.py`),
+sends what it answers, runs its timers, and turns its events into calls:
+
+- an INVITE from outside `SIP_ALLOW_FROM` gets 403; one the app cannot take now (draining, at capacity,
+  no realtime backend yet) gets 503; an offer without PCMU or PCMA gets 488;
+- otherwise an RTP port is bound from `RTP_PORTS`, the INVITE is answered (180, then 200 with our SDP
+  answer; with no offer in the INVITE, our offer goes in the 200 and the answer comes in the ACK), and
+  the app's `start_call` runs the call on the `RtpChannel` until it ends;
+- a BYE, a CANCEL or a lost ACK ends the call's channel; when the call ends on our side, the channel
+  asks for a BYE;
+- re-INVITEs (hold, resume, session refresh) are answered from the current media, INFO DTMF reaches the
+  call.
+
+Nothing here reads the app's settings: `SipSettings` is built by the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import itertools
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from gateway.call.outcome import Outcome
+from gateway.sip.channel import MediaPlan, RtpChannel
+from gateway.sip.message import SipParseError, StreamFramer
+from gateway.sip.sdp import (
+    Negotiated,
+    SdpError,
+    accept_answer,
+    build_answer,
+    build_offer,
+    negotiate,
+    parse_sdp,
+)
+from gateway.sip.settings import SipSettings
+from gateway.sip.ua import (
+    CallCancelled,
+    CallConfirmed,
+    CallEnded,
+    DtmfInfo,
+    IncomingCall,
+    Malformed,
+    Peer,
+    Refused,
+    ReInvite,
+    UaConfig,
+    UserAgent,
+)
+from gateway.telephony.events import CallStarted, DtmfReceived
+from telcodec import WireFormat
+
+__all__ = ["SipServer", "SipSettings"]
+
+log = structlog.get_logger(__name__)
+
+CODECS = {"PCMU": WireFormat.of("ulaw", 8000), "PCMA": WireFormat.of("alaw", 8000)}
+
+
+Busy = Callable[[], str | None]  # why the gateway cannot take a call now (None: it can)
+StartCall = Callable[[RtpChannel], Awaitable[None]]
+
+
+def outbound_ip() -> str:
+    """This host's address on its default route (no packet is sent), or 127.0.0.1 without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed anywhere real
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+@dataclass(slots=True)
+class _Call:
+    call_id: str
+    channel: RtpChannel | None = None
+    offer_sent: bytes | None = None  # late offer: our offer in the 200, the answer due in the ACK
+    task: asyncio.Task[None] | None = None
+    sdp_version: int = 1
+    answer: bytes = b""  # the SDP of our 200 OK, sent once the bot is there
+    answered: bool = False
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.server.received(data, Peer("udp", addr[0], addr[1]))
+
+
+class _TcpProtocol(asyncio.Protocol):
+    def __init__(self, server: SipServer, connection: int) -> None:
+        self.server = server
+        self.connection = connection
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = Peer("tcp", host, port, self.connection)
+        self.server.tcp[self.connection] = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None
+        assert self.transport is not None
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError as exc:
+            self.server.count_malformed(self.peer, exc.reason)
+            self.transport.close()
+            return
+        for message in messages:
+            self.server.received(message, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.tcp.pop(self.connection, None)
+
+
+@dataclass(slots=True)
+class SipCounters:
+    """What the SIP leg counts (the app exports them as metrics)."""
+
+    malformed: int = 0
+    refused: dict[int, int] = field(default_factory=dict)
+
+
+class SipServer:
+    """The SIP listeners, the user agent, and the calls it answered (see the module docstring)."""
+
+    def __init__(self, settings: SipSettings, start_call: StartCall, busy: Busy) -> None:
+        self.settings = settings
+        self.start_call = start_call
+        self.busy = busy
+        self.counters = SipCounters()
+        first = settings.listen[0]
+        self.host = settings.public_ip or (first[1] if first[1] not in ("0.0.0.0", "::") else outbound_ip())
+        self.rtp_host = first[1]
+        self.ua: UserAgent | None = None
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp: dict[int, asyncio.Transport] = {}
+        self.calls: dict[str, _Call] = {}
+        self._servers: list[asyncio.Server] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._connections = itertools.count(1)
+        self._networks = tuple(ipaddress.ip_network(cidr) for cidr in settings.allow_from)
+        self._ports = range(settings.rtp_ports[0], settings.rtp_ports[1] + 1)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> list[tuple[str, str, int]]:
+        """Bind every listener; returns them with their real ports (port 0 binds a free one)."""
+        loop = asyncio.get_running_loop()
+        bound: list[tuple[str, str, int]] = []
+        for transport, host, port in self.settings.listen:
+            if transport == "udp":
+                if self.udp is not None:
+                    raise ValueError("one UDP listener only")
+                self.udp, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self), local_addr=(host, port)
+                )
+                bound.append(("udp", host, int(self.udp.get_extra_info("sockname")[1])))
+            else:
+                server = await loop.create_server(
+                    lambda: _TcpProtocol(self, next(self._connections)), host, port
+                )
+                self._servers.append(server)
+                bound.append(("tcp", host, int(server.sockets[0].getsockname()[1])))
+        digest = self.settings.digest
+        # Every worker process must accept the nonces the others issued: derive the key from the password.
+        secret = None if digest is None else hashlib.sha256(b"sip-nonce:" + digest[2].encode()).digest()
+        self.ua = UserAgent(UaConfig(host=self.host, port=bound[0][2], digest=digest, nonce_secret=secret))
+        log.info("sip_listening", listen=[f"{t}:{h}:{p}" for t, h, p in bound], contact_host=self.host)
+        return bound
+
+    async def stop(self) -> None:
+        """Close the listeners (calls end with the app's shutdown, each with a BYE)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for call in list(self.calls.values()):
+            if call.task is not None:
+                call.task.cancel()
+        tasks = [c.task for c in self.calls.values() if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        self._pump()  # the BYEs of the calls just closed
+        for server in self._servers:
+            server.close()
+        for transport in list(self.tcp.values()):
+            transport.close()
+        if self.udp is not None:
+            self.udp.close()
+
+    # -- messages in and out -----------------------------------------------------------------------------
+
+    def received(self, data: bytes, peer: Peer) -> None:
+        """One whole SIP message from `peer`."""
+        assert self.ua is not None
+        self.ua.receive(data, peer, time.monotonic())
+        self._pump()
+
+    def count_malformed(self, peer: Peer, reason: str) -> None:
+        """A message (or a TCP stream) that could not be parsed."""
+        self.counters.malformed += 1
+        log.warning("sip_malformed", peer=f"{peer.host}:{peer.port}", transport=peer.transport, reason=reason)
+
+    def _pump(self) -> None:
+        """Send what the user agent has to send, act on its events, re-arm its timer."""
+        ua = self.ua
+        if ua is None:
+            return
+        for _ in range(8):  # acting on events may produce more messages and events
+            for data, peer in ua.outgoing():
+                self._send(data, peer)
+            events = ua.events()
+            if not events:
+                break
+            for event in events:
+                self._on_event(event)
+        self._arm_timer()
+
+    def _send(self, data: bytes, peer: Peer) -> None:
+        if peer.transport == "udp":
+            if self.udp is not None:
+                self.udp.sendto(data, (peer.host, peer.port))
+            return
+        transport = self.tcp.get(peer.connection or -1)
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+        else:
+            log.warning("sip_connection_gone", peer=f"{peer.host}:{peer.port}")
+
+    def _arm_timer(self) -> None:
+        assert self.ua is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.ua.next_deadline()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, deadline - time.monotonic())
+            self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        assert self.ua is not None
+        self.ua.tick(time.monotonic())
+        self._pump()
+
+    # -- calls -------------------------------------------------------------------------------------------
+
+    def _on_event(self, event: object) -> None:
+        match event:
+            case IncomingCall():
+                self._incoming(event)
+            case CallConfirmed(call_id=call_id, answer=answer):
+                self._confirmed(call_id, answer)
+            case CallCancelled(call_id=call_id):
+                self._ended(call_id, "cancel")
+            case CallEnded(call_id=call_id, reason=reason):
+                self._ended(call_id, reason)
+            case ReInvite(call_id=call_id, offer=offer):
+                self._reinvite(call_id, offer)
+            case DtmfInfo(call_id=call_id, digit=digit):
+                call = self.calls.get(call_id)
+                if call is not None and call.channel is not None:
+                    call.channel.inject(DtmfReceived(digit))
+            case Refused(status=status, reason=reason, peer=peer):
+                self.counters.refused[status] = self.counters.refused.get(status, 0) + 1
+                log.warning("sip_refused", status=status, reason=reason, peer=f"{peer.host}:{peer.port}")
+            case Malformed(peer=peer, reason=reason):
+                self.count_malformed(peer, reason)
+            case _:
+                log.debug("sip_event_ignored", event=type(event).__name__)
+
+    def _reject(self, call_id: str, status: int, reason: str) -> None:
+        assert self.ua is not None
+        self.counters.refused[status] = self.counters.refused.get(status, 0) + 1
+        log.warning("sip_call_refused", call_id=call_id, status=status, reason=reason)
+        self.ua.reject(call_id, status, reason, time.monotonic())
+
+    def _allowed(self, host: str) -> bool:
+        if not self._networks:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def _incoming(self, event: IncomingCall) -> None:
+        if not self._allowed(event.peer.host):
+            self._reject(event.call_id, 403, "address not allowed")
+            return
+        reason = self.busy()
+        if reason is not None:
+            self._reject(event.call_id, 503, reason)
+            return
+        negotiated: Negotiated | None = None
+        if event.offer is not None:
+            try:
+                negotiated = negotiate(parse_sdp(event.offer), codecs=tuple(CODECS))
+            except SdpError as exc:
+                self._reject(event.call_id, 400, f"bad SDP: {exc}")
+                return
+            if negotiated is None:
+                self._reject(event.call_id, 488, "no common codec (PCMU or PCMA)")
+                return
+        call = _Call(event.call_id)
+        self.calls[event.call_id] = call
+        call.task = asyncio.create_task(self._run_call(call, event, negotiated))
+
+    async def _run_call(self, call: _Call, event: IncomingCall, negotiated: Negotiated | None) -> None:
+        assert self.ua is not None
+        plan = _plan(negotiated) if negotiated is not None else _placeholder(event.peer.host)
+        started = CallStarted(
+            stream_id=event.call_id,
+            call_id=event.call_id,
+            account_id="",
+            tracks=("inbound",),
+            custom_parameters={"From": event.from_uri, "To": event.to_uri, "RequestUri": event.request_uri},
+            encoding=plan.format.encoding.value,
+            sample_rate=plan.format.rate,
+            format=plan.format,
+        )
+        channel = RtpChannel(
+            started,
+            plan,
+            jitter_ms=self.settings.jitter_ms,
+            rtp_timeout_s=self.settings.rtp_timeout_s,
+            hang_up=lambda: self._hang_up(call.call_id),
+            on_ready=lambda: self._answer(call),
+        )
+        try:
+            port = await channel.open(self.rtp_host, self._ports)
+        except OSError as exc:
+            self._reject(call.call_id, 503, f"no RTP port free: {exc}")
+            self.calls.pop(call.call_id, None)
+            return
+        call.channel = channel
+        if negotiated is not None:
+            call.answer = build_answer(negotiated, self.host, port, session_id=port, version=call.sdp_version)
+        else:
+            call.answer = call.offer_sent = build_offer(
+                self.host, port, codecs=tuple(CODECS), session_id=port, version=call.sdp_version
+            )
+        self.ua.ring(call.call_id)  # 180 until the realtime session is up; then 200 (channel.ready)
+        self._pump()
+        try:
+            await self.start_call(channel)
+        finally:
+            await channel.close(Outcome.COMPLETED)  # already closed by the bridge, unless it never ran
+            self.calls.pop(call.call_id, None)
+            self._pump()
+
+    def _confirmed(self, call_id: str, answer: bytes | None) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.offer_sent is None or call.channel is None:
+            return
+        negotiated = None
+        if answer is not None:
+            with contextlib.suppress(SdpError):
+                negotiated = accept_answer(parse_sdp(call.offer_sent), parse_sdp(answer))
+        if negotiated is None:
+            log.warning("sip_late_offer_failed", call_id=call_id, answer=answer is not None)
+            self._hang_up(call_id)
+            call.channel.peer_hung_up("bad answer")
+            return
+        call.channel.update(_plan(negotiated))
+
+    def _reinvite(self, call_id: str, offer: bytes | None) -> None:
+        assert self.ua is not None
+        call = self.calls.get(call_id)
+        if call is None or call.channel is None:
+            return
+        call.sdp_version += 1
+        port = call.channel.local_port
+        negotiated = None
+        if offer is not None:
+            with contextlib.suppress(SdpError):
+                negotiated = negotiate(parse_sdp(offer), codecs=tuple(CODECS))
+        if negotiated is None:  # a refresh without SDP (or one we cannot take): offer what we have
+            sdp = build_offer(
+                self.host, port, codecs=tuple(CODECS), session_id=port, version=call.sdp_version
+            )
+        else:
+            call.channel.update(_plan(negotiated))
+            sdp = build_answer(negotiated, self.host, port, session_id=port, version=call.sdp_version)
+        self.ua.answer_reinvite(call_id, sdp, time.monotonic())
+
+    def _ended(self, call_id: str, reason: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None:
+            return
+        if call.channel is not None:
+            call.channel.peer_hung_up(reason)
+        elif call.task is not None:
+            call.task.cancel()
+
+    def _answer(self, call: _Call) -> None:
+        """200 OK with our SDP: the bot is ready to talk."""
+        if self.ua is None or call.call_id not in self.calls:
+            return
+        call.answered = True
+        self.ua.answer(call.call_id, call.answer, time.monotonic())
+        self._pump()
+        log.info("sip_call_answered", call_id=call.call_id)
+
+    def _hang_up(self, call_id: str) -> None:
+        """The call ended on our side: BYE once answered, 503 while it was still ringing."""
+        call = self.calls.get(call_id)
+        if self.ua is None or call is None:
+            return
+        if call.answered:
+            self.ua.hang_up(call_id, time.monotonic())
+        else:
+            self.ua.reject(call_id, 503, "the bot could not be reached", time.monotonic())
+        self._pump()
+
+    def active_calls(self) -> int:
+        """Calls with a channel (for tests and leak checks)."""
+        return len(self.calls)
+
+
+def _plan(negotiated: Negotiated) -> MediaPlan:
+    return MediaPlan(
+        format=CODECS[negotiated.codec],
+        payload_type=negotiated.payload_type,
+        remote=(negotiated.remote_address, negotiated.remote_port),
+        dtmf_payload_type=negotiated.dtmf_payload_type,
+        ptime_ms=20,
+        on_hold=negotiated.on_hold,
+    )
+
+
+def _placeholder(host: str) -> MediaPlan:
+    """Late offer: until the ACK's answer, assume PCMU to the signalling peer (latching corrects it)."""
+    return MediaPlan(format=CODECS["PCMU"], payload_type=0, remote=(host, 0), dtmf_payload_type=101)
