@@ -29,37 +29,20 @@ audio (`media_at`, `media_offset`, bytes of the stream's format), and the first 
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
-import heapq
-import itertools
 import os
 import time
 import uuid
-from array import array
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from bench.lean_twilio import CallerScript, CallState
+from bench.lean_twilio import CallerScript, CallState, LeanSocket, PhasedLoad
 from bench.wsframes import (
     OP_BINARY,
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
     OP_TEXT,
-    HandshakeError,
-    client_frame,
-    client_handshake,
-    close_payload,
-    read_frame_header,
-    split_http_head,
-    verify_server_handshake,
 )
 from gateway.loadtest.wires import (
     FLUSH,
@@ -144,106 +127,33 @@ def playout_rule(provider: str, fmt: WireFormat | None = None) -> PlayoutRule:
     return dialect.playout
 
 
-class ProviderCall(asyncio.Protocol):
-    """One simulated call; created and driven by `ProviderLoad` (use `ProviderLoad.open_call`)."""
+class ProviderCall(LeanSocket):
+    """One simulated call of any provider, every message through its wire; created and driven by
+    `ProviderLoad` (use `ProviderLoad.open_call`)."""
 
     def __init__(self, load: ProviderLoad, number: int, wire: ProviderWire) -> None:
-        self.load = load
-        self.number = number
+        super().__init__(load, number, wire.path, wire.upgrade_headers())
+        self.script = load.script
         self.wire = wire
         self.call_id = wire.call_id
-        self.state = CallState.CONNECTING
-        self.sent_at = array("d")  # when caller frame k was written (time.monotonic)
-        self.media_at = array("d")  # when each bot media message arrived
-        self.media_offset = array("q")  # its first byte's offset in the call's bot audio
-        self.received_bytes = 0
-        self.marks_received = 0  # the gateway's requests to confirm playback (marks, checkpoints, notifies)
-        self.marks_echoed = 0  # confirmations sent
         self.marks_dropped = 0  # requests a clear dropped unconfirmed (providers that confirm none then)
-        self.clears = 0
-        self.first_clear_at: float | None = None
         self.strange = 0  # messages the provider would not accept
         self.problems: list[str] = []  # the first STRANGE_KEPT of them
-        self.close_code: int | None = None
-        self.next_tick = 0  # the ticker tick on which the next frame is due
-        self.opened = asyncio.get_running_loop().create_future()
-        self.closed = asyncio.get_running_loop().create_future()
-        self._key = base64.b64encode(os.urandom(16)).decode("ascii")
-        self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._play_end = 0.0  # when the audio queued so far finishes playing
-        self._pending: deque[tuple[float, str]] = deque()  # requests waiting for their audio to play
 
     @property
     def call_sid(self) -> str:
         """The call id (the name `LeanCall` gives it): the realtime session's request id derives from it."""
         return self.call_id
 
-    # -- asyncio.Protocol ------------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Send the upgrade request on the provider's route, with its headers."""
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        load = self.load
-        headers = self.wire.upgrade_headers()
-        self._transport.write(client_handshake(load.host, load.port, self.wire.path, self._key, headers))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """The socket is gone: stop sending, resolve the waiters."""
-        self.state = CallState.CLOSED
-        self.load.forget(self)
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError(f"closed during the upgrade: {exc}"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        """Parse whatever frames are complete and act on what the wire reads in them."""
-        now = time.monotonic()
-        buffer = self._buffer
-        buffer += data
-        if self.state is CallState.CONNECTING and not self._finish_upgrade():
-            return
-        pos = 0
-        while (header := read_frame_header(buffer, pos)) is not None:
-            opcode, start, end, _key, _fin = header
-            if opcode == OP_TEXT:
-                self._on_message(bytes(buffer[start:end]).decode("utf-8", "replace"), now)
-            elif opcode == OP_BINARY:
-                self._on_message(bytes(buffer[start:end]), now)
-            else:
-                self._on_control(opcode, bytes(buffer[start:end]))
-            pos = end
-        if pos:
-            del buffer[:pos]
-
-    # -- upgrade and set-up ------------------------------------------------------------------------------
-
-    def _finish_upgrade(self) -> bool:
-        split = split_http_head(self._buffer)
-        if split is None:
-            return False
-        head, used = split
-        del self._buffer[:used]
-        try:
-            verify_server_handshake(head, self._key)
-        except HandshakeError as exc:
-            self.opened.set_exception(exc)
-            assert self._transport is not None
-            self._transport.close()
-            return False
-        self.state = CallState.OPEN
+    def _on_open(self) -> None:
         for message in self.wire.opening():
             self._send(message)
-        self.opened.set_result(None)
-        return True
 
     def _send(self, message: str | bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            if isinstance(message, str):
-                self._transport.write(client_frame(message.encode()))
-            else:
-                self._transport.write(client_frame(message, OP_BINARY))
+        if isinstance(message, str):
+            self._send_frame(message.encode())
+        else:
+            self._send_frame(message, OP_BINARY)
 
     # -- caller audio --------------------------------------------------------------------------------------
 
@@ -251,7 +161,7 @@ class ProviderCall(asyncio.Protocol):
         """Write every frame due by `tick` (one, unless the loop fell behind)."""
         if self._transport is None or self.state is not CallState.OPEN:
             return
-        frames, sent_at = self.load.script.frames, self.sent_at
+        frames, sent_at = self.script.frames, self.sent_at
         while self.next_tick <= tick:
             self._send(self.wire.media(frames[len(sent_at) % len(frames)]))
             sent_at.append(now)
@@ -260,94 +170,46 @@ class ProviderCall(asyncio.Protocol):
     def send_frame(self) -> None:
         """Write the next frame now, off the schedule (for an unpaced `ProviderLoad`)."""
         if self._transport is not None and self.state is CallState.OPEN:
-            frames = self.load.script.frames
+            frames = self.script.frames
             self._send(self.wire.media(frames[len(self.sent_at) % len(frames)]))
             self.sent_at.append(time.monotonic())
 
-    # -- bot audio and confirmations -----------------------------------------------------------------------
+    # -- bot audio and confirmations, as the wire reads them -------------------------------------------------
 
-    def _on_message(self, message: str | bytes, now: float) -> None:
-        read = self.wire.read(message)
+    def _on_data(self, opcode: int, buffer: bytearray, start: int, end: int, now: float) -> None:
+        data = bytes(buffer[start:end])
+        read = self.wire.read(data.decode("utf-8", "replace") if opcode == OP_TEXT else data)
         if isinstance(read, BotAudio):
             size = len(read.audio)
-            self.media_at.append(now)
-            self.media_offset.append(self.received_bytes)
-            self.received_bytes += size
-            self._play_end = max(now, self._play_end) + self.wire.format.duration_ms(size) / 1000
+            self._played(size, self.wire.format.duration_ms(size) / 1000, now)
         elif isinstance(read, PlayedRequest):
-            self.marks_received += 1
-            if self._play_end <= now and not self._pending:
-                self._confirm(read.name)
-            else:
-                self._pending.append((self._play_end, read.name))
-                if len(self._pending) == 1:
-                    self.load.due(self._play_end, self)
+            self._requested(read.name, now)
         elif read is FLUSH:
-            self._flush(now)
+            self.marks_dropped += self._cleared(now, confirm_pending=self.wire.flush_confirms_pending)
+            for message in self.wire.flushed():
+                self._send(message)
         else:
             assert isinstance(read, Strange)
-            self.strange += 1
-            if len(self.problems) < STRANGE_KEPT:
-                self.problems.append(read.problem)
+            self._strange(read.problem)
 
-    def _flush(self, now: float) -> None:
-        self.clears += 1
-        if self.first_clear_at is None:
-            self.first_clear_at = now
-        self._play_end = now
-        if self.wire.flush_confirms_pending:
-            while self._pending:
-                self._confirm(self._pending.popleft()[1])
-        else:
-            self.marks_dropped += len(self._pending)
-            self._pending.clear()
-        for message in self.wire.flushed():
-            self._send(message)
-
-    def confirm_due(self, now: float) -> None:
-        """Confirm the requests whose audio has played by `now`; the ticker calls this when one is due."""
-        pending = self._pending
-        while pending and pending[0][0] <= now:
-            self._confirm(pending.popleft()[1])
-        if pending:
-            self.load.due(pending[0][0], self)
+    def _strange(self, problem: str) -> None:
+        self.strange += 1
+        if len(self.problems) < STRANGE_KEPT:
+            self.problems.append(problem)
 
     def _confirm(self, name: str) -> None:
         self.marks_echoed += 1
         self._send(self.wire.played(name))
 
-    def _on_control(self, opcode: int, payload: bytes) -> None:
-        if opcode == OP_PING and self._transport is not None:
-            self._transport.write(client_frame(payload, OP_PONG))
-        elif opcode == OP_CLOSE:
-            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-            if self.state is not CallState.CLOSING and self._transport is not None:
-                self._transport.write(client_frame(payload[:2], OP_CLOSE))
-            self.state = CallState.CLOSING
-            if self._transport is not None:
-                self._transport.close()
-        elif opcode != OP_PONG:
-            self.strange += 1
-            if len(self.problems) < STRANGE_KEPT:
-                self.problems.append(f"frame with opcode {opcode}")
+    def _on_other_control(self, opcode: int) -> None:
+        self._strange(f"frame with opcode {opcode}")
 
-    # -- ending ----------------------------------------------------------------------------------------------
-
-    async def hang_up(self) -> None:
-        """Send the wire's `stop` and a close frame, then wait (bounded) for the gateway to close."""
-        if self.state is CallState.OPEN and self._transport is not None:
-            for message in self.wire.stop():
-                self._send(message)
-            self._transport.write(client_frame(close_payload(1000), OP_CLOSE))
-            self.state = CallState.CLOSING
-        try:
-            await asyncio.wait_for(asyncio.shield(self.closed), _CLOSE_WAIT_S)
-        except TimeoutError:
-            if self._transport is not None:
-                self._transport.abort()
+    def _goodbye(self) -> None:
+        for message in self.wire.stop():
+            self._send(message)
 
 
-class ProviderLoad:
+class ProviderLoad(PhasedLoad["ProviderCall"]):
     """Many lean calls of one provider on the running event loop, driven by one ticker; `await aclose()`.
 
     `fmt` picks one of the provider's formats (default: its first). A call's id is made of a random run
@@ -368,21 +230,11 @@ class ProviderLoad:
         paced: bool = True,
         run_id: str | None = None,
     ) -> None:
-        self.host, self.port, self.provider = host, port, provider
+        super().__init__(host, port, paced=paced)
+        self.provider = provider
         self.format = make_wire(provider, "CA" + "0" * 32, fmt=fmt).format  # ValueError if unknown
-        self.paced = paced
         self.script = WireScript.convert(script or CallerScript.speech_then_silence(), self.format)
-        self.calls: list[ProviderCall] = []
-        self.lag_at = array("d")  # when each tick was due
-        self.lag_s = array("d")  # how late it ran
         self._run_id = run_id if run_id is not None else os.urandom(4).hex()  # 8 hex digits
-        self._phases: list[list[ProviderCall]] = [[] for _ in range(PHASES)]
-        self._heap: list[tuple[float, int, ProviderCall]] = []
-        self._order = itertools.count()
-        self._numbers = itertools.count()
-        self._base = time.monotonic()
-        self._tick = 0
-        self._task: asyncio.Task[None] | None = None
 
     def call_id(self, number: int) -> str:
         """Call `number`'s id: a CallSid ("CA" + 32 hex digits) for Twilio and SignalWire, a UUID (as
@@ -396,55 +248,6 @@ class ProviderLoad:
 
     async def open_call(self, timeout_s: float = 10.0) -> ProviderCall:
         """Connect one call, upgrade, send the wire's opening; its frames start on its next phase."""
-        loop = asyncio.get_running_loop()
         number = next(self._numbers)
         wire = make_wire(self.provider, self.call_id(number), PARAMETERS, self.format)
-        call = ProviderCall(self, number, wire)
-        await asyncio.wait_for(loop.create_connection(lambda: call, self.host, self.port), timeout_s)
-        await asyncio.wait_for(asyncio.shield(call.opened), timeout_s)
-        phase = number % PHASES
-        tick = self._tick + 1
-        call.next_tick = tick + (phase - tick) % PHASES
-        self._phases[phase].append(call)
-        self.calls.append(call)
-        if self._task is None and self.paced:
-            self._task = loop.create_task(self._run())
-        return call
-
-    def forget(self, call: ProviderCall) -> None:
-        """Stop sending for `call` (its socket closed)."""
-        bucket = self._phases[call.number % PHASES]
-        if call in bucket:
-            bucket.remove(call)
-
-    def due(self, at: float, call: ProviderCall) -> None:
-        """`call` has a confirmation due at `at`: the ticker will call its `confirm_due`."""
-        heapq.heappush(self._heap, (at, next(self._order), call))
-
-    async def hang_up(self, calls: Sequence[ProviderCall]) -> None:
-        """Hang up these calls, concurrently."""
-        await asyncio.gather(*(call.hang_up() for call in calls))
-
-    async def aclose(self) -> None:
-        """Hang up every call still open and stop the ticker."""
-        await self.hang_up([c for c in self.calls if c.state is not CallState.CLOSED])
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        base, phases, heap = self._base, self._phases, self._heap
-        while True:
-            now = time.monotonic()
-            while base + self._tick * TICK_S <= now:  # every tick due by now, in order (catch-up)
-                tick = self._tick
-                self.lag_at.append(base + tick * TICK_S)
-                self.lag_s.append(now - base - tick * TICK_S)
-                for call in phases[tick % PHASES]:
-                    call.send_due_frames(tick, now)
-                self._tick += 1
-            while heap and heap[0][0] <= now:
-                heapq.heappop(heap)[2].confirm_due(now)
-            await asyncio.sleep(max(0.0, base + self._tick * TICK_S - time.monotonic()))
+        return await self._connect(ProviderCall(self, number, wire), timeout_s)

@@ -40,10 +40,11 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Final, cast
+from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
 from bench.wsframes import (
     MASK_KEY,
+    OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
@@ -151,48 +152,65 @@ class CallState(Enum):
     CLOSED = auto()
 
 
-class LeanCall(asyncio.Protocol):
-    """One simulated call; created and driven by `TwilioLoad` (use `TwilioLoad.open_call`)."""
+class LeanSocket(asyncio.Protocol):
+    """One simulated call's WebSocket, hand-rolled on an asyncio Protocol: the upgrade, frames in and
+    out, ping and close, the real-time playout clock and the confirmations (mark echoes, checkpoints,
+    notifies) held until the audio before them has played. A subclass speaks one provider: `_on_open`
+    (its opening messages), `_on_data` (a text or binary frame), `_confirm` (one confirmation) and
+    `_goodbye` (what it sends when the caller hangs up)."""
 
-    def __init__(self, load: TwilioLoad, number: int, host: str, port: int, path: str) -> None:
+    def __init__(
+        self, load: PhasedLoad[Any], number: int, path: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.load = load
         self.number = number
-        tag = f"{os.getpid():08x}{number:024x}"
-        self.call_sid = "CA" + tag
-        self.stream_sid = "MZ" + tag
         self.state = CallState.CONNECTING
         self.sent_at = array("d")  # when caller frame k was written (time.monotonic)
         self.media_at = array("d")  # when each bot media message arrived
         self.media_offset = array("q")  # its first byte's offset in the call's bot audio
         self.received_bytes = 0
-        self.marks_received = 0
-        self.marks_echoed = 0
+        self.marks_received = 0  # the gateway's requests to confirm playback (marks, checkpoints, notifies)
+        self.marks_echoed = 0  # confirmations sent
         self.clears = 0
         self.first_clear_at: float | None = None
-        self.other_messages = 0
         self.close_code: int | None = None
         self.next_tick = 0  # the ticker tick on which the next frame is due
         self.opened = asyncio.get_running_loop().create_future()
         self.closed = asyncio.get_running_loop().create_future()
-        self._host, self._port, self._path = host, port, path
+        self._path, self._headers = path, headers
         self._key = base64.b64encode(os.urandom(16)).decode("ascii")
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._suffix = MediaTemplates.masked_suffix(self.stream_sid)
-        self._sid = twilio_wire.quote_sid(self.stream_sid)
-        self._media_prefix = twilio_wire.bot_media_prefix(self._sid).encode()
-        self._mark_prefix = twilio_wire.mark_prefix(self._sid).encode()
-        self._clear = twilio_wire.clear(self._sid).encode()
         self._play_end = 0.0  # when the audio queued so far finishes playing
-        self._pending: deque[tuple[float, str]] = deque()  # marks waiting for their audio to play
-        self._seq = itertools.count(1_000_000_000)  # sequence numbers of non-media events
+        self._pending: deque[tuple[float, str]] = deque()  # confirmations waiting for their audio to play
+
+    # -- what a provider defines --------------------------------------------------------------------------
+
+    def _on_open(self) -> None:
+        """The upgrade completed: send the provider's opening messages."""
+        raise NotImplementedError
+
+    def _on_data(self, opcode: int, buffer: bytearray, start: int, end: int, now: float) -> None:
+        """One text or binary frame from the gateway, its payload at `buffer[start:end]`."""
+        raise NotImplementedError
+
+    def _confirm(self, name: str) -> None:
+        """Send the confirmation of the gateway's request `name` (its audio has played)."""
+        raise NotImplementedError
+
+    def _goodbye(self) -> None:
+        """Send what the provider sends when the caller hangs up, before the close frame."""
+
+    def _on_other_control(self, opcode: int) -> None:
+        """A control frame other than ping, pong and close."""
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Send the upgrade request."""
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        self._transport.write(client_handshake(self._host, self._port, self._path, self._key))
+        load = self.load
+        self._transport.write(client_handshake(load.host, load.port, self._path, self._key, self._headers))
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket is gone: stop sending, resolve the waiters."""
@@ -213,15 +231,13 @@ class LeanCall(asyncio.Protocol):
         pos = 0
         while (header := read_frame_header(buffer, pos)) is not None:
             opcode, start, end, _key, _fin = header
-            if opcode == OP_TEXT:
-                self._on_text(buffer, start, end, now)
+            if opcode in (OP_TEXT, OP_BINARY):
+                self._on_data(opcode, buffer, start, end, now)
             else:
                 self._on_control(opcode, bytes(buffer[start:end]))
             pos = end
         if pos:
             del buffer[:pos]
-
-    # -- upgrade and set-up ------------------------------------------------------------------------------
 
     def _finish_upgrade(self) -> bool:
         split = split_http_head(self._buffer)
@@ -237,79 +253,13 @@ class LeanCall(asyncio.Protocol):
             self._transport.close()
             return False
         self.state = CallState.OPEN
-        self._send_text(twilio_wire.connected().encode())
-        start = twilio_wire.start(
-            self._sid, call_sid=self.call_sid, account_sid=_ACCOUNT_SID, custom_parameters=_CUSTOM_PARAMETERS
-        )
-        self._send_text(start.encode())
+        self._on_open()
         self.opened.set_result(None)
         return True
 
-    def _send_text(self, payload: bytes) -> None:
+    def _send_frame(self, payload: bytes, opcode: int = OP_TEXT) -> None:
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(client_frame(payload))
-
-    # -- caller audio --------------------------------------------------------------------------------------
-
-    def send_due_frames(self, tick: int, now: float) -> None:
-        """Write every frame due by `tick` (one, unless the loop fell behind)."""
-        transport = self._transport
-        if transport is None or self.state is not CallState.OPEN:
-            return
-        templates, sent_at, suffix = self.load.templates, self.sent_at, self._suffix
-        while self.next_tick <= tick:
-            transport.write(templates.frame(len(sent_at), suffix))
-            sent_at.append(now)
-            self.next_tick += PHASES
-
-    def send_frame(self) -> None:
-        """Write the next frame now, off the schedule (for an unpaced `TwilioLoad`)."""
-        if self._transport is not None and self.state is CallState.OPEN:
-            self._transport.write(self.load.templates.frame(len(self.sent_at), self._suffix))
-            self.sent_at.append(time.monotonic())
-
-    # -- bot audio and marks -------------------------------------------------------------------------------
-
-    def _on_text(self, buffer: bytearray, start: int, end: int, now: float) -> None:
-        if buffer.startswith(self._media_prefix, start):
-            tail = end - _END  # just past the payload
-            digits = tail - start - len(self._media_prefix)
-            size = digits // 4 * 3 - (buffer[tail - 1] == 61) - (buffer[tail - 2] == 61)
-            self.media_at.append(now)
-            self.media_offset.append(self.received_bytes)
-            self.received_bytes += size
-            self._play_end = max(now, self._play_end) + size / BYTES_PER_S
-        elif buffer.startswith(self._mark_prefix, start):
-            self.marks_received += 1
-            # The gateway names marks with digits: nothing to unescape.
-            name = buffer[start + len(self._mark_prefix) : end - _END].decode()
-            if self._play_end <= now and not self._pending:
-                self._echo(name)
-            else:
-                self._pending.append((self._play_end, name))
-                if len(self._pending) == 1:
-                    self.load.due(self._play_end, self)
-        elif buffer.startswith(self._clear, start):
-            self.clears += 1
-            if self.first_clear_at is None:
-                self.first_clear_at = now
-            self._play_end = now
-            while self._pending:
-                self._echo(self._pending.popleft()[1])
-        else:
-            self.other_messages += 1
-
-    def echo_due(self, now: float) -> None:
-        """Echo the marks whose audio has played by `now`; the ticker calls this when one is due."""
-        pending = self._pending
-        while pending and pending[0][0] <= now:
-            self._echo(pending.popleft()[1])
-        if pending:
-            self.load.due(pending[0][0], self)
-
-    def _echo(self, name: str) -> None:
-        self.marks_echoed += 1
-        self._send_text(twilio_wire.mark_echo(self._sid, name, sequence=next(self._seq)).encode())
+            self._transport.write(client_frame(payload, opcode))
 
     def _on_control(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING and self._transport is not None:
@@ -321,16 +271,58 @@ class LeanCall(asyncio.Protocol):
             self.state = CallState.CLOSING
             if self._transport is not None:
                 self._transport.close()
+        elif opcode != OP_PONG:
+            self._on_other_control(opcode)
+
+    # -- bot audio and confirmations, at real time ---------------------------------------------------------
+
+    def _played(self, size: int, seconds: float, now: float) -> None:
+        """Bot audio of `size` bytes and `seconds` arrived: it plays after what is queued."""
+        self.media_at.append(now)
+        self.media_offset.append(self.received_bytes)
+        self.received_bytes += size
+        self._play_end = max(now, self._play_end) + seconds
+
+    def _requested(self, name: str, now: float) -> None:
+        """The gateway asks for a confirmation once the audio queued before it has played."""
+        self.marks_received += 1
+        if self._play_end <= now and not self._pending:
+            self._confirm(name)
+        else:
+            self._pending.append((self._play_end, name))
+            if len(self._pending) == 1:
+                self.load.due(self._play_end, self)
+
+    def _cleared(self, now: float, *, confirm_pending: bool) -> int:
+        """The gateway's clear: the queue is dropped; the pending requests are confirmed at once, or
+        dropped (returns how many were dropped)."""
+        self.clears += 1
+        if self.first_clear_at is None:
+            self.first_clear_at = now
+        self._play_end = now
+        dropped = 0
+        if confirm_pending:
+            while self._pending:
+                self._confirm(self._pending.popleft()[1])
+        else:
+            dropped = len(self._pending)
+            self._pending.clear()
+        return dropped
+
+    def confirm_due(self, now: float) -> None:
+        """Confirm the requests whose audio has played by `now`; the ticker calls this when one is due."""
+        pending = self._pending
+        while pending and pending[0][0] <= now:
+            self._confirm(pending.popleft()[1])
+        if pending:
+            self.load.due(pending[0][0], self)
 
     # -- ending ----------------------------------------------------------------------------------------------
 
     async def hang_up(self) -> None:
-        """Send `stop` and a close frame, then wait (bounded) for the gateway to close the socket."""
+        """Send the provider's goodbye and a close frame, then wait (bounded) for the gateway to close."""
         if self.state is CallState.OPEN and self._transport is not None:
-            stop = twilio_wire.stop(
-                self._sid, call_sid=self.call_sid, account_sid=_ACCOUNT_SID, sequence=next(self._seq)
-            )
-            self._send_text(stop.encode())
+            self._goodbye()
             self._transport.write(client_frame(close_payload(1000), OP_CLOSE))
             self.state = CallState.CLOSING
         try:
@@ -340,45 +332,124 @@ class LeanCall(asyncio.Protocol):
                 self._transport.abort()
 
 
-class TwilioLoad:
-    """Many lean calls on the running event loop, driven by one ticker. `await aclose()` at the end.
+class LeanCall(LeanSocket):
+    """One simulated Twilio call; created and driven by `TwilioLoad` (use `TwilioLoad.open_call`)."""
 
-    Unpaced (`paced=False`), no ticker runs: the owner sends frames with `LeanCall.send_frame` and marks
-    are not echoed (tests that step a call frame by frame).
+    def __init__(self, load: TwilioLoad, number: int, path: str) -> None:
+        super().__init__(load, number, path)
+        self.templates = load.templates
+        tag = f"{os.getpid():08x}{number:024x}"
+        self.call_sid = "CA" + tag
+        self.stream_sid = "MZ" + tag
+        self.other_messages = 0
+        self._suffix = MediaTemplates.masked_suffix(self.stream_sid)
+        self._sid = twilio_wire.quote_sid(self.stream_sid)
+        self._media_prefix = twilio_wire.bot_media_prefix(self._sid).encode()
+        self._mark_prefix = twilio_wire.mark_prefix(self._sid).encode()
+        self._clear = twilio_wire.clear(self._sid).encode()
+        self._seq = itertools.count(1_000_000_000)  # sequence numbers of non-media events
+
+    def _on_open(self) -> None:
+        self._send_frame(twilio_wire.connected().encode())
+        start = twilio_wire.start(
+            self._sid, call_sid=self.call_sid, account_sid=_ACCOUNT_SID, custom_parameters=_CUSTOM_PARAMETERS
+        )
+        self._send_frame(start.encode())
+
+    # -- caller audio --------------------------------------------------------------------------------------
+
+    def send_due_frames(self, tick: int, now: float) -> None:
+        """Write every frame due by `tick` (one, unless the loop fell behind)."""
+        transport = self._transport
+        if transport is None or self.state is not CallState.OPEN:
+            return
+        templates, sent_at, suffix = self.templates, self.sent_at, self._suffix
+        while self.next_tick <= tick:
+            transport.write(templates.frame(len(sent_at), suffix))
+            sent_at.append(now)
+            self.next_tick += PHASES
+
+    def send_frame(self) -> None:
+        """Write the next frame now, off the schedule (for an unpaced `TwilioLoad`)."""
+        if self._transport is not None and self.state is CallState.OPEN:
+            self._transport.write(self.templates.frame(len(self.sent_at), self._suffix))
+            self.sent_at.append(time.monotonic())
+
+    # -- bot audio and marks, recognised by their prefix ----------------------------------------------------
+
+    def _on_data(self, opcode: int, buffer: bytearray, start: int, end: int, now: float) -> None:
+        if opcode != OP_TEXT:
+            self.other_messages += 1
+        elif buffer.startswith(self._media_prefix, start):
+            tail = end - _END  # just past the payload
+            digits = tail - start - len(self._media_prefix)
+            size = digits // 4 * 3 - (buffer[tail - 1] == 61) - (buffer[tail - 2] == 61)
+            self._played(size, size / BYTES_PER_S, now)
+        elif buffer.startswith(self._mark_prefix, start):
+            # The gateway names marks with digits: nothing to unescape.
+            self._requested(buffer[start + len(self._mark_prefix) : end - _END].decode(), now)
+        elif buffer.startswith(self._clear, start):
+            self._cleared(now, confirm_pending=True)
+        else:
+            self.other_messages += 1
+
+    def _confirm(self, name: str) -> None:
+        self.marks_echoed += 1
+        self._send_frame(twilio_wire.mark_echo(self._sid, name, sequence=next(self._seq)).encode())
+
+    def _goodbye(self) -> None:
+        stop = twilio_wire.stop(
+            self._sid, call_sid=self.call_sid, account_sid=_ACCOUNT_SID, sequence=next(self._seq)
+        )
+        self._send_frame(stop.encode())
+
+
+class LeanCallLike(Protocol):
+    """What `PhasedLoad` drives: a call with a number, a phase slot and a state."""
+
+    number: int
+    next_tick: int
+    state: CallState
+    opened: asyncio.Future[None]
+
+    def send_due_frames(self, tick: int, now: float) -> None: ...
+    def confirm_due(self, now: float) -> None: ...
+    async def hang_up(self) -> None: ...
+
+
+C = TypeVar("C", bound=LeanCallLike)
+
+
+class PhasedLoad(Generic[C]):
+    """Many lean calls on the running event loop, driven by ONE ticker (every `TICK_S`): each call gets a
+    phase (its frames go out on ticks `phase + 20k`), and confirmations (mark echoes, checkpoints,
+    notifies) due at a time go out from one heap. `await aclose()` at the end.
+
+    Unpaced (`paced=False`), no ticker runs: the owner sends frames itself and confirmations are not sent
+    (tests that step a call frame by frame).
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        path: str = "/media",
-        script: CallerScript | None = None,
-        *,
-        paced: bool = True,
-    ) -> None:
-        self.host, self.port, self.path = host, port, path
-        self.paced = paced  # False: no ticker (no frames, no mark echoes) unless the owner sends them
-        self.script = script if script is not None else CallerScript.speech_then_silence()
-        self.templates = MediaTemplates(self.script)
-        self.calls: list[LeanCall] = []
+    def __init__(self, host: str, port: int, *, paced: bool = True) -> None:
+        self.host, self.port = host, port
+        self.paced = paced  # False: no ticker (no frames, no confirmations) unless the owner sends them
+        self.calls: list[C] = []
         self.lag_at = array("d")  # when each tick was due
         self.lag_s = array("d")  # how late it ran
-        self._phases: list[list[LeanCall]] = [[] for _ in range(PHASES)]
-        self._heap: list[tuple[float, int, LeanCall]] = []
+        self._phases: list[list[C]] = [[] for _ in range(PHASES)]
+        self._heap: list[tuple[float, int, C]] = []
         self._order = itertools.count()
         self._numbers = itertools.count()
         self._base = time.monotonic()
         self._tick = 0
         self._task: asyncio.Task[None] | None = None
 
-    async def open_call(self, timeout_s: float = 10.0) -> LeanCall:
-        """Connect one call, upgrade, send `connected` and `start`; its frames start on its next phase."""
+    async def _connect(self, call: C, timeout_s: float) -> C:
+        """Open `call`'s connection, wait for its upgrade, and give it its phase."""
         loop = asyncio.get_running_loop()
-        number = next(self._numbers)
-        call = LeanCall(self, number, self.host, self.port, self.path)
-        await asyncio.wait_for(loop.create_connection(lambda: call, self.host, self.port), timeout_s)
+        protocol = cast(asyncio.Protocol, call)  # every lean call is an asyncio.Protocol
+        await asyncio.wait_for(loop.create_connection(lambda: protocol, self.host, self.port), timeout_s)
         await asyncio.wait_for(asyncio.shield(call.opened), timeout_s)
-        phase = number % PHASES
+        phase = call.number % PHASES
         tick = self._tick + 1
         call.next_tick = tick + (phase - tick) % PHASES
         self._phases[phase].append(call)
@@ -387,17 +458,17 @@ class TwilioLoad:
             self._task = loop.create_task(self._run())
         return call
 
-    def forget(self, call: LeanCall) -> None:
+    def forget(self, call: C) -> None:
         """Stop sending for `call` (its socket closed)."""
         bucket = self._phases[call.number % PHASES]
         if call in bucket:
             bucket.remove(call)
 
-    def due(self, at: float, call: LeanCall) -> None:
-        """`call` has a mark due at `at`: the ticker will call its `echo_due`."""
+    def due(self, at: float, call: C) -> None:
+        """`call` has a confirmation due at `at`: the ticker will call its `confirm_due`."""
         heapq.heappush(self._heap, (at, next(self._order), call))
 
-    async def hang_up(self, calls: Sequence[LeanCall]) -> None:
+    async def hang_up(self, calls: Sequence[C]) -> None:
         """Hang up these calls, concurrently."""
         await asyncio.gather(*(call.hang_up() for call in calls))
 
@@ -422,5 +493,28 @@ class TwilioLoad:
                     call.send_due_frames(tick, now)
                 self._tick += 1
             while heap and heap[0][0] <= now:
-                heapq.heappop(heap)[2].echo_due(now)
+                heapq.heappop(heap)[2].confirm_due(now)
             await asyncio.sleep(max(0.0, base + self._tick * TICK_S - time.monotonic()))
+
+
+class TwilioLoad(PhasedLoad["LeanCall"]):
+    """Many lean Twilio calls on the running event loop, driven by one ticker (see `PhasedLoad`)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str = "/media",
+        script: CallerScript | None = None,
+        *,
+        paced: bool = True,
+    ) -> None:
+        super().__init__(host, port, paced=paced)
+        self.path = path
+        self.script = script if script is not None else CallerScript.speech_then_silence()
+        self.templates = MediaTemplates(self.script)
+
+    async def open_call(self, timeout_s: float = 10.0) -> LeanCall:
+        """Connect one call, upgrade, send `connected` and `start`; its frames start on its next phase."""
+        call = LeanCall(self, next(self._numbers), self.path)
+        return await self._connect(call, timeout_s)
