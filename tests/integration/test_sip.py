@@ -443,13 +443,17 @@ def _tail(path: Path) -> str:
 
 def _heard_bounds(recorded: np.ndarray, model_8k: np.ndarray, rate: int = 8000) -> tuple[float, float]:
     """How much of the model's item the recording holds, in ms: (lower, upper). The recording is aligned
-    on the model's first 300 ms; then, frame by frame (10 ms), the last voiced frame of the model that
-    the recording reproduces gives the lower bound, and the first voiced frame it leaves silent the upper
-    one (a cut inside a pause of the voice lies anywhere between)."""
+    on the model's first 300 ms at the recording's first bot audio; then, frame by frame (10 ms), the last voiced
+    frame of the model that the recording plays (at half its level or more) gives the lower bound, and the first voiced frame it
+    leaves silent the upper one (a cut inside a pause of the voice lies anywhere between)."""
     head = model_8k[: rate * 3 // 10].astype(np.float64)
     signal = recorded.astype(np.float64)
-    scores = np.correlate(signal[: rate * 4], head, mode="valid")
-    offset = int(np.argmax(scores))
+    # The emulator's voice starts every reply the same way, so a later, whole reply matches the model as
+    # well as the interrupted one: align near the recording's first bot audio only (within 50 ms).
+    onset = int(np.argmax(np.abs(signal) > 200))
+    low = max(0, onset - rate // 20)
+    scores = np.correlate(signal[low : onset + rate // 20 + len(head)], head, mode="valid")
+    offset = low + int(np.argmax(scores))
     frame = rate // 100
     lower, upper = 0.0, len(model_8k) / rate * 1000
     for index in range(len(model_8k) // frame):
@@ -458,9 +462,10 @@ def _heard_bounds(recorded: np.ndarray, model_8k: np.ndarray, rate: int = 8000) 
         level = np.sqrt(np.mean(want**2))
         if level < 300 or len(got) < frame:
             continue  # a pause of the voice says nothing about where the cut is
-        if np.sqrt(np.mean((got - want) ** 2)) < 0.3 * level:
+        heard = np.sqrt(np.mean(got**2))  # by level, not sample by sample: robust to the peer's clock drift
+        if heard >= 0.5 * level:
             lower = (index + 1) * 10.0
-        elif np.sqrt(np.mean(got**2)) < 0.1 * level:
+        elif heard < 0.1 * level:
             upper = index * 10.0
             break
     return lower, upper
