@@ -443,9 +443,10 @@ def _tail(path: Path) -> str:
 
 def _heard_bounds(recorded: np.ndarray, model_8k: np.ndarray, rate: int = 8000) -> tuple[float, float]:
     """How much of the model's item the recording holds, in ms: (lower, upper). The recording is aligned
-    on the model's first 300 ms at the recording's first bot audio; then, frame by frame (10 ms), the last voiced
-    frame of the model that the recording plays (at half its level or more) gives the lower bound, and the first voiced frame it
-    leaves silent the upper one (a cut inside a pause of the voice lies anywhere between)."""
+    on the model's first 300 ms at the recording's first bot audio; then, frame by frame (10 ms), the
+    last voiced frame of the model that the recording plays (at half its level or more) gives the lower
+    bound, and the first voiced frame it leaves silent the upper one (a cut inside a pause of the voice
+    lies anywhere between)."""
     head = model_8k[: rate * 3 // 10].astype(np.float64)
     signal = recorded.astype(np.float64)
     # The emulator's voice starts every reply the same way, so a later, whole reply matches the model as
