@@ -131,6 +131,21 @@ async def test_concurrent_calls_from_sipp_complete(tmp_path: Path) -> None:
 
 
 @needs_sipp
+async def test_calls_over_tcp(tmp_path: Path) -> None:
+    """SIP over TCP (SIPp `-t t1`: one connection per call): the calls are answered on their own
+    connections and end with SIPp's BYE."""
+    async with sip_gateway(SIP_LISTEN="udp:127.0.0.1:0,tcp:127.0.0.1:0") as (gateway, emulator, _udp):
+        tcp_port = gateway.state.sip_bound[1][2]
+        calls = ["-sn", "uac", "-m", "3", "-l", "3", "-r", "10", "-d", "500"]
+        args = [*sipp_target(tcp_port), "-t", "t1", *calls]
+        rc, log = await sipp(args, tmp_path)
+        assert rc == 0, log
+        await wait_for(lambda: completed(gateway) == 3)
+        assert len(emulator.sessions) == 3
+        await no_calls_left(gateway)
+
+
+@needs_sipp
 async def test_sipp_speech_in_30ms_alaw_packets_and_rfc4733_dtmf(tmp_path: Path) -> None:
     """`uac_pcap` offers PCMA + telephone-event, plays 7 s of A-law speech in 30 ms packets and then the
     digit 1 as RFC 4733 events: the model hears about 7 s of audio, not silence, and the digit reaches
