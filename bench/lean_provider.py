@@ -36,14 +36,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import numpy as np
-import numpy.typing as npt
-
 from bench.lean_twilio import CallerScript, CallState, LeanSocket, PhasedLoad
 from bench.wsframes import (
     OP_BINARY,
     OP_TEXT,
 )
+from gateway.loadtest.recordings import ulaw_in, wire_frames
 from gateway.loadtest.wires import (
     FLUSH,
     BotAudio,
@@ -56,7 +54,7 @@ from gateway.loadtest.wires import (
 from gateway.telephony.events import PlayoutRule
 from gateway.telephony.provider import HttpRequest
 from gateway.telephony.providers import PROVIDERS as GATEWAY_PROVIDERS
-from telcodec import Encoding, Resampler, WireFormat, alaw_encode, ulaw_decode, ulaw_encode
+from telcodec import WireFormat
 
 __all__ = [
     "FRAME_MS",
@@ -72,19 +70,10 @@ __all__ = [
 FRAME_MS: Final = 20
 TICK_S: Final = 0.001
 PHASES: Final = 20  # ticks per frame period: calls are spread over them
-SCRIPT_RATE: Final = 8000  # the caller script is mu-law at 8 kHz
 PARAMETERS: Final[Mapping[str, str]] = {"From": "+15550100", "To": "+15550199"}
 CALL_SID_PROVIDERS: Final = frozenset({"twilio", "signalwire"})  # their calls are named by a CallSid
 STRANGE_KEPT: Final = 5  # problems kept per call (all are counted)
 _CLOSE_WAIT_S: Final = 5.0
-
-
-def _encode(pcm: npt.NDArray[np.int16], encoding: Encoding) -> bytes:
-    if encoding is Encoding.ULAW:
-        return ulaw_encode(pcm)
-    if encoding is Encoding.ALAW:
-        return alaw_encode(pcm)
-    return pcm.astype("<i2").tobytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +85,8 @@ class WireScript:
 
     @classmethod
     def convert(cls, script: CallerScript, fmt: WireFormat) -> WireScript:
-        """Decode the mu-law script, resample it whole to the format's rate and encode it (mu-law 8 kHz:
-        the script's own bytes)."""
-        audio = b"".join(script.frames)
-        if fmt != WireFormat(Encoding.ULAW, SCRIPT_RATE):
-            pcm = ulaw_decode(audio)
-            if fmt.rate != SCRIPT_RATE:
-                resampler = Resampler(SCRIPT_RATE, fmt.rate)
-                pcm = np.concatenate((resampler.process(pcm), resampler.flush()))
-            audio = _encode(pcm, fmt.encoding)
-        size = fmt.frame_bytes(FRAME_MS)
-        return cls(fmt, tuple(WireFrame.of(audio[i : i + size]) for i in range(0, len(audio), size)))
+        """The mu-law script in `fmt`, converted whole (`gateway.loadtest.recordings.ulaw_in`)."""
+        return cls(fmt, wire_frames(ulaw_in(b"".join(script.frames), fmt), fmt))
 
 
 def playout_rule(provider: str, fmt: WireFormat | None = None) -> PlayoutRule:

@@ -36,6 +36,8 @@ __all__ = [
     "frames_in",
     "load_recording",
     "silence_in",
+    "ulaw_in",
+    "wire_frames",
 ]
 
 FRAME_MS = 20
@@ -85,25 +87,33 @@ class Recording:
         return cls(name, padded, payloads, _last_voiced(padded))
 
 
+def ulaw_in(ulaw: bytes, fmt: WireFormat) -> bytes:
+    """8 kHz mu-law audio in another wire format: decoded, resampled whole (one resampler, no seams) and
+    encoded; mu-law 8 kHz comes back as it is. Its length is the same duration (rounded to a sample)."""
+    if fmt.encoding is Encoding.ULAW:
+        return ulaw
+    pcm = ulaw_decode(ulaw)
+    if fmt.encoding is Encoding.ALAW:
+        return alaw_encode(pcm)
+    if fmt.rate != SAMPLE_RATE:
+        resampler = Resampler(SAMPLE_RATE, fmt.rate)
+        pcm = np.concatenate([resampler.process(pcm), resampler.flush()])
+    return pcm.astype("<i2").tobytes()
+
+
+def wire_frames(audio: bytes, fmt: WireFormat) -> tuple[WireFrame, ...]:
+    """`audio` (in `fmt`) cut into 20 ms frames, each with its base64."""
+    size = fmt.frame_bytes(FRAME_MS)
+    return tuple(WireFrame.of(audio[i : i + size]) for i in range(0, len(audio), size))
+
+
 @functools.lru_cache(maxsize=64)
 def frames_in(recording: Recording, fmt: WireFormat) -> tuple[WireFrame, ...]:
-    """The recording's 20 ms frames in another wire format, converted once per format and shared.
-
-    The whole recording goes through one resampler (no seams between frames); the result is cut to
-    exactly as many frames as the recording has, each exactly 20 ms."""
-    pcm = ulaw_decode(recording.ulaw)
-    if fmt.encoding is Encoding.ULAW:
-        data = recording.ulaw
-    elif fmt.encoding is Encoding.ALAW:
-        data = alaw_encode(pcm)
-    else:
-        if fmt.rate != SAMPLE_RATE:
-            resampler = Resampler(SAMPLE_RATE, fmt.rate)
-            pcm = np.concatenate([resampler.process(pcm), resampler.flush()])
-        data = pcm.astype("<i2").tobytes()
+    """The recording's 20 ms frames in another wire format, converted once per format and shared: exactly
+    as many frames as the recording has, each exactly 20 ms."""
     size = fmt.frame_bytes(FRAME_MS)
-    data = data[: recording.frames * size].ljust(recording.frames * size, fmt.silence(1)[:1])
-    return tuple(WireFrame.of(data[i : i + size]) for i in range(0, len(data), size))
+    data = ulaw_in(recording.ulaw, fmt)[: recording.frames * size]
+    return wire_frames(data.ljust(recording.frames * size, fmt.silence(1)[:1]), fmt)
 
 
 @functools.lru_cache(maxsize=16)

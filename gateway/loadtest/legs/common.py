@@ -23,10 +23,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.loadtest.playout import BYTES_PER_MS, TwilioPlayout
+from gateway.loadtest.recordings import ulaw_in
 from gateway.loadtest.scenarios import BargeInResult, speech_ulaw
 from gateway.loadtest.wires import BotAudio, Flush, PlayedRequest, ProviderWire, Strange, WireFrame
-from telcodec import ulaw_decode
-from telcodec.resample import Resampler
+from telcodec import Encoding, WireFormat
 
 __all__ = [
     "FRAME_MS",
@@ -59,11 +59,7 @@ def pcm_tone(hz: float, ms: int, rate: int, level: float = 0.3) -> bytes:
 
 def pcm_speech(ms: int, rate: int, *, f0: float = 140.0, seed: int = 1) -> bytes:
     """The load generator's voice-like caller audio as PCM16 little-endian at `rate`."""
-    narrow = ulaw_decode(speech_ulaw(ms, f0=f0, seed=seed))
-    if rate != 8000:
-        resampler = Resampler(8000, rate)
-        narrow = np.concatenate([resampler.process(narrow), resampler.flush()])
-    return narrow.astype("<i2").tobytes()
+    return ulaw_in(speech_ulaw(ms, f0=f0, seed=seed), WireFormat(Encoding.L16, rate))
 
 
 def dominant_hz(pcm: bytes, rate: int) -> float:
