@@ -150,6 +150,17 @@ class ProviderWire:
         self.sequence += 1
         return self.sequence
 
+    stream_key: ClassVar[str] = ""  # snake_case providers (Telnyx, Exotel): the stream id's field name
+
+    def _envelope(self, event: str, **body: Any) -> str:
+        """A snake_case message: event, sequence number as a string, stream id, then `body`."""
+        message = {
+            "event": event,
+            "sequence_number": str(self.next_sequence()),
+            self.stream_key: self.stream_id,
+        }
+        return _json(message | body)
+
     def _count(self, frame: WireFrame) -> int:
         """Count one caller frame; its timestamp (ms of caller audio before it)."""
         self.chunk += 1
@@ -314,9 +325,7 @@ class TelnyxWire(ProviderWire):
     flush_confirms_pending = True
     message_ms = 20  # RTP mode: whole 20 ms packets
 
-    def _envelope(self, event: str, **body: Any) -> str:
-        message = {"event": event, "sequence_number": str(self.next_sequence()), "stream_id": self.stream_id}
-        return _json(message | body)
+    stream_key = "stream_id"
 
     def opening(self) -> list[str | bytes]:
         """`connected`, then `start` with the TeXML `<Parameter>`s and the media format."""
@@ -526,9 +535,7 @@ class ExotelWire(ProviderWire):
         ULAW_8K,
     )
 
-    def _envelope(self, event: str, **body: Any) -> str:
-        message = {"event": event, "sequence_number": str(self.next_sequence()), "stream_sid": self.stream_id}
-        return _json(message | body)
+    stream_key = "stream_sid"
 
     def opening(self) -> list[str | bytes]:
         """`connected`, then `start`."""
