@@ -199,7 +199,7 @@ class CallBridge:
         except ValueError as exc:  # a format this gateway's session cannot carry
             raise CallEnded(Outcome.PROTOCOL_ERROR, str(exc)) from None
         log.debug("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
-        self._link = await self._dial(call.call_id)
+        await self._dial_unless_hung_up(call.call_id)
         self._core.start()
         self.channel.ready()
         await self._flush_upstream()
@@ -263,10 +263,28 @@ class CallBridge:
             self.metrics.rejected_requests.labels(route="media", reason="stream token").inc()
             raise CallEnded(Outcome.REJECTED, problem)
 
-    async def _dial(self, call_id: str) -> UpstreamLink:
+    async def _dial_unless_hung_up(self, call_id: str) -> None:
+        """Dial the realtime session, unless the caller hangs up first (a SIP CANCEL while ringing): then
+        the dial is abandoned, so a call nobody answered costs no session."""
+        dialing = asyncio.ensure_future(self._dial(call_id))
+        gone = asyncio.ensure_future(self.channel.hung_up())
+        try:
+            await asyncio.wait((dialing, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not dialing.done():
+                dialing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, CallEnded):
+                    await dialing
+        if dialing.cancelled():
+            raise CallEnded(Outcome.COMPLETED, f"caller hung up before the bot answered ({gone.result()})")
+        dialing.result()
+
+    async def _dial(self, call_id: str) -> None:
         request_id = client_request_id(call_id)
         structlog.contextvars.bind_contextvars(upstream_request_id=request_id)
-        link = UpstreamLink(
+        # Kept before it opens, so that closing the call closes whatever a cancelled dial left open.
+        self._link = link = UpstreamLink(
             self.upstream,
             self.metrics,
             self._core.transcript,
@@ -284,7 +302,6 @@ class CallBridge:
         except ConnectionClosed:
             raise CallEnded(Outcome.UPSTREAM_FAILED, "realtime session closed during set-up") from None
         self.summary.upstream_connect_ms = round(elapsed * 1000, 1)
-        return link
 
     async def _close_all(self) -> None:
         if self._link is not None:

@@ -66,6 +66,12 @@ class LegChannel(Protocol):
         answers now."""
         ...
 
+    async def hung_up(self) -> str:
+        """Returns, with the reason, once the caller has hung up (the bridge dials the realtime session
+        meanwhile and gives up when this comes first). A leg that learns of a hang-up only by reading
+        never returns."""
+        ...
+
 
 class WebSocketChannel:
     """A provider's media stream on an aiohttp WebSocket, parsed and built by the provider's dialect."""
@@ -125,6 +131,11 @@ class WebSocketChannel:
 
     def ready(self) -> None:
         """Nothing to do: the provider answered the call before it opened the stream."""
+
+    async def hung_up(self) -> str:
+        """Never returns: a WebSocket's close is learnt by reading it, which the bridge does after dialing."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
     async def close(self, outcome: Outcome) -> None:
         """Close with the outcome's code; a peer that does not read cannot hold the close: abort after 2 s."""

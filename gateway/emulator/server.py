@@ -153,13 +153,14 @@ class EmulatorServer:
     def _now_ms(self) -> float:
         return (asyncio.get_running_loop().time() - self._t0) * 1000.0
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if PROBE_HEADER in request.headers:
             return self._process_probe(connection, request)
         self.handshakes += 1
-        verdict = negotiate(
-            request.path, dict(request.headers.raw_items()), self.config, attempt=self.handshakes
-        )
+        attempt = self.handshakes
+        if self.config.handshake_delay_ms:
+            await asyncio.sleep(self.config.handshake_delay_ms / 1000)
+        verdict = negotiate(request.path, dict(request.headers.raw_items()), self.config, attempt=attempt)
         if isinstance(verdict, Rejected):
             path = request.path.split("?", 1)[0]
             self.rejections.append(HandshakeRejection(verdict.status, path, verdict.reason))

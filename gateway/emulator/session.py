@@ -114,6 +114,7 @@ class EmulatorConfig:
     record_client_events: bool = True
     record_audio: bool = True  # keep received and sent audio bytes (off for long load tests)
     created_delay_ms: int = 0
+    handshake_delay_ms: int = 0  # hold every call's upgrade answer this long (a slow service)
     drop_after_ms: int | None = None
     drop_after_responses: int | None = None
     drop_close_code: int | None = None

@@ -95,8 +95,8 @@ class UpstreamLink:
     async def open(self) -> float:
         """Dial the first session and configure it; returns the handshake seconds of the last attempt."""
         conn, elapsed = await self._dial()
+        self._conn = conn  # before the update: a dial cancelled meanwhile leaves a session close() reaches
         await conn.send(UpdateSession())
-        self._conn = conn
         return elapsed
 
     async def send(self, command: RealtimeCommand) -> None:

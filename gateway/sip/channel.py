@@ -141,6 +141,7 @@ class RtpChannel:
         self._ticker: asyncio.Task[None] | None = None
         self._ended: str | None = None  # why the peer ended the call
         self._closed = False
+        self._gone = asyncio.Event()  # set when the SIP side ended the call
         self.packets_in = self.packets_out = self.rtcp_in = self.bad_packets = self.foreign_packets = 0
 
     # -- set-up ----------------------------------------------------------------------------------------
@@ -182,6 +183,12 @@ class RtpChannel:
         if self._ended is None:
             self._ended = reason
             self._events.put_nowait(CallStopped(reason))
+            self._gone.set()
+
+    async def hung_up(self) -> str:
+        """Returns, with the reason, once the SIP side ended the call (a CANCEL while ringing, a BYE)."""
+        await self._gone.wait()
+        return self._ended or ""
 
     def ready(self) -> None:
         """The bot is there: answer the call (the SIP side sends its 200 OK)."""

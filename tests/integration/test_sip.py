@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import random
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,10 +49,17 @@ needs_baresip = pytest.mark.skipif(
 
 
 def free_udp_port() -> int:
-    """A UDP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port free on loopback right now for UDP and TCP both (baresip listens on both), picked below the
+    kernel's ephemeral range so that no outgoing connection of another test takes it meanwhile."""
+    while True:
+        port = random.randrange(20000, 32000)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+                udp.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
 
 
 def rtp_range() -> str:
@@ -193,12 +202,16 @@ async def test_late_offer(tmp_path: Path) -> None:
 @needs_sipp
 async def test_cancel_before_answer(tmp_path: Path) -> None:
     """The gateway rings until the realtime session is up; a CANCEL meanwhile gets 200, the INVITE 487,
-    and no call is answered."""
-    slow = EmulatorConfig(realtime_factor=10.0, created_delay_ms=1500)
-    async with sip_gateway(slow) as (gateway, _emulator, port):
+    no call is answered, and the realtime dial is abandoned: no session is opened for it."""
+    slow = EmulatorConfig(realtime_factor=10.0, handshake_delay_ms=1500)
+    async with sip_gateway(slow) as (gateway, emulator, port):
         rc, log = await sipp([*sipp_target(port), "-sf", str(SCENARIOS / "cancel.xml"), "-m", "1"], tmp_path)
         assert rc == 0, log
         await no_calls_left(gateway)
+        assert completed(gateway) == 1
+        if emulator.handshakes:
+            await asyncio.sleep(scaled(2))  # past the emulator's (held) answer to the abandoned dial
+        assert emulator.sessions == []  # the dial was given up: no realtime session for a cancelled call
 
 
 @needs_sipp
@@ -297,13 +310,18 @@ async def baresip_call(tmp_path: Path, source: Path, port: int, seconds: int) ->
     """baresip (config in `tmp_path`/b) dials the gateway on `port`, plays `source` and records what it
     hears there (dump-*-dec.wav); it quits after `seconds`. Returns the tail of its output."""
     assert BARESIP is not None
-    _baresip_config(tmp_path / "b", source, free_udp_port())
-    process = await asyncio.create_subprocess_exec(
-        BARESIP, "-f", str(tmp_path / "b"), "-e", f"/dial sip:bot@127.0.0.1:{port}", "-t", str(seconds),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), scaled(30))
-    return out.decode(errors="replace")[-3000:]
+    for _attempt in range(3):
+        shutil.rmtree(tmp_path / "b", ignore_errors=True)
+        _baresip_config(tmp_path / "b", source, free_udp_port())
+        process = await asyncio.create_subprocess_exec(
+            BARESIP, "-f", str(tmp_path / "b"), "-e", f"/dial sip:bot@127.0.0.1:{port}", "-t", str(seconds),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(process.communicate(), scaled(30))
+        log = out.decode(errors="replace")[-3000:]
+        if "Address already in use" not in log:  # its SIP port was taken between our probe and its bind
+            return log
+    raise AssertionError(log)
 
 
 @needs_baresip
