@@ -44,12 +44,13 @@ from gateway.telephony.events import (
 )
 from telcodec import WireFormat
 
-__all__ = ["MediaPlan", "RtpChannel", "SipMediaDialect"]
+__all__ = ["TRANSFERRED", "MediaPlan", "RtpChannel", "SipMediaDialect"]
 
 log = structlog.get_logger(__name__)
 
 Address = tuple[str, int]
 RTP_TIMEOUT = "rtp_timeout"
+TRANSFERRED = "transferred"  # the SIP side handed the caller to another party
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +242,8 @@ class RtpChannel:
     async def receive(self, timeout_s: float | None = None) -> TelephonyEvent:
         """The leg's next event; once the peer ended the call and everything was read, the call ends."""
         if self._events.empty() and self._ended is not None:
+            if self._ended == TRANSFERRED:
+                raise CallEnded(Outcome.TRANSFERRED, "the caller was transferred")
             raise CallEnded(Outcome.COMPLETED, f"caller hung up ({self._ended})")
         if timeout_s is None:
             event = await self._events.get()
@@ -249,6 +252,8 @@ class RtpChannel:
                 event = await self._events.get()
         if isinstance(event, CallStopped) and event.reason == RTP_TIMEOUT:
             raise CallEnded(Outcome.CALLER_TIMEOUT, f"no RTP from the caller for {self.rtp_timeout_s:g}s")
+        if isinstance(event, CallStopped) and event.reason == TRANSFERRED:
+            raise CallEnded(Outcome.TRANSFERRED, "the caller was transferred")
         return event
 
     def idle_timeout_s(self, default_s: float) -> float | None:

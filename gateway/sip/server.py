@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from gateway.call.outcome import Outcome
-from gateway.sip.channel import MediaPlan, RtpChannel
+from gateway.sip.channel import TRANSFERRED, MediaPlan, RtpChannel
 from gateway.sip.message import SipParseError, StreamFramer
 from gateway.sip.sdp import (
     Negotiated,
@@ -53,6 +53,8 @@ from gateway.sip.ua import (
     Peer,
     Refused,
     ReInvite,
+    TransferAnswered,
+    TransferProgress,
     UaConfig,
     UserAgent,
 )
@@ -89,6 +91,8 @@ class _Call:
     sdp_version: int = 1
     answer: bytes = b""  # the SDP of our 200 OK, sent once the bot is there
     answered: bool = False
+    transfer: asyncio.Future[int | None] | None = None  # our REFER's outcome, while one is out
+    refer_accepted: bool = False
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -274,6 +278,10 @@ class SipServer:
                 self._ended(call_id, reason)
             case ReInvite(call_id=call_id, offer=offer):
                 self._reinvite(call_id, offer)
+            case TransferAnswered(call_id=call_id, status=status):
+                self._transfer_answered(call_id, status)
+            case TransferProgress(call_id=call_id, status=status):
+                self._transfer_progress(call_id, status)
             case DtmfInfo(call_id=call_id, digit=digit):
                 call = self.calls.get(call_id)
                 if call is not None and call.channel is not None:
@@ -363,6 +371,8 @@ class SipServer:
             await self.start_call(channel)
         finally:
             await channel.close(Outcome.COMPLETED)  # already closed by the bridge, unless it never ran
+            if call.transfer is not None and not call.transfer.done():
+                call.transfer.set_result(None)
             self.calls.pop(call.call_id, None)
             self._pump()
 
@@ -405,6 +415,10 @@ class SipServer:
         call = self.calls.get(call_id)
         if call is None:
             return
+        if call.refer_accepted and call.transfer is not None and not call.transfer.done():
+            # The caller's side accepted our REFER and hung up without a final NOTIFY: it took the call.
+            call.transfer.set_result(202)
+            reason = TRANSFERRED
         if call.channel is not None:
             call.channel.peer_hung_up(reason)
         elif call.task is not None:
@@ -429,6 +443,47 @@ class SipServer:
         else:
             self.ua.reject(call_id, 503, "the bot could not be reached", time.monotonic())
         self._pump()
+
+    def transfer(self, call_id: str, target: str) -> asyncio.Future[int | None]:
+        """Hand an answered call to `target` (a `sip:` or `tel:` URI, sent as given) with a REFER. The
+        future gives the outcome as the caller's side reports it: a 2xx once the target answered (the
+        call then ends with a BYE, outcome `transferred`); the target's failure status, or the REFER's
+        refusal, or None without an answer, and the call goes on. One transfer at a time per call."""
+        call = self.calls.get(call_id)
+        if call is not None and call.transfer is not None and not call.transfer.done():
+            return call.transfer
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        if call is None or not call.answered or self.ua is None:
+            future.set_result(None)
+            return future
+        call.transfer, call.refer_accepted = future, False
+        log.info("sip_transfer_requested", call_id=call_id, target=target)
+        self.ua.transfer(call_id, target, time.monotonic())
+        self._pump()
+        return future
+
+    def _transfer_answered(self, call_id: str, status: int | None) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.transfer is None or call.transfer.done():
+            return
+        if status is not None and 200 <= status < 300:
+            call.refer_accepted = True
+            return
+        log.warning("sip_transfer_refused", call_id=call_id, status=status)
+        call.transfer.set_result(status)
+
+    def _transfer_progress(self, call_id: str, status: int) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.transfer is None or call.transfer.done() or status < 200:
+            return
+        call.transfer.set_result(status)
+        if status >= 300:
+            log.warning("sip_transfer_failed", call_id=call_id, status=status)
+            return
+        log.info("sip_transferred", call_id=call_id)
+        if call.channel is not None:
+            call.channel.peer_hung_up(TRANSFERRED)
+        self._hang_up(call_id)
 
     def active_calls(self) -> int:
         """Calls with a channel (for tests and leak checks)."""

@@ -3,7 +3,8 @@
 `UserAgent` takes whole messages (`receive(data, peer, now)`: a UDP datagram or a `StreamFramer` output)
 and the time (`tick(now)` at `next_deadline()`), and hands back messages to send (`outgoing()`) and events
 for the application (`events()`). The application answers calls with commands by Call-ID: `ring`,
-`answer`, `reject`, `answer_reinvite`, `hang_up`. Nothing here reads a clock or touches a socket.
+`answer`, `reject`, `answer_reinvite`, `hang_up`, and hands them on with `transfer` (REFER). Nothing
+here reads a clock or touches a socket.
 
 What it does on its own, so the application never has to:
 
@@ -22,7 +23,10 @@ What it does on its own, so the application never has to:
   for TCP/TLS; our BYE follows the dialog's route set to its remote target (Contact);
 * session timers (RFC 4028, when `session_expires_s` is set): the interval is answered in the 2xx; when
   the peer refreshes and stops, the call ends (`CallEnded("session_expired")`); when we must refresh, an
-  UPDATE goes out at half the interval.
+  UPDATE goes out at half the interval;
+* transfer (RFC 3515): our REFER's answer comes back as `TransferAnswered`, the NOTIFYs of its implicit
+  subscription are answered 200 and reported as `TransferProgress` (their sipfrag status); a NOTIFY
+  for any other event package gets 489.
 
 Each `IncomingCall` ends in exactly one of `CallCancelled` or `CallEnded`, unless the application itself
 ended it with `reject` (or `hang_up` before answering). Everything kept per call is freed when it ends;
@@ -76,6 +80,8 @@ __all__ = [
     "ReInviteConfirmed",
     "Refused",
     "SipEvent",
+    "TransferAnswered",
+    "TransferProgress",
     "UaConfig",
     "UserAgent",
     "dtmf_digit",
@@ -86,7 +92,7 @@ T2: Final = 4.0  # the longest retransmission interval
 T4: Final = 5.0  # how long a message may linger in the network
 TIMEOUT: Final = 64 * T1  # Timers B, F, H, J, L and the wait for an ACK
 MIN_SE: Final = 90  # RFC 4028 4: the smallest session interval we accept
-ALLOWED_METHODS: Final = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "UPDATE")
+ALLOWED_METHODS: Final = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "UPDATE", "NOTIFY")
 SDP: Final = "application/sdp"
 DTMF_TYPES: Final = ("application/dtmf-relay", "application/dtmf")
 _DTMF_CODES: Final = {"10": "*", "11": "#", "12": "A", "13": "B", "14": "C", "15": "D"}
@@ -94,6 +100,7 @@ _DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 _URI_SCHEMES: Final = ("sip", "sips", "tel")
 _COMPACT_EVERY: Final = 8192
 _DIGITS: Final = re.compile(r"[0-9]{1,9}", re.ASCII)
+_SIPFRAG_STATUS: Final = re.compile(rb"\s*SIP/2\.0[ \t]+([1-6][0-9]{2})\b", re.ASCII)
 REASONS: Final = {
     100: "Trying",
     180: "Ringing",
@@ -114,6 +121,7 @@ REASONS: Final = {
     482: "Loop Detected",
     486: "Busy Here",
     487: "Request Terminated",
+    489: "Bad Event",
     488: "Not Acceptable Here",
     491: "Request Pending",
     500: "Server Internal Error",
@@ -229,6 +237,29 @@ class DtmfInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferAnswered:
+    """The peer's answer to our REFER (`transfer`): 202 (or another 2xx) when it will try the target,
+    else its refusal; None when it never answered (or the call was not up)."""
+
+    call_id: str
+    status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """A NOTIFY about our REFER (RFC 3515): what the transfer target answered, from its sipfrag body;
+    final once `status` >= 200 (2xx: the caller is now talking to the target; hang up)."""
+
+    call_id: str
+    status: int
+
+    @property
+    def final(self) -> bool:
+        """No more progress will come for this transfer."""
+        return self.status >= 200
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     """We refused a request on our own (481, 405, 420, 415, 503, 401 with wrong credentials, ...)."""
 
@@ -253,6 +284,8 @@ SipEvent: TypeAlias = (
     | ReInvite
     | ReInviteConfirmed
     | DtmfInfo
+    | TransferAnswered
+    | TransferProgress
     | Refused
     | Malformed
 )
@@ -568,6 +601,26 @@ class UserAgent:
             self._await_ack(call, tx, now, initial=False)
         self._arm_session(call, session, now)
 
+    def transfer(self, call_id: str, target: str, now: float) -> None:
+        """Blind transfer (RFC 3515): a REFER asking the peer to call `target`, which goes out exactly as
+        given (a `tel:` URI is not rewritten into a SIP one). `TransferAnswered` follows with the REFER's
+        answer, then a `TransferProgress` for each NOTIFY; hang up once one is final and 2xx."""
+        call = self._calls.get(call_id)
+        if call is None or call.state is not CallState.CONFIRMED:
+            self.stale_commands += 1
+            self._events.append(TransferAnswered(call_id, None))
+            return
+        headers = [
+            ("Refer-To", target if target.startswith("<") else f"<{target}>"),
+            ("Referred-By", f"<sip:{self._host}:{self.config.port}>"),
+            ("Contact", f"<sip:{self._host}:{self.config.port};transport={call.peer.transport}>"),
+        ]
+
+        def answered(status: int | None, _now: float) -> None:
+            self._events.append(TransferAnswered(call_id, status))
+
+        self._send_request(call, "REFER", now, answered, headers)
+
     def hang_up(self, call_id: str, now: float) -> None:
         """End the call from our side: BYE once confirmed (after the ACK if it is still due), 480 while it
         rings. `CallEnded("bye_sent")` follows once the BYE is answered or times out."""
@@ -639,7 +692,7 @@ class UserAgent:
             self._on_invite(tx, now)
         elif request.method == "OPTIONS":
             self._respond(tx, 200, now, headers=self._capabilities())
-        else:  # BYE, INFO, UPDATE outside any dialog
+        else:  # BYE, INFO, UPDATE, NOTIFY outside any dialog
             self._refuse(tx, _Refusal(481), now)
 
     def _screen(self, request: SipRequest) -> _Refusal | None:
@@ -801,6 +854,8 @@ class UserAgent:
             self._on_bye(tx, call, now)
         elif request.method == "INFO":
             self._on_info(tx, call, now)
+        elif request.method == "NOTIFY":
+            self._on_notify(tx, call, now)
         elif request.method in ("INVITE", "UPDATE"):
             self._on_offer(tx, call, now)
         else:  # OPTIONS inside the dialog
@@ -823,6 +878,18 @@ class UserAgent:
         digit = dtmf_digit(request.content_type, request.body) if request.body else None
         if digit is not None:
             self._events.append(DtmfInfo(call.call_id, digit))
+
+    def _on_notify(self, tx: _ServerTx, call: _Call, now: float) -> None:
+        """A NOTIFY in the dialog: only the implicit subscription of our REFER exists (RFC 3515 2.4.4)."""
+        request = tx.request
+        event = (request.headers.get("Event") or "").partition(";")[0].strip().lower()
+        if event != "refer":
+            self._refuse(tx, _Refusal(489, headers=(("Allow-Events", "refer"),)), now)
+            return
+        self._respond(tx, 200, now)
+        match = _SIPFRAG_STATUS.match(request.body)
+        if match is not None:
+            self._events.append(TransferProgress(call.call_id, int(match.group(1))))
 
     def _on_offer(self, tx: _ServerTx, call: _Call, now: float) -> None:
         """A re-INVITE or an UPDATE: hold/resume or a session refresh."""

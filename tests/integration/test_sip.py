@@ -227,6 +227,27 @@ async def test_reinvite_hold_and_resume(tmp_path: Path) -> None:
 
 
 @needs_sipp
+async def test_blind_transfer_with_refer(tmp_path: Path) -> None:
+    """The gateway transfers an answered call to a tel: URI: SIPp receives a REFER whose Refer-To is that
+    URI untouched, accepts it (202), reports the target trying then answering (NOTIFY sipfrag 100, 200);
+    the transfer's outcome is 200, the gateway sends the BYE, and the call ends `transferred`."""
+    async with sip_gateway() as (gateway, _emulator, port):
+        sip = gateway.state.sip
+        assert sip is not None
+        scenario = str(SCENARIOS / "transfer.xml")
+        caller = asyncio.create_task(sipp([*sipp_target(port), "-sf", scenario, "-m", "1"], tmp_path))
+        await wait_for(lambda: any(call.answered for call in sip.calls.values()) or caller.done())
+        assert not caller.done(), caller.result()
+        [call_id] = sip.calls
+        outcome = await asyncio.wait_for(sip.transfer(call_id, "tel:+15557654321"), scaled(10))
+        rc, log = await caller
+        assert rc == 0, log
+        assert outcome == 200
+        await wait_for(lambda: gateway.state.metrics.calls.labels(outcome="transferred")._value.get() == 1)
+        await no_calls_left(gateway)
+
+
+@needs_sipp
 async def test_digest_challenge_then_call(tmp_path: Path) -> None:
     """With SIP_USERNAME/SIP_PASSWORD the INVITE is challenged (401); SIPp answers the challenge and the
     call goes through. With a wrong password it is refused again and no realtime session is opened."""

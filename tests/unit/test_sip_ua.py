@@ -28,6 +28,8 @@ from gateway.sip.ua import (
     ReInvite,
     ReInviteConfirmed,
     SipEvent,
+    TransferAnswered,
+    TransferProgress,
     UaConfig,
     UserAgent,
     dtmf_digit,
@@ -681,6 +683,95 @@ def test_crossing_byes() -> None:
     assert rig.drained()
 
 
+# --- transfer (REFER) --------------------------------------------------------------------------------
+
+
+def _reply(request: SipRequest, status: int, reason: str) -> bytes:
+    """The peer's response to one of our requests (Via, From, To, Call-ID and CSeq copied)."""
+    lines = [f"SIP/2.0 {status} {reason}"]
+    lines += [f"{name}: {request.headers.get(name)}" for name in ("Via", "From", "To", "Call-ID", "CSeq")]
+    return ("\r\n".join([*lines, "Content-Length: 0"]) + "\r\n\r\n").encode()
+
+
+def _notify(phone: Phone, fragment: bytes, state: str = "active;expires=60") -> bytes:
+    return phone.in_dialog(
+        "NOTIFY",
+        body=fragment,
+        content_type="message/sipfrag;version=2.0",
+        headers=("Event: refer", f"Subscription-State: {state}"),
+    )
+
+
+@pytest.mark.parametrize("target", ["tel:+15557654321", "sip:agent@pbx.example.com;user=phone"])
+def test_transfer_sends_refer_and_reports_its_progress(target: str) -> None:
+    """transfer -> REFER in the dialog with Refer-To exactly the target (tel: kept), Referred-By and a
+    Contact; 202 -> TransferAnswered(202); NOTIFYs (sipfrag 100, then 200) get 200 and become
+    TransferProgress; then our BYE goes out as asked."""
+    rig, phone = Rig(), Phone()
+    _answered(rig, phone)
+    rig.ua.transfer(CALL, target, rig.now)
+    [refer] = rig.sent()
+    assert isinstance(refer, SipRequest)
+    assert (refer.method, refer.uri, refer.cseq[1]) == (
+        "REFER",
+        "sip:caller@198.51.100.7:5062;transport=udp",
+        "REFER",
+    )
+    assert refer.headers.get("Refer-To") == f"<{target}>"
+    assert refer.headers.get("Referred-By") == "<sip:192.0.2.1:5060>"
+    assert refer.headers.get("Contact") == "<sip:192.0.2.1:5060;transport=udp>"
+    assert (refer.from_.tag, refer.to.tag) == (phone.to_tag, phone.from_tag)
+    assert rig.feed(_reply(refer, 202, "Accepted")) == []
+    assert rig.events() == [TransferAnswered(CALL, 202)]
+    assert _statuses(rig.feed(_notify(phone, b"SIP/2.0 100 Trying\r\n"))) == [200]
+    [trying] = rig.events()
+    assert trying == TransferProgress(CALL, 100)
+    assert not trying.final
+    done = _notify(phone, b"SIP/2.0 200 OK\r\n", "terminated;reason=noresource")
+    assert _statuses(rig.feed(done)) == [200]
+    [ok] = rig.events()
+    assert ok == TransferProgress(CALL, 200)
+    assert ok.final
+    rig.ua.hang_up(CALL, rig.now)
+    [bye] = rig.sent()
+    assert isinstance(bye, SipRequest)
+    assert bye.method == "BYE"
+    rig.feed(_reply(bye, 200, "OK"))
+    assert rig.events() == [CallEnded(CALL, "bye_sent")]
+    assert rig.drained()
+
+
+def test_transfer_refused_or_unanswered_keeps_the_call() -> None:
+    """A REFER answered 403 gives TransferAnswered(403); one nobody answers TransferAnswered(None) after
+    Timer F; the call stays up either way. A transfer of a call that is not up answers None at once."""
+    rig, phone = Rig(), Phone()
+    _answered(rig, phone)
+    rig.ua.transfer(CALL, "tel:+15557654321", rig.now)
+    [refer] = rig.sent()
+    assert isinstance(refer, SipRequest)
+    rig.feed(_reply(refer, 403, "Forbidden"))
+    assert rig.events() == [TransferAnswered(CALL, 403)]
+    rig.ua.transfer(CALL, "tel:+15557654321", rig.now)
+    rig.run_until(rig.now + 40)
+    assert rig.events() == [TransferAnswered(CALL, None)]
+    assert rig.ua.dialogs() == 1
+    rig.ua.transfer("no-such-call", "tel:+1", rig.now)
+    assert rig.events() == [TransferAnswered("no-such-call", None)]
+
+
+def test_notify_for_another_event_is_489_and_outside_a_dialog_481() -> None:
+    """Only our REFER's subscription exists: NOTIFY for another package gets 489 with Allow-Events; a
+    NOTIFY without a dialog 481; a sipfrag we cannot read gets 200 and no event."""
+    rig, phone = Rig(), Phone()
+    _answered(rig, phone)
+    presence = phone.in_dialog("NOTIFY", headers=("Event: presence", "Subscription-State: active"))
+    refused = _response(rig.feed(presence), 489)
+    assert refused.headers.get("Allow-Events") == "refer"
+    assert _statuses(rig.feed(_notify(phone, b"garbage"))) == [200]
+    assert [type(e) for e in rig.events()] == [Refused]
+    assert _statuses(rig.feed(Phone(call_id="other").request("NOTIFY", headers=("Event: refer",)))) == [481]
+
+
 # --- out of dialog, refusals ----------------------------------------------------------------------------
 
 
@@ -709,6 +800,7 @@ def test_unknown_method_is_405(method: str) -> None:
         "OPTIONS",
         "INFO",
         "UPDATE",
+        "NOTIFY",
     ]
 
 
