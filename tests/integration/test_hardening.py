@@ -231,7 +231,8 @@ async def test_auth_refusal_is_not_retried(status: int) -> None:
 async def test_rate_limited_handshake_is_retried_with_backoff() -> None:
     """Two 429s and then success: the call goes through on the third attempt."""
     config = EmulatorConfig(refuse_status=429, refuse_count=2, realtime_factor=10.0, reply_ms=400)
-    async with bridged(config=config) as (gateway, emulator):
+    # The start-up probes are refused too: a short handshake timeout bounds the wait for their verdict.
+    async with bridged({"UPSTREAM_CONNECT_TIMEOUT_S": "2"}, config) as (gateway, emulator):
         async with TwilioCall(gateway.media_url) as call:
             await call.send_audio(speech_ulaw(500) + silence_ulaw(700), realtime=False)
             await wait_for(lambda: len(call.received_media) == 400 * 8)
@@ -307,7 +308,8 @@ async def test_entra_token_failure_is_reported_clearly() -> None:
         raise RuntimeError("no managed identity endpoint")
 
     async with EmulatorServer() as emulator:
-        env = {"REALTIME_URL": emulator.ga_url(), "REALTIME_AUTH": "entra"}
+        # The start-up probes fail too: a short handshake timeout bounds the wait for their verdict.
+        env = {"REALTIME_URL": emulator.ga_url(), "REALTIME_AUTH": "entra", "UPSTREAM_CONNECT_TIMEOUT_S": "2"}
         gateway = await start_gateway(env, token_provider=broken)
         try:
             async with TwilioCall(gateway.media_url) as call:
