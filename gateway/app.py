@@ -200,7 +200,7 @@ async def _sip_ctx(app: web.Application) -> AsyncIterator[None]:
         )
     from gateway.sip.server import SipServer  # only a gateway that speaks SIP loads the SIP stack
 
-    server = SipServer(sip_settings_from(settings), start_call, lambda: _busy(state))
+    server = SipServer(sip_settings_from(settings), start_call, lambda: _busy(state), state.metrics)
     state.sip_bound = await server.start()
     state.sip = server
     try:

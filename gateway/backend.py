@@ -46,9 +46,17 @@ def sip_settings_from(settings: Settings) -> SipSettings:
     return SipSettings(
         listen=settings.sip_listen,
         public_ip=settings.sip_public_ip,
+        tls_cert=settings.sip_tls_cert,
+        tls_key=settings.sip_tls_key,
         rtp_ports=settings.rtp_ports,
+        # AUDIO_MODE=g711 hands mu-law to the realtime session untouched: no other codec can be carried.
+        codecs=("PCMU",) if settings.audio_mode == "g711" else settings.sip_codecs,
         allow_from=settings.sip_allow_from,
+        rate_limit=settings.sip_rate_limit,
+        rate_burst=settings.sip_rate_burst,
         digest=digest,
+        registrar=settings.sip_registrar,
+        register_expires=settings.sip_register_expires,
         jitter_ms=settings.sip_jitter_ms,
         rtp_timeout_s=settings.rtp_timeout_s,
     )

@@ -153,15 +153,28 @@ def _provider_list(raw: str) -> tuple[str, ...]:
 
 
 def _sip_listen(raw: str) -> tuple[tuple[str, str, int], ...]:
-    """`udp:0.0.0.0:5060,tcp:0.0.0.0:5060` as (transport, host, port) triples; empty: no SIP."""
+    """`udp:0.0.0.0:5060,tcp:0.0.0.0:5060,tls:0.0.0.0:5061` as (transport, host, port) triples; empty:
+    no SIP."""
     out: list[tuple[str, str, int]] = []
     for item in (part.strip() for part in raw.split(",") if part.strip()):
         transport, _, rest = item.partition(":")
         host, _, port = rest.rpartition(":")
-        if transport not in ("udp", "tcp") or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"{item!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+        valid_port = port.isdigit() and 0 <= int(port) <= 65535
+        if transport not in ("udp", "tcp", "tls") or not host or not valid_port:
+            raise ValueError(f"{item!r}: expected udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT")
         out.append((transport, host.strip("[]"), int(port)))
     return tuple(out)
+
+
+def _sip_codecs(raw: str) -> tuple[str, ...]:
+    """`G722,PCMU,PCMA`: the codecs a SIP call may use, most preferred first."""
+    from gateway.sip.sdp import SUPPORTED_CODECS  # sans-I/O, no cycle
+
+    names = [name.strip().upper() for name in raw.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SUPPORTED_CODECS]
+    if unknown or not names:
+        raise ValueError(f"expected some of {', '.join(sorted(SUPPORTED_CODECS))}, comma-separated")
+    return tuple(dict.fromkeys(names))
 
 
 def _port_range(raw: str) -> tuple[int, int]:
@@ -173,6 +186,25 @@ def _port_range(raw: str) -> tuple[int, int]:
     if not 1024 <= lo < hi <= 65535:
         raise ValueError("ports must satisfy 1024 <= LOW < HIGH <= 65535")
     return lo, hi
+
+
+def _sip_registrar(raw: str) -> str | None:
+    """`sip:HOST[:PORT]` or `HOST[:PORT]` (`;transport=udp` allowed) as a sip: URI; empty: none."""
+    if not raw:
+        return None
+    from gateway.sip.message import SipParseError, SipUri  # pure parsing, no I/O
+
+    try:
+        uri = SipUri.parse(raw if raw.lower().startswith(("sip:", "sips:")) else f"sip:{raw}")
+    except SipParseError as exc:
+        raise ValueError(f"expected sip:HOST[:PORT] or HOST[:PORT] ({exc.reason})") from None
+    if uri.scheme != "sip":
+        raise ValueError("only sip: URIs (registration over UDP); sips:/TLS is not supported")
+    if uri.user is not None or uri.headers:
+        raise ValueError("no user part: name the registrar's domain; the extension is SIP_USERNAME")
+    if uri.transport not in (None, "udp"):
+        raise ValueError(f"transport={uri.transport}: registration goes over UDP only")
+    return str(uri)
 
 
 def _cidrs(raw: str) -> tuple[str, ...]:
@@ -495,7 +527,7 @@ SETTINGS: tuple[Setting, ...] = (
         "sip_listen",
         "",
         _sip_listen,
-        "native SIP: where to listen, e.g. udp:0.0.0.0:5060,tcp:0.0.0.0:5060 (empty: no SIP)",
+        "native SIP: where to listen, e.g. udp:0.0.0.0:5060,tcp:0.0.0.0:5060,tls:0.0.0.0:5061 (empty: none)",
     ),
     Setting(
         "SIP_PUBLIC_IP",
@@ -505,7 +537,28 @@ SETTINGS: tuple[Setting, ...] = (
         "the address peers reach us at, for Contact and SDP c= (behind NAT); default: the SIP_LISTEN "
         "address, or this host's outbound address when that is 0.0.0.0",
     ),
-    Setting("RTP_PORTS", "rtp_ports", "10000-20000", _port_range, "UDP ports for RTP, LOW-HIGH"),
+    Setting(
+        "SIP_TLS_CERT",
+        "sip_tls_cert",
+        "",
+        _opt_str,
+        "PEM certificate chain for a tls: listener in SIP_LISTEN (with SIP_TLS_KEY)",
+    ),
+    Setting("SIP_TLS_KEY", "sip_tls_key", "", _opt_str, "PEM private key of SIP_TLS_CERT"),
+    Setting(
+        "RTP_PORTS",
+        "rtp_ports",
+        "10000-20000",
+        _port_range,
+        "UDP ports for RTP and RTCP, LOW-HIGH (a pair a call: RTP even, RTCP the next)",
+    ),
+    Setting(
+        "SIP_CODECS",
+        "sip_codecs",
+        "G722,PCMU,PCMA",
+        _sip_codecs,
+        "codecs a SIP call may use, most preferred first: the first the caller offers is taken",
+    ),
     Setting(
         "SIP_ALLOW_FROM",
         "sip_allow_from",
@@ -513,8 +566,30 @@ SETTINGS: tuple[Setting, ...] = (
         _cidrs,
         "addresses or CIDR blocks whose INVITEs are accepted (others get 403); empty: any",
     ),
+    Setting(
+        "SIP_RATE_LIMIT",
+        "sip_rate_limit",
+        "100",
+        _int_in(0, 1_000_000),
+        "SIP messages a second per source address; more are dropped silently (SIP_ALLOW_FROM sources get "
+        "10 times as much); 0: no limit",
+    ),
+    Setting(
+        "SIP_RATE_BURST",
+        "sip_rate_burst",
+        "200",
+        _int_in(1, 10_000_000),
+        "SIP messages a source address may send at once before SIP_RATE_LIMIT applies (at least "
+        "SIP_RATE_LIMIT)",
+    ),
     Setting("SIP_REALM", "sip_realm", "voice-gateway", _str, "digest realm for SIP_USERNAME/SIP_PASSWORD"),
-    Setting("SIP_USERNAME", "sip_username", "", _opt_str, "digest user inbound INVITEs must authenticate as"),
+    Setting(
+        "SIP_USERNAME",
+        "sip_username",
+        "",
+        _opt_str,
+        "digest user inbound INVITEs must authenticate as; with SIP_REGISTRAR, also the extension registered",
+    ),
     Setting(
         "SIP_PASSWORD",
         "sip_password",
@@ -522,6 +597,21 @@ SETTINGS: tuple[Setting, ...] = (
         _opt_str,
         "digest password: with SIP_USERNAME, inbound INVITEs are challenged (401)",
         secret=True,
+    ),
+    Setting(
+        "SIP_REGISTRAR",
+        "sip_registrar",
+        "",
+        _sip_registrar,
+        "register with this registrar as SIP_USERNAME/SIP_PASSWORD (an extension on a PBX), e.g. "
+        "sip:pbx.example.com:5060 or pbx.example.com; empty: no registration",
+    ),
+    Setting(
+        "SIP_REGISTER_EXPIRES",
+        "sip_register_expires",
+        "300",
+        _int_in(10, 86400),
+        "seconds of registration asked for; refreshed before it lapses",
     ),
     Setting(
         "SIP_JITTER_MS",
@@ -615,11 +705,18 @@ class Settings:
     upstream_unhealthy_after_s: float
     sip_listen: tuple[tuple[str, str, int], ...]
     sip_public_ip: str | None
+    sip_tls_cert: str | None
+    sip_tls_key: str | None
     rtp_ports: tuple[int, int]
+    sip_codecs: tuple[str, ...]
     sip_allow_from: tuple[str, ...]
+    sip_rate_limit: int
+    sip_rate_burst: int
     sip_realm: str
     sip_username: str | None
     sip_password: str | None = field(repr=False)
+    sip_registrar: str | None
+    sip_register_expires: int
     sip_jitter_ms: int
     rtp_timeout_s: float
     max_calls: int
@@ -778,8 +875,51 @@ def _check_combinations(settings: Settings) -> None:
         )
     if bool(settings.sip_username) != bool(settings.sip_password):
         raise ConfigError("SIP_USERNAME and SIP_PASSWORD go together: set both, or neither")
+    if settings.sip_rate_limit and settings.sip_rate_burst < settings.sip_rate_limit:
+        raise ConfigError(
+            f"SIP_RATE_BURST={settings.sip_rate_burst} is below SIP_RATE_LIMIT={settings.sip_rate_limit}: "
+            "a source could not send one second's worth at once (set the burst at least as high)"
+        )
+    _check_sip_tls(settings)
+    _check_sip_registrar(settings)
     if settings.realtime_auth == "key" and not settings.backend_key():
         raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY, AZURE_OPENAI_API_KEY or OPENAI_API_KEY")
+
+
+def _check_sip_tls(settings: Settings) -> None:
+    """A tls: listener needs a certificate and key that load; either without a tls: listener is a mistake."""
+    import ssl
+
+    tls = any(transport == "tls" for transport, _, _ in settings.sip_listen)
+    if not tls:
+        if settings.sip_tls_cert or settings.sip_tls_key:
+            raise ConfigError("SIP_TLS_CERT/SIP_TLS_KEY are set but SIP_LISTEN has no tls: listener")
+        return
+    if not settings.sip_tls_cert or not settings.sip_tls_key:
+        raise ConfigError("a tls: listener in SIP_LISTEN needs SIP_TLS_CERT and SIP_TLS_KEY (PEM files)")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.sip_tls_cert, settings.sip_tls_key
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"SIP_TLS_CERT/SIP_TLS_KEY cannot be loaded: {exc}") from None
+
+
+def _check_sip_registrar(settings: Settings) -> None:
+    """Registration needs a UDP listener and the extension's credentials, with a plain user part."""
+    import re
+
+    if settings.sip_registrar is None:
+        return
+    if not any(transport == "udp" for transport, _, _ in settings.sip_listen):
+        raise ConfigError("SIP_REGISTRAR needs a udp: listener in SIP_LISTEN (registration goes over UDP)")
+    if not settings.sip_username:
+        raise ConfigError("SIP_REGISTRAR needs SIP_USERNAME and SIP_PASSWORD: the extension's credentials")
+    if not re.fullmatch(r"[A-Za-z0-9\-_.!~*'()&=+$,]+", settings.sip_username):
+        raise ConfigError(
+            f"SIP_USERNAME={settings.sip_username!r} cannot be a SIP user part (registering as it): use "
+            "letters, digits and -_.!~*'()&=+$,"
+        )
 
 
 def describe_settings() -> str:

@@ -159,6 +159,35 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+        # The native SIP leg (SIP_LISTEN): what arrived, what was refused or dropped.
+        self.sip_messages = Counter(
+            "gateway_sip_messages",
+            "SIP messages taken in (not throttled), by kind (request, response)",
+            ["kind"],
+            registry=r,
+        )
+        self.sip_malformed = Counter(
+            "gateway_sip_malformed", "SIP messages (or TCP streams) that could not be parsed", registry=r
+        )
+        self.sip_refused = Counter(
+            "gateway_sip_refused", "SIP requests refused, by response status", ["status"], registry=r
+        )
+        self.sip_throttled = Counter(
+            "gateway_sip_throttled",
+            "SIP messages dropped silently: their source was over SIP_RATE_LIMIT",
+            registry=r,
+        )
+        self.rtp_stray_packets = Counter(
+            "gateway_rtp_stray_packets",
+            "RTP packets from a source other than the one the call latched on (dropped)",
+            registry=r,
+        )
+        self.sip_registered = Gauge(
+            "gateway_sip_registered",
+            "1 while the gateway's registration with its SIP registrar is current",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         # Leak watch: resident memory and open file descriptors of the process, and its asyncio tasks.
         # One process: read at scrape time. Several workers: the scrape reads only the metrics files, so each
         # worker copies its own values into "liveall" gauges (a series per live worker, `pid` label) when

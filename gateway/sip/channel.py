@@ -1,8 +1,18 @@
-"""One SIP call's media under the bridge: RTP on one UDP port, paced by the gateway itself.
+"""One SIP call's media under the bridge: RTP and RTCP on a UDP port pair, paced by the gateway itself.
 
 `RtpChannel` is the SIP leg's `LegChannel` (`gateway/call/channel.py`). Caller RTP goes through
 symmetric-RTP latching, the RFC 4733 DTMF decoder and the jitter buffer (`gateway/sip/rtp.py`) and
 comes out as `MediaReceived` / `DtmfReceived` events; the peer's BYE arrives as `CallStopped`.
+
+Codecs: G.711 goes to the call core as it is (`ulaw/8000`, `alaw/8000`); G.722 is decoded here to 16 kHz
+PCM16 (`l16/16000`) and the bot's audio encoded back, each direction with its own stateful codec. On the
+wire every codec is one byte per RTP timestamp unit at 8000 Hz, so packets, jitter buffer and timestamps
+are the same for all three (160 bytes per 20 ms).
+
+RTCP (RFC 3550) runs on the RTP port + 1, or on the RTP port itself when the offer asked for rtcp-mux (RFC
+5761; RTCP is told from RTP by its payload type either way): a sender report every 5 s or so, randomized,
+and a BYE when the call ends. What the peer reports is counted and logged at the end of the call, never
+acted on: RTCP garbage cannot disturb the call.
 
 Bot audio is paced here: one RTP packet of `ptime` every `ptime` ms on an absolute schedule, silence
 when there is nothing to say (peers and SBCs expect a steady stream; a silent one trips their RTP
@@ -28,7 +38,19 @@ import structlog
 
 from gateway.call.channel import CallEnded
 from gateway.call.outcome import Outcome
-from gateway.sip.rtp import DtmfDecoder, JitterBuffer, RtpError, RtpSender, is_rtcp, parse_rtp
+from gateway.sip.rtp import (
+    CLOCK_RATE,
+    FRAME_MS,
+    RTCP_INTERVAL_S,
+    DtmfDecoder,
+    JitterBuffer,
+    PeerReport,
+    RtcpReporter,
+    RtpError,
+    RtpSender,
+    is_rtcp,
+    parse_rtp,
+)
 from gateway.telephony.events import (
     CallStarted,
     CallStopped,
@@ -43,6 +65,7 @@ from gateway.telephony.events import (
     TelephonyEvent,
 )
 from telcodec import WireFormat
+from telcodec.g722 import SILENCE_CODE, G722Decoder, G722Encoder
 
 __all__ = ["TRANSFERRED", "MediaPlan", "RtpChannel", "SipMediaDialect"]
 
@@ -50,6 +73,7 @@ log = structlog.get_logger(__name__)
 
 Address = tuple[str, int]
 RTP_TIMEOUT = "rtp_timeout"
+G722 = "G722"  # the one codec decoded here: the core gets G.711 as it is
 TRANSFERRED = "transferred"  # the SIP side handed the caller to another party
 
 
@@ -57,16 +81,19 @@ TRANSFERRED = "transferred"  # the SIP side handed the caller to another party
 class MediaPlan:
     """What the SDP exchange settled for one call's media."""
 
-    format: WireFormat  # the codec, as the call core sees it (PCMU: ulaw/8000, PCMA: alaw/8000)
+    format: WireFormat  # the core's audio: ulaw/8000 (PCMU), alaw/8000 (PCMA), l16/16000 (G722)
     payload_type: int
     remote: Address  # where the SDP said to send; replaced by the first packet's source (symmetric RTP)
     dtmf_payload_type: int | None = None
     ptime_ms: int = 20
     on_hold: bool = False
+    codec: str = "PCMU"  # the RTP payload's codec: "PCMU", "PCMA" or "G722"
+    remote_rtcp: Address | None = None  # where the SDP's a=rtcp said to send RTCP; None: the RTP port + 1
+    rtcp_mux: bool = False  # RTCP on the RTP port (RFC 5761)
 
 
 class SipMediaDialect:
-    """The SIP leg's dialect as the bridge and the call core see it: G.711 at 8 kHz, any message size
+    """The SIP leg's dialect as the bridge and the call core see it: the plan's format, any message size
     (the channel paces), nothing to parse (the channel turns RTP into events itself)."""
 
     can_send = True
@@ -99,6 +126,17 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         log.debug("rtp_socket_error", error=str(exc))
 
 
+class _RtcpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, channel: RtpChannel) -> None:
+        self.channel = channel
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.channel.rtcp_received(data, addr[:2])
+
+    def error_received(self, exc: Exception) -> None:  # a peer that does not listen for RTCP: fine
+        log.debug("rtcp_socket_error", error=str(exc))
+
+
 class RtpChannel:
     """One SIP call's RTP (see the module docstring). `await open(...)`, then hand it to the bridge."""
 
@@ -111,6 +149,8 @@ class RtpChannel:
         rtp_timeout_s: float = 30.0,
         hang_up: Callable[[], None] | None = None,
         on_ready: Callable[[], None] | None = None,
+        on_stray: Callable[[], None] | None = None,
+        rtcp_interval_s: float = RTCP_INTERVAL_S,
     ) -> None:
         self.call = call
         self.plan = plan
@@ -119,16 +159,29 @@ class RtpChannel:
         self.rtp_timeout_s = rtp_timeout_s
         self._hang_up = hang_up
         self._on_ready = on_ready
+        self._on_stray = on_stray  # counts RTP from a source other than the latched one
         self._transport: asyncio.DatagramTransport | None = None
         self._remote: Address = plan.remote
         self._latched = False
         fmt = plan.format
-        self._frame_bytes = fmt.frame_bytes(plan.ptime_ms)
+        self._frame_bytes = fmt.frame_bytes(plan.ptime_ms)  # of the core's audio, per packet
         self._silence = fmt.silence(plan.ptime_ms)
-        self._sender = RtpSender(plan.payload_type, fmt.rate)
+        self._sender = RtpSender(plan.payload_type, CLOCK_RATE)
         self._dtmf = DtmfDecoder(plan.dtmf_payload_type) if plan.dtmf_payload_type is not None else None
-        silence_byte = fmt.silence(1)[0]
-        self._jitter = JitterBuffer(frame_samples=fmt.rate * 20 // 1000, silence_byte=silence_byte)
+        wire_frame = CLOCK_RATE * FRAME_MS // 1000  # the jitter buffer's frames: 20 ms of RTP payload
+        if plan.codec == G722:
+            self._encoder: G722Encoder | None = G722Encoder()
+            self._decoder: G722Decoder | None = G722Decoder()
+            self._jitter = JitterBuffer(
+                frame_samples=wire_frame, silence_byte=SILENCE_CODE, attenuate=False, eager=True
+            )
+        else:
+            self._encoder = self._decoder = None
+            self._jitter = JitterBuffer(frame_samples=wire_frame, silence_byte=fmt.silence(1)[0], eager=True)
+        cname = f"{self._sender.ssrc:08x}@voice-gateway"
+        self._rtcp = RtcpReporter(self._sender.ssrc, cname, interval_s=rtcp_interval_s)
+        self._rtcp_transport: asyncio.DatagramTransport | None = None
+        self._rtcp_remote: Address | None = None  # where the peer's RTCP comes from (latched like RTP)
         self._events: asyncio.Queue[TelephonyEvent] = asyncio.Queue()
         self._events.put_nowait(call)
         self._queue = bytearray()  # bot audio; `_read` bytes of it already sent
@@ -144,15 +197,17 @@ class RtpChannel:
         self._closed = False
         self._gone = asyncio.Event()  # set when the SIP side ended the call
         self.packets_in = self.packets_out = self.rtcp_in = self.bad_packets = self.foreign_packets = 0
+        self.rtcp_out = 0
 
     # -- set-up ----------------------------------------------------------------------------------------
 
     async def open(self, host: str, ports: range) -> int:
-        """Bind the first free even port of `ports` on `host`; returns it (OSError when none is free)."""
+        """Bind the first free pair of `ports` on `host`: RTP on an even port, RTCP on the next one (a pair
+        whose odd port is taken is skipped). Returns the RTP port (OSError when no pair is free)."""
         loop = asyncio.get_running_loop()
         last: OSError | None = None
         for port in ports:
-            if port % 2:
+            if port % 2 or port + 1 not in ports:
                 continue
             try:
                 transport, _ = await loop.create_datagram_endpoint(
@@ -161,10 +216,23 @@ class RtpChannel:
             except OSError as exc:
                 last = exc
                 continue
-            self._transport = transport
+            try:
+                rtcp, _ = await loop.create_datagram_endpoint(
+                    lambda: _RtcpProtocol(self), local_addr=(host, port + 1)
+                )
+            except OSError as exc:
+                transport.close()
+                last = exc
+                continue
+            self._transport, self._rtcp_transport = transport, rtcp
             self._ticker = asyncio.create_task(self._tick_loop())
             return port
-        raise last or OSError("no RTP port free")
+        raise last or OSError("no RTP port pair free")
+
+    @property
+    def peer_report(self) -> PeerReport | None:
+        """What the peer's RTCP last said about our stream (loss, jitter), if it sent any."""
+        return self._rtcp.peer_report
 
     @property
     def local_port(self) -> int:
@@ -173,9 +241,15 @@ class RtpChannel:
         return int(self._transport.get_extra_info("sockname")[1])
 
     def update(self, plan: MediaPlan) -> None:
-        """A re-INVITE changed the media (hold, resume, a new address)."""
+        """A re-INVITE changed the media (hold, resume, a new address). The codec must stay the one the
+        call started with (the call core's format is fixed); its payload type number may change."""
         if plan.remote != self.plan.remote:
             self._remote, self._latched = plan.remote, False
+            self._rtcp_remote = None
+        self._sender.payload_type = plan.payload_type
+        if plan.dtmf_payload_type != self.plan.dtmf_payload_type:
+            pt = plan.dtmf_payload_type
+            self._dtmf = DtmfDecoder(pt) if pt is not None else None
         self.plan = plan
         self._last_rtp = time.monotonic()
 
@@ -208,19 +282,25 @@ class RtpChannel:
         """One UDP datagram on the RTP port."""
         if self._closed:
             return
-        if not self._latched:  # symmetric RTP: answer where the caller's media really comes from
-            self._remote, self._latched = addr, True
-        elif addr != self._remote:
+        if self._latched and addr != self._remote:  # latching is below: on media, not on RTCP or garbage
             self.foreign_packets += 1
+            if self._on_stray is not None:
+                self._on_stray()
             return
-        if is_rtcp(data):
+        if is_rtcp(data):  # rtcp-mux, or a peer that sends RTCP to the RTP port anyway
             self.rtcp_in += 1
+            self._rtcp.receive(data, time.monotonic())
             return
         try:
             packet = parse_rtp(data)
         except RtpError:
             self.bad_packets += 1
             return
+        if not self._latched:  # symmetric RTP: answer where the caller's media really comes from
+            if packet.payload_type not in (self.plan.payload_type, self.plan.dtmf_payload_type):
+                self.bad_packets += 1
+                return
+            self._remote, self._latched = addr, True
         self.packets_in += 1
         now = time.monotonic()
         self._last_rtp = now
@@ -235,9 +315,26 @@ class RtpChannel:
         self._jitter.push(packet, now)
         self._drain_jitter(now)
 
+    def rtcp_received(self, data: bytes, addr: Address) -> None:
+        """One UDP datagram on the RTCP port: counted and read, never acted on."""
+        if self._closed:
+            return
+        if self._rtcp_remote is None:
+            # Latch on the RTP peer's own RTCP only: from its address, reporting as its RTP stream's SSRC
+            # (anything else could be anyone's: a packet with a valid header must not steal our reports).
+            ssrc = int.from_bytes(data[4:8], "big") if len(data) >= 8 else None
+            if not is_rtcp(data) or addr[0] != self._remote[0] or ssrc != self._jitter.ssrc:
+                return
+            self._rtcp_remote = addr
+        elif addr != self._rtcp_remote:
+            return
+        self.rtcp_in += 1
+        self._rtcp.receive(data, time.monotonic())
+
     def _drain_jitter(self, now: float) -> None:
+        decoder = self._decoder
         for frame in self._jitter.pop(now):
-            self._events.put_nowait(MediaReceived(frame, 0, 0))
+            self._events.put_nowait(MediaReceived(frame if decoder is None else decoder.decode(frame), 0, 0))
 
     async def receive(self, timeout_s: float | None = None) -> TelephonyEvent:
         """The leg's next event; once the peer ended the call and everything was read, the call ends."""
@@ -277,7 +374,7 @@ class RtpChannel:
             self._chunks.clear()
 
     def _send_frame(self, now: float) -> None:
-        if self._transport is None or self.plan.on_hold:
+        if self._transport is None or self.plan.on_hold or not self._remote[1]:  # late offer: no answer yet
             return
         if self._read < len(self._queue):
             frame = bytes(self._queue[self._read : self._read + self._frame_bytes])
@@ -293,7 +390,8 @@ class RtpChannel:
                 self._talking = True
         else:
             frame, self._talking = self._silence, False
-        self._transport.sendto(self._sender.packet(frame), self._remote)
+        payload = frame if self._encoder is None else self._encoder.encode(frame)  # silence too: its state
+        self._transport.sendto(self._sender.packet(payload), self._remote)
         self.packets_out += 1
         due = now + self.jitter_ms / 1000
         while self._chunks and self._chunks[0][1] <= self._sent:
@@ -308,12 +406,31 @@ class RtpChannel:
             while self._confirm and self._confirm[0][0] <= now:
                 self._events.put_nowait(PlayedTo(self._confirm.popleft()[1]))
             self._drain_jitter(now)
+            if self._rtcp.due(now):
+                self._send_rtcp(now)
             if not self.plan.on_hold and now - self._last_rtp > self.rtp_timeout_s:
                 self.peer_hung_up(RTP_TIMEOUT)
             due += period
             if due < now - period:  # the loop fell behind: do not burst to catch up
                 due = now
             await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    def _send_rtcp(self, now: float, bye: bool = False) -> None:
+        """Our report (SR once we have sent RTP, else RR; with a block on the caller's stream), unless the
+        call is on hold or the peer's address is not known yet."""
+        if self.plan.on_hold or not self.plan.remote[1]:
+            return
+        if self.plan.rtcp_mux:
+            transport, address = self._transport, self._remote
+        else:
+            host, port = self.plan.remote
+            transport = self._rtcp_transport
+            address = self._rtcp_remote or self.plan.remote_rtcp or (host, port + 1)
+        if transport is None:
+            return
+        report = self._rtcp.build(now, time.time(), self._sender, self._jitter.reception(), bye=bye)
+        transport.sendto(report, address)
+        self.rtcp_out += 1
 
     # -- ending ------------------------------------------------------------------------------------------
 
@@ -331,7 +448,33 @@ class RtpChannel:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        self._send_rtcp(time.monotonic(), bye=True)
+        self._log_summary()
         if self._transport is not None:
             self._transport.close()
+        if self._rtcp_transport is not None:
+            self._rtcp_transport.close()
         if self._ended is None and self._hang_up is not None:
             self._hang_up()
+
+    def _log_summary(self) -> None:
+        """The call's media in one debug line, with what the peer's RTCP said about our stream."""
+        peer = self._rtcp.peer_report
+        stats = self._jitter.stats
+        log.debug(
+            "rtp_summary",
+            codec=self.plan.codec,
+            packets_in=self.packets_in,
+            packets_out=self.packets_out,
+            bad_packets=self.bad_packets,
+            foreign_packets=self.foreign_packets,
+            lost=stats.lost,
+            late=stats.late,
+            concealed=stats.concealed,
+            rtcp_in=self.rtcp_in,
+            rtcp_out=self.rtcp_out,
+            rtcp_malformed=self._rtcp.malformed,
+            peer_lost=None if peer is None else peer.cumulative_lost,
+            peer_fraction_lost=None if peer is None else peer.fraction_lost,
+            peer_jitter_ms=None if peer is None else peer.jitter * 1000 / CLOCK_RATE,
+        )

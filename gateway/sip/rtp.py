@@ -1,4 +1,4 @@
-"""RTP for the native SIP leg, sans-I/O: packets, our sender, DTMF, the caller's jitter buffer, our pacer.
+"""RTP for the native SIP leg, sans-I/O: packets, our sender, DTMF, the caller's jitter buffer, RTCP.
 
 Nothing here reads a clock or touches a socket: time comes in as `now` (seconds, any monotonic origin),
 datagrams come in and go out as bytes. The asyncio endpoints around it are a few lines each.
@@ -9,10 +9,15 @@ datagrams come in and go out as bytes. The asyncio endpoints around it are a few
   RFC 4733 telephone-events.
 - `DtmfDecoder`: the caller's RFC 4733 key presses, one digit per event however many packets carry it.
 - `JitterBuffer`: the caller's audio, reordered, de-duplicated, re-framed to 20 ms and concealed.
-- `Pacer`: the bot's audio, handed out one frame per 20 ms on an absolute schedule.
-- `RtcpReporter`: minimal RTCP SR/RR + SDES for our side; counts what the peer sends, never fails on it.
+- `RtcpReporter`: minimal RTCP SR/RR + SDES (+ BYE) for our side, on a randomized schedule; counts what
+  the peer sends and reads what it reports about our stream, never fails on it.
 
-Audio is G.711 throughout (one byte per sample), so a frame of 20 ms at 8 kHz is 160 bytes.
+The bot's audio is paced by the channel (`gateway/sip/channel.py`), which sends a packet every 20 ms,
+silence included, so there is no pacer here.
+
+Every codec we carry has one payload byte per RTP timestamp unit at an 8000 Hz clock: G.711 (one byte per
+8 kHz sample) and G.722 (64 kbit/s, whose RTP clock is 8000 although it samples at 16 kHz: RFC 3551
+section 4.5.2). So a 20 ms frame is 160 bytes and 160 timestamp units for all of them.
 """
 
 from __future__ import annotations
@@ -36,13 +41,13 @@ __all__ = [
     "DTMF_EVENTS",
     "FRAME_MS",
     "FRAME_SAMPLES",
-    "MAX_BURST",
+    "RTCP_INTERVAL_S",
     "RTP_VERSION",
     "ULAW_SILENCE",
     "DtmfDecoder",
     "JitterBuffer",
     "JitterStats",
-    "Pacer",
+    "PeerReport",
     "ReceptionStats",
     "RtcpReporter",
     "RtpError",
@@ -62,12 +67,12 @@ FRAME_SAMPLES = CLOCK_RATE * FRAME_MS // 1000
 ULAW_SILENCE = 0xFF  # the mu-law code of 0 (PCMU, payload type 0)
 ALAW_SILENCE = 0xD5  # the A-law code of +8, its quietest (PCMA, payload type 8)
 DTMF_EVENTS = "0123456789*#ABCD"  # RFC 4733 section 3.2: events 0-15 are the DTMF keys
-MAX_BURST = 3  # Pacer: most frames one due() call hands out when the caller was late (1 due + 2 catch-up)
 DTMF_END_REPEATS = 3  # RFC 4733 section 2.5.1.4: the final packet goes out three times
 SEEN_SEQUENCES = 512  # how far back the jitter buffer recognises a duplicate by sequence number
 MAX_DROPOUT, MAX_MISORDER = 3000, 100  # RFC 3550 A.1: sequence jumps beyond these are a renumbering
 SHRINK_WINDOW = 25  # frames (500 ms) over which a jitter buffer's surplus delay must persist to be shed
 DTMF_MEMORY = 32  # events the DTMF decoder remembers, to ignore their retransmissions
+RTCP_INTERVAL_S = 5.0  # RFC 3550 section 6.2: the minimum report interval, which a two-party call uses
 
 _HEADER = struct.Struct("!BBHII")
 _WORD = struct.Struct("!I")
@@ -200,7 +205,7 @@ def _unwrap(value: int, reference: int, bits: int) -> int:
 
 class RtpSender:
     """Our outgoing RTP stream (one per call). Call `packet()` per frame, `talkspurt()` after a gap in
-    the audio (a flush, an idle pacer), `skip()` for time that passed without packets."""
+    the audio (a flush, an idle stream), `skip()` for time that passed without packets."""
 
     def __init__(
         self,
@@ -400,14 +405,14 @@ class JitterBuffer:
     """The caller's audio: reorder, drop late and duplicate packets, re-frame, conceal loss.
 
     `push()` each packet as it arrives; `pop(now)` returns the frames due by `now`, each exactly
-    `frame_samples` bytes (one byte per sample: G.711). Playout starts `depth_ms` after the first packet
-    and then runs on an absolute schedule, one frame per frame period, for good: frames that no audio
-    covers are concealed, so the consumer gets a steady stream.
+    `frame_samples` bytes (one byte per timestamp unit: G.711 or G.722). Playout starts `depth_ms` after
+    the first packet and then runs on an absolute schedule, one frame per frame period, for good: frames
+    that no audio covers are concealed, so the consumer gets a steady stream.
 
     - Re-framing: packets of any size (30 ms from SIPp, 10 ms, ...) are cut into frames by RTP timestamp.
     - Loss: a missing frame (or the missing part of one) is the last good frame at -6 dB once (when the
-      law is known from `silence_byte`), then `silence_byte`. A gap before a marker-bit packet is the
-      sender's silence (DTX): filled with silence and not counted as lost.
+      law is known from `silence_byte` and `attenuate` is true), then `silence_byte`. A gap before a
+      marker-bit packet is the sender's silence (DTX): filled with silence and not counted as lost.
     - Running dry: the playout point is held (nothing is skipped); when audio comes back the buffer
       re-fills to `depth_ms` before playing, so a slow sender clock or a delay spike costs one gap.
     - Surplus delay (after a spike's burst, or a fast sender clock): when for 500 ms the buffer never
@@ -419,6 +424,10 @@ class JitterBuffer:
       stray; two in sequence are a jump in the sender's timeline and restart the buffer on them.
     - A new SSRC restarts the buffer; stragglers of the replaced SSRC are discarded for `max_depth_ms`.
     - 16-bit sequence and 32-bit timestamp wrap-around are handled by extending both to Python ints.
+    - `eager`: for a consumer that needs no smooth playout (a speech model: it takes audio at any
+      cadence), a frame whose audio is all here is handed out at once rather than at its slot; the
+      schedule is then only a deadline for concealment, kept at most `depth_ms` after the last frame
+      handed out. In-order audio is not delayed at all; a missing packet is waited for up to `depth_ms`.
     """
 
     def __init__(
@@ -428,7 +437,12 @@ class JitterBuffer:
         max_depth_ms: int = 200,
         clock_rate: int = CLOCK_RATE,
         silence_byte: int = ULAW_SILENCE,
+        *,
+        attenuate: bool = True,
+        eager: bool = False,
     ) -> None:
+        """`attenuate=False` for a payload that is not G.711 (G.722 codes cannot be scaled byte by byte);
+        `eager=True` hands frames out as soon as they are complete (see the class docstring)."""
         if frame_samples <= 0 or not 0 <= depth_ms <= max_depth_ms or clock_rate <= 0:
             raise LocalProtocolError(
                 "jitter buffer needs frame_samples > 0 and 0 <= depth_ms <= max_depth_ms"
@@ -443,7 +457,8 @@ class JitterBuffer:
         self._max_depth_s = max_depth_ms / 1000
         self._behind = max(clock_rate, 2 * self._max_depth)  # how far back a packet is a stray
         self._silence = bytes((silence_byte,)) * frame_samples
-        self._attenuate = attenuation_table(silence_byte)
+        self._attenuate = attenuation_table(silence_byte) if attenuate else None
+        self._eager = eager
         self._state = _Play.IDLE
         self._base = 0.0  # when output slot 0 was due
         self._slot = 0  # index of the next output slot
@@ -642,8 +657,6 @@ class JitterBuffer:
         if self._state is _Play.IDLE:
             return []
         due = _slots_due(now, self._base, self._frame_s) - self._slot
-        if due <= 0:
-            return []
         limit = self._max_depth // self.frame_samples + 1
         if due > limit:
             self._slot += due - limit
@@ -652,7 +665,23 @@ class JitterBuffer:
         for _ in range(due):
             frames.append(self._frame(self._base + self._slot * self._frame_s))
             self._slot += 1
+        while self._eager and self._state is _Play.PLAYING and self._complete():
+            # Released before its slot: the next slot's deadline comes at most `depth_ms` after this.
+            self._base = min(self._base, now + self._depth_s - self._slot * self._frame_s)
+            frames.append(self._frame(now))
+            self._slot += 1
         return frames
+
+    def _complete(self) -> bool:
+        """All of the next frame's audio is buffered (the packets are sorted and never overlap)."""
+        covered, end = self._next_ts, self._next_ts + self.frame_samples
+        for key in self._keys:
+            if key > covered:
+                return False
+            covered = key + len(self._payloads[key])
+            if covered >= end:
+                return True
+        return False
 
     def _frame(self, slot_time: float) -> bytes:
         if self._state is _Play.BUFFERING:
@@ -740,170 +769,60 @@ class JitterBuffer:
         return self._silence
 
 
-# ---------------------------------------------------------------------------------------------- pacer
-
-
-class Pacer:
-    """The bot's audio, handed out at real time: one frame per frame period on an absolute schedule.
-
-    `queue()` bot audio (G.711 bytes, any size); call `due(now)` at `next_due()` and send what it returns.
-    A schedule starts when audio is first due after idle (at `due()`'s `now`, or at `queue()`'s `now` when
-    given), never sooner than one period after the previous frame, and ends when the queue runs dry or
-    is flushed. Frame k goes out at start + k * period, computed from the start (no drift). A caller
-    later than one period gets at most `max_burst` frames (default 3: the due one and two missed); the
-    slots missed beyond that are skipped, which delays the rest of the audio, never drops it. The last
-    partial frame of a talkspurt is padded with `silence_byte`."""
-
-    def __init__(
-        self,
-        frame_bytes: int = FRAME_SAMPLES,
-        frame_ms: int = FRAME_MS,
-        silence_byte: int = ULAW_SILENCE,
-        *,
-        max_burst: int = MAX_BURST,
-    ) -> None:
-        if frame_bytes <= 0 or frame_ms <= 0 or max_burst <= 0:
-            raise LocalProtocolError("pacer needs positive frame_bytes, frame_ms and max_burst")
-        self.frame_bytes = frame_bytes
-        self.max_burst = max_burst
-        self._period = frame_ms / 1000
-        self._silence_byte = silence_byte
-        self._chunks: deque[bytes] = deque()
-        self._offset = 0  # bytes of the first chunk already handed out
-        self._start: float | None = None  # when slot 0 of the running schedule was due (None: idle)
-        self._slot = 0  # next slot of the running schedule
-        self._hint: float | None = None  # queue()'s now, for the next schedule's start
-        self._last: float | None = None  # when the last frame handed out was due
-        self._gap: float | None = None
-        self.sent_bytes = 0  # audio handed out, padding excluded: the "what was sent" position
-        self.queued_bytes = 0
-        self.padded_bytes = 0
-        self.frames_sent = 0
-        self.skipped_slots = 0  # slots passed without a frame because due() was called too late
-
-    def queue(self, audio: bytes, now: float | None = None) -> None:
-        """Append bot audio; with `now`, an idle pacer's next schedule starts then rather than at `due()`."""
-        if not audio:
-            return
-        self._chunks.append(bytes(audio))
-        self.queued_bytes += len(audio)
-        if self._start is None and self._hint is None:
-            self._hint = now
-
-    def flush(self) -> int:
-        """Barge-in: drop everything queued and go idle; return the bytes dropped."""
-        dropped = self.queued_bytes
-        self._chunks.clear()
-        self._offset = self.queued_bytes = 0
-        self._start = self._hint = None
-        return dropped
-
-    def next_due(self) -> float | None:
-        """When to call `due()` next; None when nothing is queued. A time in the past means now."""
-        if not self.queued_bytes:
-            return None
-        if self._start is not None:
-            return self._start + self._slot * self._period
-        return self._earliest(float("-inf") if self._hint is None else self._hint)
-
-    def take_gap(self) -> float | None:
-        """Once per talkspurt, after `due()` returned its first frames: the seconds between the end of the
-        previous talkspurt's last frame and this one's start (0.0 for the first); otherwise None. The leg
-        then calls `sender.skip(round(gap * clock_rate))` and `sender.talkspurt()` before sending."""
-        gap, self._gap = self._gap, None
-        return gap
-
-    def due(self, now: float) -> list[bytes]:
-        """The frames whose send time has come by `now` (at most `max_burst`), each `frame_bytes` long."""
-        if not self.queued_bytes:
-            return []
-        if self._start is None and not self._begin(now):
-            return []
-        assert self._start is not None
-        due = _slots_due(now, self._start, self._period) - self._slot
-        if due <= 0:
-            return []
-        if due > self.max_burst:
-            self.skipped_slots += due - self.max_burst
-            self._slot += due - self.max_burst
-            due = self.max_burst
-        frames: list[bytes] = []
-        while len(frames) < due and self.queued_bytes:
-            frames.append(self._take())
-            self._slot += 1
-        self._last = self._start + (self._slot - 1) * self._period
-        if not self.queued_bytes:
-            self._start = None
-        return frames
-
-    def _earliest(self, start: float) -> float:
-        return start if self._last is None else max(start, self._last + self._period)
-
-    def _begin(self, now: float) -> bool:
-        """Start a schedule if its first slot has come; note the gap since the previous talkspurt."""
-        start = self._earliest(now if self._hint is None else min(self._hint, now))
-        if start > now + 1e-9:
-            return False
-        self._gap = 0.0 if self._last is None else start - (self._last + self._period)
-        self._start, self._slot, self._hint = start, 0, None
-        return True
-
-    def _take(self) -> bytes:
-        size = self.frame_bytes
-        head = self._chunks[0]
-        offset = self._offset
-        if len(head) - offset >= size:
-            frame = head[offset : offset + size]
-            offset += size
-            if offset == len(head):
-                self._chunks.popleft()
-                offset = 0
-            self._offset = offset
-            taken = size
-        else:
-            parts = []
-            taken = 0
-            while self._chunks and taken < size:
-                head = self._chunks[0]
-                part = head[self._offset : self._offset + size - taken]
-                parts.append(part)
-                taken += len(part)
-                self._offset += len(part)
-                if self._offset == len(head):
-                    self._chunks.popleft()
-                    self._offset = 0
-            if taken < size:
-                parts.append(bytes((self._silence_byte,)) * (size - taken))
-                self.padded_bytes += size - taken
-            frame = b"".join(parts)
-        self.queued_bytes -= taken
-        self.sent_bytes += taken
-        self.frames_sent += 1
-        return frame
-
-
 # ----------------------------------------------------------------------------------------------- RTCP
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReport:
+    """What the peer's last SR or RR said about our stream (an RFC 3550 report block)."""
+
+    fraction_lost: float  # of our packets since its previous report, 0.0-1.0
+    cumulative_lost: int  # packets lost since the start (may be negative with duplicates)
+    jitter: int  # interarrival jitter it measured, in timestamp units (1/8 ms at 8000 Hz)
 
 
 class RtcpReporter:
     """Minimal RTCP for one call (RFC 3550 section 6): our SR or RR with SDES CNAME; the peer's counted.
 
-    Call `build()` every few seconds (RFC 3550 suggests 5 s with jitter, the caller's choice) and send the
-    result; feed every RTCP datagram to `receive()`, which never raises."""
+    Ask `due(now)` often (every frame is fine): when it says so, send `build()`; at the end of the call send
+    `build(..., bye=True)` once. Feed every RTCP datagram to `receive()`, which never raises; what the peer
+    reports about our stream is in `peer_report`."""
 
-    def __init__(self, ssrc: int, cname: str) -> None:
+    def __init__(
+        self, ssrc: int, cname: str, *, interval_s: float = RTCP_INTERVAL_S, rng: random.Random | None = None
+    ) -> None:
         self.ssrc = ssrc
+        self.interval_s = interval_s
+        self._rng = rng if rng is not None else random.Random()
         self._cname = cname.encode()[:255]
+        self._next: float | None = None  # when the next report is due (None: not scheduled yet)
+        self.reports_sent = 0
         self.packets_received = 0  # RTCP compound packets from the peer
         self.malformed = 0  # of those, the ones that did not parse to the end
         self.sender_reports = 0
         self.receiver_reports = 0
         self.byes = 0
+        self.peer_report: PeerReport | None = None
         self._lsr = 0  # middle 32 bits of the peer's last SR's NTP timestamp
         self._lsr_at: float | None = None
         self._prior_expected = 0
         self._prior_received = 0
         self._prior_ssrc: int | None = None
+
+    def due(self, now: float) -> bool:
+        """Whether a report is due at `now`. The first call schedules the first report half an interval on
+        (RFC 3550 section 6.2); each True schedules the next. Every delay is randomized to 0.5-1.5 times
+        its nominal value (section 6.3.1), so that calls set up together do not report in step."""
+        if self._next is None:
+            self._next = now + self._delay(self.interval_s / 2)
+            return False
+        if now < self._next:
+            return False
+        self._next = now + self._delay(self.interval_s)
+        return True
+
+    def _delay(self, nominal: float) -> float:
+        return nominal * self._rng.uniform(0.5, 1.5)
 
     def build(
         self,
@@ -911,10 +830,13 @@ class RtcpReporter:
         wallclock: float,
         sender: RtpSender | None = None,
         reception: ReceptionStats | None = None,
+        *,
+        bye: bool = False,
     ) -> bytes:
         """An RTCP compound packet: SR if `sender` has sent anything, else RR; a report block about
-        `reception` (from `JitterBuffer.reception()`) when given; then SDES CNAME. `wallclock` is Unix
-        time, for the SR's NTP timestamp; `now` the same monotonic clock as `receive()`'s."""
+        `reception` (from `JitterBuffer.reception()`) when given; then SDES CNAME; then, with `bye`, a BYE
+        for our SSRC. `wallclock` is Unix time, for the SR's NTP timestamp; `now` the same monotonic clock
+        as `receive()`'s."""
         blocks = b"" if reception is None else self._report_block(reception, now)
         count = 1 if blocks else 0
         if sender is not None and sender.packets_sent:
@@ -935,7 +857,9 @@ class RtcpReporter:
             report = _rtcp_header(count, 201, body + blocks) + body + blocks
         item = bytes((1, len(self._cname))) + self._cname
         chunk = _WORD.pack(self.ssrc) + item + bytes(4 - (len(item) % 4))  # null-terminated, word-aligned
-        return report + _rtcp_header(1, 202, chunk) + chunk
+        self.reports_sent += 1
+        goodbye = _rtcp_header(1, 203, _WORD.pack(self.ssrc)) + _WORD.pack(self.ssrc) if bye else b""
+        return report + _rtcp_header(1, 202, chunk) + chunk + goodbye
 
     def _report_block(self, reception: ReceptionStats, now: float) -> bytes:
         if reception.ssrc != self._prior_ssrc:
@@ -958,7 +882,8 @@ class RtcpReporter:
         )
 
     def receive(self, data: Buffer, now: float) -> None:
-        """Count one RTCP compound packet from the peer and note its sender report; never raises."""
+        """Count one RTCP compound packet from the peer, note its sender report and what it says about our
+        stream; never raises (a malformed packet is counted, and what parsed before the fault is kept)."""
         self.packets_received += 1
         offset, size = 0, len(data)
         while offset + 4 <= size:
@@ -971,13 +896,27 @@ class RtcpReporter:
                 self._lsr = ((seconds & 0xFFFF) << 16) | (fraction >> 16)
                 self._lsr_at = now
                 self.sender_reports += 1
+                self._read_blocks(data, offset + 28, end, first & 0x1F)
             elif packet_type == 201:
                 self.receiver_reports += 1
+                self._read_blocks(data, offset + 8, end, first & 0x1F)
             elif packet_type == 203:
                 self.byes += 1
             offset = end
         if offset != size or size == 0:
             self.malformed += 1
+
+    def _read_blocks(self, data: Buffer, offset: int, end: int, count: int) -> None:
+        """Keep the report block about our SSRC, if the packet holds one within its length."""
+        for index in range(count):
+            at = offset + 24 * index
+            if at + 24 > end:
+                return
+            ssrc, lost, _, jitter = struct.unpack_from("!IIII", data, at)
+            if ssrc == self.ssrc:
+                cumulative = lost & 0xFFFFFF
+                cumulative -= (cumulative & 0x800000) << 1  # 24-bit two's complement
+                self.peer_report = PeerReport((lost >> 24) / 256, cumulative, jitter)
 
 
 def _rtcp_header(count: int, packet_type: int, body: bytes) -> bytes:

@@ -1,9 +1,10 @@
 """SDP (RFC 4566) and the offer/answer model (RFC 3264) for one audio stream, sans-I/O.
 
 `parse_sdp` reads a session description (raising `SdpError` on malformed input). `negotiate` picks, from
-an offer, the first audio codec in the offer's order that we support (PCMU or PCMA, static payload types
-0/8 even without rtpmap, dynamic ones through rtpmap), telephone-event (RFC 4733) if offered, the remote
-RTP address and the direction to answer; it returns None when nothing is common (the caller answers 488).
+an offer, the first of our codecs, in our order of preference, that the offer has (G.722, PCMU, PCMA:
+static payload types 9/0/8 even without rtpmap, dynamic ones through rtpmap), telephone-event (RFC 4733)
+if offered, the remote RTP and RTCP addresses (RFC 3605 `a=rtcp`, RFC 5761 `a=rtcp-mux`) and the
+direction to answer; it returns None when nothing is common (the caller answers 488).
 `build_answer` writes the answer for it, keeping every other offered m= line, refused with port 0, in its
 place. For a late offer (an INVITE without SDP) the caller sends `build_offer` in its 2xx and reads the
 ACK's answer with `accept_answer`.
@@ -22,9 +23,11 @@ from gateway.errors import RemoteProtocolError
 
 __all__ = [
     "CLOCK_RATE",
+    "DEFAULT_CODECS",
     "DEFAULT_PTIME",
     "DIRECTIONS",
     "STATIC_PAYLOAD_TYPES",
+    "SUPPORTED_CODECS",
     "Connection",
     "MediaDescription",
     "Negotiated",
@@ -44,9 +47,11 @@ DEFAULT_PTIME: Final = 20
 AUDIO_PROTO: Final = "RTP/AVP"
 TELEPHONE_EVENT: Final = "telephone-event"
 DEFAULT_DTMF_EVENTS: Final = "0-16"
-# RFC 3551 table 4: the static payload types we can use (G.722, PT 9, is not supported yet).
-STATIC_PAYLOAD_TYPES: Final = {0: "PCMU", 8: "PCMA"}
+# RFC 3551 table 4: the static payload types we can use. All run an 8000 Hz RTP clock, G.722 included
+# (its audio is sampled at 16 kHz; RFC 3551 section 4.5.2 keeps 8000 for historical reasons).
+STATIC_PAYLOAD_TYPES: Final = {0: "PCMU", 8: "PCMA", 9: "G722"}
 SUPPORTED_CODECS: Final = frozenset(STATIC_PAYLOAD_TYPES.values())
+DEFAULT_CODECS: Final = ("G722", "PCMU", "PCMA")  # our preference: wideband first
 DIRECTIONS: Final = ("sendrecv", "sendonly", "recvonly", "inactive")
 # What we answer to each offered direction (RFC 3264 6.1).
 _ANSWER_DIRECTION: Final = {
@@ -150,6 +155,11 @@ class MediaDescription:
             return None
         return int(parts[0]), parts[3] if len(parts) >= 4 else None
 
+    @property
+    def rtcp_mux(self) -> bool:
+        """a=rtcp-mux (RFC 5761): RTCP shares the RTP port."""
+        return self.attribute("rtcp-mux") is not None
+
     def direction(self, default: str = "sendrecv") -> str:
         """The media's direction attribute, else `default` (the session's)."""
         return next((name for name, _ in self.attributes if name in DIRECTIONS), default)
@@ -190,7 +200,7 @@ class Negotiated:
     0.0.0.0 connection or port 0): `sends` then is False and nothing should be sent.
     """
 
-    codec: str  # "PCMU" | "PCMA"
+    codec: str  # "G722" | "PCMU" | "PCMA"
     payload_type: int
     clock_rate: int
     dtmf_payload_type: int | None
@@ -199,7 +209,9 @@ class Negotiated:
     remote_port: int
     direction: str
     on_hold: bool
-    remote_rtcp_port: int | None = None
+    remote_rtcp_port: int | None = None  # a=rtcp; None: the RTP port + 1 (or the RTP port, with rtcp_mux)
+    remote_rtcp_address: str | None = None  # a=rtcp's address, when it names one
+    rtcp_mux: bool = False  # the peer offered (or answered) a=rtcp-mux; an answer to an offer echoes it
     maxptime: int | None = None
     dtmf_events: str = DEFAULT_DTMF_EVENTS
     # For the answer: the index of the audio m= line and every offered m= line (media, proto, formats).
@@ -345,9 +357,13 @@ def _codec_of(payload_type: int, media: MediaDescription) -> RtpMap | None:
     return None if name is None else RtpMap(name, CLOCK_RATE)
 
 
-def _choose(media: MediaDescription, codecs: Sequence[str]) -> tuple[str, int] | None:
-    """The first payload type of `media`, in its order, whose codec is one of `codecs`."""
-    wanted = {codec.upper() for codec in codecs} & SUPPORTED_CODECS
+def _choose(
+    media: MediaDescription, codecs: Sequence[str], ours_first: bool = True
+) -> tuple[str, int] | None:
+    """The payload type of `media` for the first of `codecs` it carries (`ours_first`: our order of
+    preference), or for the first of its own payload types that is one of `codecs` (its order)."""
+    wanted = [name for name in dict.fromkeys(codec.upper() for codec in codecs) if name in SUPPORTED_CODECS]
+    found: dict[str, int] = {}
     for fmt in media.formats:
         if not _INT.fullmatch(fmt) or int(fmt) > 127:
             continue
@@ -358,8 +374,11 @@ def _choose(media: MediaDescription, codecs: Sequence[str]) -> tuple[str, int] |
             and rtpmap.clock_rate == CLOCK_RATE
             and rtpmap.channels == 1
         ):
-            return rtpmap.encoding.upper(), int(fmt)
-    return None
+            if not ours_first:
+                return rtpmap.encoding.upper(), int(fmt)
+            found.setdefault(rtpmap.encoding.upper(), int(fmt))
+    name = next((name for name in wanted if name in found), None)
+    return None if name is None else (name, found[name])
 
 
 def _telephone_event(media: MediaDescription) -> int | None:
@@ -376,9 +395,9 @@ def _usable(media: MediaDescription) -> bool:
 
 
 def negotiate(
-    offer: SessionDescription | bytes, codecs: Sequence[str] = ("PCMU", "PCMA"), dtmf: bool = True
+    offer: SessionDescription | bytes, codecs: Sequence[str] = DEFAULT_CODECS, dtmf: bool = True
 ) -> Negotiated | None:
-    """Answer an offer: the first common codec in the offer's order, or None (answer 488).
+    """Answer an offer: the first of `codecs` (our order of preference) that it offers, or None (488).
 
     Bytes are parsed first (SdpError if malformed). The first RTP/AVP audio m= line is used; a port 0 or a
     0.0.0.0 address there, or a sendonly/inactive direction, mean the peer holds the call.
@@ -417,6 +436,8 @@ def _negotiated(
         direction=direction,
         on_hold=hold,
         remote_rtcp_port=rtcp[0] if rtcp else None,
+        remote_rtcp_address=rtcp[1] if rtcp else None,
+        rtcp_mux=media.rtcp_mux,
         maxptime=media.maxptime,
         dtmf_events=events or DEFAULT_DTMF_EVENTS,
         media_index=index,
@@ -444,7 +465,7 @@ def accept_answer(
         if _INT.fullmatch(fmt) and (rtpmap := _codec_of(int(fmt), our_audio)) is not None
     }
     names = [name for name, rate in offered if rate == CLOCK_RATE]
-    chosen = _choose(media, names)
+    chosen = _choose(media, names, ours_first=False)
     if chosen is None:
         return None
     dtmf_pt = _telephone_event(media) if (TELEPHONE_EVENT.upper(), CLOCK_RATE) in offered else None
@@ -472,13 +493,15 @@ def _audio_lines(
     dtmf: tuple[int, str] | None,
     ptime: int,
     direction: str,
+    rtcp_mux: bool = False,
 ) -> list[str]:
     formats = [pt for pt, _ in payload_types] + ([dtmf[0]] if dtmf else [])
     lines = [f"m=audio {port} {AUDIO_PROTO} {' '.join(map(str, formats))}"]
     lines += [f"a=rtpmap:{pt} {name}/{CLOCK_RATE}" for pt, name in payload_types]
     if dtmf is not None:
         lines += [f"a=rtpmap:{dtmf[0]} {TELEPHONE_EVENT}/{CLOCK_RATE}", f"a=fmtp:{dtmf[0]} {dtmf[1]}"]
-    return [*lines, f"a=ptime:{ptime}", f"a={direction}"]
+    lines += [f"a=ptime:{ptime}", f"a={direction}"]
+    return [*lines, "a=rtcp-mux"] if rtcp_mux else lines
 
 
 def _body(lines: list[str]) -> bytes:
@@ -491,6 +514,7 @@ def build_answer(
     """The SDP answer: our audio line at the offer's index, every other offered m= line refused (port 0).
 
     A stream offered with port 0 is answered with port 0 (RFC 3264 6). The answer's ptime is ours (20 ms).
+    An offered a=rtcp-mux is accepted (RFC 5761 5.1.1): the channel takes RTCP on either port.
     """
     lines = _session_lines(local_ip, session_id, version)
     offered = negotiated.offered_media or (("audio", AUDIO_PROTO, str(negotiated.payload_type)),)
@@ -503,14 +527,14 @@ def build_answer(
             dtmf = (negotiated.dtmf_payload_type, negotiated.dtmf_events)
         port = local_port if negotiated.remote_port else 0
         codec = [(negotiated.payload_type, negotiated.codec)]
-        lines += _audio_lines(port, codec, dtmf, DEFAULT_PTIME, negotiated.direction)
+        lines += _audio_lines(port, codec, dtmf, DEFAULT_PTIME, negotiated.direction, negotiated.rtcp_mux)
     return _body(lines)
 
 
 def build_offer(
     local_ip: str,
     local_port: int,
-    codecs: Sequence[str] = ("PCMU", "PCMA"),
+    codecs: Sequence[str] = DEFAULT_CODECS,
     dtmf_pt: int | None = 101,
     ptime: int = DEFAULT_PTIME,
     *,
@@ -518,7 +542,7 @@ def build_offer(
     version: int = 0,
     direction: str = "sendrecv",
 ) -> bytes:
-    """An SDP offer of `codecs` (static payload types; PCMU/PCMA only) and telephone-event at `dtmf_pt`."""
+    """An SDP offer of `codecs` (static payload types: G722, PCMU, PCMA) and telephone-event at `dtmf_pt`."""
     by_name = {name: pt for pt, name in STATIC_PAYLOAD_TYPES.items()}
     unknown = [codec for codec in codecs if codec.upper() not in by_name]
     if unknown or not codecs:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import itertools
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,9 +33,21 @@ from dataclasses import dataclass, field
 import structlog
 
 from gateway.call.outcome import Outcome
+from gateway.metrics import GatewayMetrics
 from gateway.sip.channel import TRANSFERRED, MediaPlan, RtpChannel
-from gateway.sip.message import SipParseError, StreamFramer
+from gateway.sip.message import SipParseError, SipUri, StreamFramer, bare_host
+from gateway.sip.register import (
+    UNREGISTER_WAIT_S,
+    Registered,
+    Registration,
+    RegistrationConfig,
+    RegistrationEvent,
+    RegistrationFailed,
+    RegistrationState,
+    Unregistered,
+)
 from gateway.sip.sdp import (
+    STATIC_PAYLOAD_TYPES,
     Negotiated,
     SdpError,
     accept_answer,
@@ -43,6 +57,7 @@ from gateway.sip.sdp import (
     parse_sdp,
 )
 from gateway.sip.settings import SipSettings
+from gateway.sip.throttle import TCP_CLOSE_AFTER_DROPS, SourceThrottle, ThrottleEnded, ThrottleStarted
 from gateway.sip.ua import (
     CallCancelled,
     CallConfirmed,
@@ -65,7 +80,15 @@ __all__ = ["SipServer", "SipSettings"]
 
 log = structlog.get_logger(__name__)
 
-CODECS = {"PCMU": WireFormat.of("ulaw", 8000), "PCMA": WireFormat.of("alaw", 8000)}
+UDP_RECEIVE_BUFFER = 4 << 20  # bytes of datagrams the kernel may hold for the SIP socket
+DNS_TIMEOUT_S = 5.0  # a host name in a Contact or Route that does not resolve by then: the message is dropped
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a TLS connection that never finishes its handshake is dropped
+# What the call core gets for each RTP codec: G.711 as it is; G.722 decoded by the channel to 16 kHz PCM16.
+CODECS = {
+    "G722": WireFormat.of("l16", 16000),
+    "PCMU": WireFormat.of("ulaw", 8000),
+    "PCMA": WireFormat.of("alaw", 8000),
+}
 
 
 Busy = Callable[[], str | None]  # why the gateway cannot take a call now (None: it can)
@@ -104,18 +127,22 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class _TcpProtocol(asyncio.Protocol):
-    def __init__(self, server: SipServer, connection: int) -> None:
+    """A SIP connection over TCP, or over TLS (`name` "tls"; asyncio's SSL transport decrypts)."""
+
+    def __init__(self, server: SipServer, connection: int, name: str = "tcp") -> None:
         self.server = server
         self.connection = connection
+        self.name = name
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
+        self.dropped = 0  # messages the throttle dropped: a connection that keeps flooding is closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         host, port = transport.get_extra_info("peername")[:2]
-        self.peer = Peer("tcp", host, port, self.connection)
+        self.peer = Peer(self.name, host, port, self.connection)
         self.server.tcp[self.connection] = transport
 
     def data_received(self, data: bytes) -> None:
@@ -128,7 +155,12 @@ class _TcpProtocol(asyncio.Protocol):
             self.transport.close()
             return
         for message in messages:
-            self.server.received(message, self.peer)
+            if not self.server.received(message, self.peer):
+                self.dropped += 1
+                if self.dropped >= TCP_CLOSE_AFTER_DROPS:
+                    log.warning("sip_connection_flooding", peer=f"{self.peer.host}:{self.peer.port}")
+                    self.transport.close()
+                    return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.tcp.pop(self.connection, None)
@@ -140,16 +172,31 @@ class SipCounters:
 
     malformed: int = 0
     refused: dict[int, int] = field(default_factory=dict)
+    messages: dict[str, int] = field(default_factory=dict)  # taken in, by kind: request, response
+    throttled: int = 0  # dropped silently: the source was over its rate
+    stray_rtp: int = 0  # RTP packets from a source other than the latched one
 
 
 class SipServer:
     """The SIP listeners, the user agent, and the calls it answered (see the module docstring)."""
 
-    def __init__(self, settings: SipSettings, start_call: StartCall, busy: Busy) -> None:
+    def __init__(
+        self,
+        settings: SipSettings,
+        start_call: StartCall,
+        busy: Busy,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.start_call = start_call
         self.busy = busy
         self.counters = SipCounters()
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
+        self.throttle: SourceThrottle | None = None
+        if settings.rate_limit:
+            self.throttle = SourceThrottle(
+                settings.rate_limit, settings.rate_burst, trusted=settings.allow_from
+            )
         first = settings.listen[0]
         self.host = settings.public_ip or (first[1] if first[1] not in ("0.0.0.0", "::") else outbound_ip())
         self.rtp_host = first[1]
@@ -158,10 +205,16 @@ class SipServer:
         self.tcp: dict[int, asyncio.Transport] = {}
         self.calls: dict[str, _Call] = {}
         self._servers: list[asyncio.Server] = []
+        self._lookups: set[asyncio.Task[None]] = set()  # sends waiting for a host name to resolve
         self._timer: asyncio.TimerHandle | None = None
         self._connections = itertools.count(1)
         self._networks = tuple(ipaddress.ip_network(cidr) for cidr in settings.allow_from)
         self._ports = range(settings.rtp_ports[0], settings.rtp_ports[1] + 1)
+        self.registration: Registration | None = None  # SIP_REGISTRAR: our binding at the registrar
+        self._registrar: tuple[str, int] | None = None  # its resolved address (None: resolve first)
+        self._registration_timer: asyncio.TimerHandle | None = None
+        self._resolving: asyncio.Task[None] | None = None
+        self._unregistered = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -176,22 +229,45 @@ class SipServer:
                 self.udp, _ = await loop.create_datagram_endpoint(
                     lambda: _UdpProtocol(self), local_addr=(host, port)
                 )
+                _widen_receive_buffer(self.udp)
                 bound.append(("udp", host, int(self.udp.get_extra_info("sockname")[1])))
             else:
+                tls = self._tls_context() if transport == "tls" else None
                 server = await loop.create_server(
-                    lambda: _TcpProtocol(self, next(self._connections)), host, port
+                    functools.partial(self._connection, transport),
+                    host,
+                    port,
+                    ssl=tls,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls is not None else None,
                 )
                 self._servers.append(server)
-                bound.append(("tcp", host, int(server.sockets[0].getsockname()[1])))
+                bound.append((transport, host, int(server.sockets[0].getsockname()[1])))
         digest = self.settings.digest
         # Every worker process must accept the nonces the others issued: derive the key from the password.
         secret = None if digest is None else hashlib.sha256(b"sip-nonce:" + digest[2].encode()).digest()
-        self.ua = UserAgent(UaConfig(host=self.host, port=bound[0][2], digest=digest, nonce_secret=secret))
+        ports = tuple((transport, port) for transport, _, port in bound)
+        self.ua = UserAgent(
+            UaConfig(host=self.host, port=bound[0][2], ports=ports, digest=digest, nonce_secret=secret)
+        )
         log.info("sip_listening", listen=[f"{t}:{h}:{p}" for t, h, p in bound], contact_host=self.host)
+        self._start_registration(bound)
         return bound
+
+    def _connection(self, name: str) -> _TcpProtocol:
+        return _TcpProtocol(self, next(self._connections), name)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The server side of SIP over TLS (RFC 5630: TLS 1.2 or newer; peers' certificates not asked)."""
+        if self.settings.tls_cert is None or self.settings.tls_key is None:
+            raise ValueError("a tls: listener needs SIP_TLS_CERT and SIP_TLS_KEY")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        return context
 
     async def stop(self) -> None:
         """Close the listeners (calls end with the app's shutdown, each with a BYE)."""
+        await self._stop_registration()  # first: the PBX stops sending calls here
         if self._timer is not None:
             self._timer.cancel()
         for call in list(self.calls.values()):
@@ -210,16 +286,46 @@ class SipServer:
 
     # -- messages in and out -----------------------------------------------------------------------------
 
-    def received(self, data: bytes, peer: Peer) -> None:
-        """One whole SIP message from `peer`."""
+    def received(self, data: bytes, peer: Peer) -> bool:
+        """One whole SIP message from `peer`; False when it was dropped silently (its source is over
+        SIP_RATE_LIMIT: a flood gets no answer, not even a 503)."""
         assert self.ua is not None
-        self.ua.receive(data, peer, time.monotonic())
+        now = time.monotonic()
+        if self.throttle is not None:
+            admitted = self.throttle.admit(peer.host, now)
+            for event in self.throttle.events():
+                _log_throttle(event)
+            if not admitted:
+                self.counters.throttled += 1
+                self.metrics.sip_throttled.inc()
+                return False
+        kind = "response" if data.startswith(b"SIP/") else "request"
+        self.counters.messages[kind] = self.counters.messages.get(kind, 0) + 1
+        self.metrics.sip_messages.labels(kind=kind).inc()
+        if self.registration is not None and self.registration.receive_data(data, now):
+            self._pump_registration()
+            return True
+        self.ua.receive(data, peer, now)
         self._pump()
+        return True
 
     def count_malformed(self, peer: Peer, reason: str) -> None:
-        """A message (or a TCP stream) that could not be parsed."""
+        """A message (or a TCP stream) that could not be parsed: it costs its source more of its budget."""
         self.counters.malformed += 1
+        self.metrics.sip_malformed.inc()
+        if self.throttle is not None:
+            self.throttle.penalize(peer.host, time.monotonic())
         log.warning("sip_malformed", peer=f"{peer.host}:{peer.port}", transport=peer.transport, reason=reason)
+
+    def count_refused(self, status: int) -> None:
+        """We answered a request with a refusal (403, 405, 481, 503, ...)."""
+        self.counters.refused[status] = self.counters.refused.get(status, 0) + 1
+        self.metrics.sip_refused.labels(status=str(status)).inc()
+
+    def count_stray_rtp(self) -> None:
+        """An RTP packet from a source other than the one its call latched on (dropped by the channel)."""
+        self.counters.stray_rtp += 1
+        self.metrics.rtp_stray_packets.inc()
 
     def _pump(self) -> None:
         """Send what the user agent has to send, act on its events, re-arm its timer."""
@@ -238,14 +344,33 @@ class SipServer:
 
     def _send(self, data: bytes, peer: Peer) -> None:
         if peer.transport == "udp":
-            if self.udp is not None:
+            if self.udp is None:
+                return
+            if _is_address(peer.host):
                 self.udp.sendto(data, (peer.host, peer.port))
+            else:  # a Contact or Route with a host name: never resolve it on the event loop (a slow DNS)
+                task = asyncio.create_task(self._send_by_name(data, peer))
+                self._lookups.add(task)
+                task.add_done_callback(self._lookups.discard)
             return
         transport = self.tcp.get(peer.connection or -1)
         if transport is not None and not transport.is_closing():
             transport.write(data)
         else:
             log.warning("sip_connection_gone", peer=f"{peer.host}:{peer.port}")
+
+    async def _send_by_name(self, data: bytes, peer: Peer) -> None:
+        assert self.udp is not None
+        family = self.udp.get_extra_info("socket").family  # an address our UDP socket can send to
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(DNS_TIMEOUT_S):
+                infos = await loop.getaddrinfo(peer.host, peer.port, family=family, type=socket.SOCK_DGRAM)
+        except (OSError, TimeoutError) as exc:
+            log.warning("sip_dns_failed", host=peer.host, error=str(exc) or type(exc).__name__)
+            return
+        if infos and not self.udp.is_closing():
+            self.udp.sendto(data, infos[0][4][:2])
 
     def _arm_timer(self) -> None:
         assert self.ua is not None
@@ -287,7 +412,7 @@ class SipServer:
                 if call is not None and call.channel is not None:
                     call.channel.inject(DtmfReceived(digit))
             case Refused(status=status, reason=reason, peer=peer):
-                self.counters.refused[status] = self.counters.refused.get(status, 0) + 1
+                self.count_refused(status)
                 log.warning("sip_refused", status=status, reason=reason, peer=f"{peer.host}:{peer.port}")
             case Malformed(peer=peer, reason=reason):
                 self.count_malformed(peer, reason)
@@ -296,7 +421,7 @@ class SipServer:
 
     def _reject(self, call_id: str, status: int, reason: str) -> None:
         assert self.ua is not None
-        self.counters.refused[status] = self.counters.refused.get(status, 0) + 1
+        self.count_refused(status)
         log.warning("sip_call_refused", call_id=call_id, status=status, reason=reason)
         self.ua.reject(call_id, status, reason, time.monotonic())
 
@@ -320,12 +445,12 @@ class SipServer:
         negotiated: Negotiated | None = None
         if event.offer is not None:
             try:
-                negotiated = negotiate(parse_sdp(event.offer), codecs=tuple(CODECS))
+                negotiated = negotiate(parse_sdp(event.offer), codecs=self.settings.codecs)
             except SdpError as exc:
                 self._reject(event.call_id, 400, f"bad SDP: {exc}")
                 return
             if negotiated is None:
-                self._reject(event.call_id, 488, "no common codec (PCMU or PCMA)")
+                self._reject(event.call_id, 488, f"no common codec ({', '.join(self.settings.codecs)})")
                 return
         call = _Call(event.call_id)
         self.calls[event.call_id] = call
@@ -333,7 +458,11 @@ class SipServer:
 
     async def _run_call(self, call: _Call, event: IncomingCall, negotiated: Negotiated | None) -> None:
         assert self.ua is not None
-        plan = _plan(negotiated) if negotiated is not None else _placeholder(event.peer.host)
+        plan = (
+            _plan(negotiated)
+            if negotiated is not None
+            else _placeholder(event.peer.host, self.settings.codecs)
+        )
         started = CallStarted(
             stream_id=event.call_id,
             call_id=event.call_id,
@@ -351,6 +480,7 @@ class SipServer:
             rtp_timeout_s=self.settings.rtp_timeout_s,
             hang_up=lambda: self._hang_up(call.call_id),
             on_ready=lambda: self._answer(call),
+            on_stray=self.count_stray_rtp,
         )
         try:
             port = await channel.open(self.rtp_host, self._ports)
@@ -362,8 +492,8 @@ class SipServer:
         if negotiated is not None:
             call.answer = build_answer(negotiated, self.host, port, session_id=port, version=call.sdp_version)
         else:
-            call.answer = call.offer_sent = build_offer(
-                self.host, port, codecs=tuple(CODECS), session_id=port, version=call.sdp_version
+            call.answer = call.offer_sent = build_offer(  # the placeholder's codec only: the core's format
+                self.host, port, codecs=(plan.codec,), session_id=port, version=call.sdp_version
             )
         self.ua.ring(call.call_id)  # 180 until the realtime session is up; then 200 (channel.ready)
         self._pump()
@@ -401,10 +531,11 @@ class SipServer:
         negotiated = None
         if offer is not None:
             with contextlib.suppress(SdpError):
-                negotiated = negotiate(parse_sdp(offer), codecs=tuple(CODECS))
+                # The call keeps its codec: the call core's audio format was fixed when it started.
+                negotiated = negotiate(parse_sdp(offer), codecs=(call.channel.plan.codec,))
         if negotiated is None:  # a refresh without SDP (or one we cannot take): offer what we have
             sdp = build_offer(
-                self.host, port, codecs=tuple(CODECS), session_id=port, version=call.sdp_version
+                self.host, port, codecs=(call.channel.plan.codec,), session_id=port, version=call.sdp_version
             )
         else:
             call.channel.update(_plan(negotiated))
@@ -489,8 +620,149 @@ class SipServer:
         """Calls with a channel (for tests and leak checks)."""
         return len(self.calls)
 
+    # -- registration (SIP_REGISTRAR): the core is gateway/sip/register.py -----------------------------------
+
+    @property
+    def registered(self) -> bool:
+        """True while our registration is current (gateway_sip_registered)."""
+        return self.registration is not None and self.registration.registered
+
+    def _start_registration(self, bound: list[tuple[str, str, int]]) -> None:
+        """Register over the UDP listener, as the digest user, with our Contact host and UDP port."""
+        udp_port = next((port for transport, _, port in bound if transport == "udp"), None)
+        if self.settings.registrar is None or self.settings.digest is None or udp_port is None:
+            return
+        _, username, password = self.settings.digest
+        config = RegistrationConfig(
+            registrar=SipUri.parse(self.settings.registrar),
+            username=username,
+            password=password,
+            contact_host=self.host,
+            contact_port=udp_port,
+            expires=self.settings.register_expires,
+        )
+        self.registration = Registration(config)
+        log.info("sip_registering", registrar=self.settings.registrar, aor=self.registration.aor)
+        self.registration.start(time.monotonic())
+        self._pump_registration()
+
+    async def _stop_registration(self) -> None:
+        """Un-REGISTER, waiting at most UNREGISTER_WAIT_S for the answer."""
+        registration = self.registration
+        if registration is None:
+            return
+        registration.stop(time.monotonic())
+        self._pump_registration()
+        try:
+            await asyncio.wait_for(self._unregistered.wait(), UNREGISTER_WAIT_S)
+        except TimeoutError:
+            log.warning(
+                "sip_unregister_unanswered", registrar=self.settings.registrar, waited=UNREGISTER_WAIT_S
+            )
+        for handle in (self._registration_timer, self._resolving):
+            if handle is not None:
+                handle.cancel()
+        self.metrics.sip_registered.set(0)
+
+    def _pump_registration(self) -> None:
+        """Send the core's requests (resolving the registrar first), log its events, re-arm its timer."""
+        registration = self.registration
+        if registration is None:
+            return
+        for data in registration.data_to_send():
+            if self._registrar is not None:
+                self._send(data, Peer("udp", *self._registrar))
+            elif self._resolving is None or self._resolving.done():
+                self._resolving = asyncio.create_task(self._resolve_and_send(data))
+            # else: a retransmission while the name resolves; Timer E sends it again
+        for event in registration.events_received():
+            self._on_registration_event(event)
+        self.metrics.sip_registered.set(1 if registration.registered else 0)
+        if registration.state is RegistrationState.STOPPED:
+            self._unregistered.set()
+        if self._registration_timer is not None:
+            self._registration_timer.cancel()
+            self._registration_timer = None
+        deadline = registration.next_deadline()
+        if deadline is not None:
+            delay = max(0.0, deadline - time.monotonic())
+            self._registration_timer = asyncio.get_running_loop().call_later(delay, self._registration_tick)
+
+    def _registration_tick(self) -> None:
+        self._registration_timer = None
+        if self.registration is not None:
+            self.registration.tick(time.monotonic())
+            self._pump_registration()
+
+    async def _resolve_and_send(self, data: bytes) -> None:
+        """Resolve the registrar with the loop's getaddrinfo (in the UDP socket's family), then send."""
+        assert self.registration is not None
+        assert self.udp is not None
+        config = self.registration.config
+        family = self.udp.get_extra_info("socket").family
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                bare_host(config.registrar.host), config.registrar_port, family=family, type=socket.SOCK_DGRAM
+            )
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode (an empty label)
+            self.registration.send_failed(time.monotonic(), f"cannot resolve {config.registrar.host}: {exc}")
+            self._pump_registration()
+            return
+        host, port = infos[0][4][:2]
+        self._registrar = (str(host), int(port))
+        self._send(data, Peer("udp", *self._registrar))
+
+    def _on_registration_event(self, event: RegistrationEvent) -> None:
+        registrar = self.settings.registrar
+        match event:
+            case Registered(expires=expires, refreshed=False):
+                log.info("sip_registered", registrar=registrar, expires=expires)
+            case Registered(expires=expires):
+                log.debug("sip_registration_refreshed", registrar=registrar, expires=expires)
+            case RegistrationFailed(status=status, reason=reason, retry_in=retry_in):
+                self._registrar = None  # resolve again: the registrar may have moved
+                log.warning(
+                    "sip_registration_failed",
+                    registrar=registrar,
+                    status=status,
+                    reason=reason,
+                    retry_in=retry_in,
+                )
+            case Unregistered(status=status) if 200 <= status < 300:
+                log.info("sip_unregistered", registrar=registrar)
+            case Unregistered(status=status):
+                log.warning("sip_unregister_failed", registrar=registrar, status=status)
+
+
+def _widen_receive_buffer(transport: asyncio.DatagramTransport) -> None:
+    """Room in the kernel for a flood's backlog (the kernel caps it at net.core.rmem_max): with the
+    default ~200 KB, a few hundred datagrams queued while the loop is busy crowd out every other
+    source's; the throttle then drops the flood's cheaply once they are read."""
+    sock = transport.get_extra_info("socket")
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+
+
+def _log_throttle(event: ThrottleStarted | ThrottleEnded) -> None:
+    """One line when a source starts being throttled and one when it stops: never one per message."""
+    if isinstance(event, ThrottleStarted):
+        log.warning("sip_throttled", source=event.source, rate=event.rate, burst=event.burst)
+    else:
+        log.warning("sip_throttle_ended", source=event.source, dropped=event.dropped, seconds=event.seconds)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
 
 def _plan(negotiated: Negotiated) -> MediaPlan:
+    rtcp = None
+    if negotiated.remote_rtcp_port:
+        rtcp = (negotiated.remote_rtcp_address or negotiated.remote_address, negotiated.remote_rtcp_port)
     return MediaPlan(
         format=CODECS[negotiated.codec],
         payload_type=negotiated.payload_type,
@@ -498,9 +770,17 @@ def _plan(negotiated: Negotiated) -> MediaPlan:
         dtmf_payload_type=negotiated.dtmf_payload_type,
         ptime_ms=20,
         on_hold=negotiated.on_hold,
+        codec=negotiated.codec,
+        remote_rtcp=rtcp,
+        rtcp_mux=negotiated.rtcp_mux,
     )
 
 
-def _placeholder(host: str) -> MediaPlan:
-    """Late offer: until the ACK's answer, assume PCMU to the signalling peer (latching corrects it)."""
-    return MediaPlan(format=CODECS["PCMU"], payload_type=0, remote=(host, 0), dtmf_payload_type=101)
+def _placeholder(host: str, codecs: tuple[str, ...]) -> MediaPlan:
+    """Late offer: we offer one codec (PCMU, which every peer has, unless SIP_CODECS leaves it out) and,
+    until the ACK's answer, send it to the signalling peer (latching corrects the address)."""
+    codec = "PCMU" if "PCMU" in codecs else codecs[0]
+    payload_type = next(pt for pt, name in STATIC_PAYLOAD_TYPES.items() if name == codec)
+    return MediaPlan(
+        format=CODECS[codec], payload_type=payload_type, remote=(host, 0), dtmf_payload_type=101, codec=codec
+    )

@@ -152,6 +152,7 @@ class UaConfig:
 
     host: str  # our address for Via/Contact (SIP_PUBLIC_IP or the bound address)
     port: int
+    ports: tuple[tuple[str, int], ...] = ()  # (transport, port) of each listener, when they differ
     user_agent: str = "voice-gateway"
     digest: tuple[str, str, str] | None = None  # (realm, username, password): challenge INVITEs when set
     session_expires_s: int | None = None  # RFC 4028: answer Session-Expires/Min-SE when the peer asks
@@ -405,6 +406,7 @@ class _Call:
     update_session: _Session | None = None
     refreshing: bool = False  # our UPDATE refresh is out
     hangup_requested: bool = False  # hang_up before the ACK: BYE once it comes
+    refer_to: str | None = None  # transfer before the ACK: the REFER goes once it comes
     reported: bool = False  # CallEnded already emitted
     ring_timer: _Timer | None = None
     session_timer: _Timer | None = None
@@ -480,6 +482,7 @@ class UserAgent:
         self.config = config
         self._rng = rng if rng is not None else random.Random()
         self._host = _uri_host(config.host)
+        self._ports = dict(config.ports)
         self._server: dict[tuple[str, ...], _ServerTx] = {}
         self._client: dict[tuple[str, str], _ClientTx] = {}
         self._calls: dict[str, _Call] = {}
@@ -604,16 +607,20 @@ class UserAgent:
     def transfer(self, call_id: str, target: str, now: float) -> None:
         """Blind transfer (RFC 3515): a REFER asking the peer to call `target`, which goes out exactly as
         given (a `tel:` URI is not rewritten into a SIP one). `TransferAnswered` follows with the REFER's
-        answer, then a `TransferProgress` for each NOTIFY; hang up once one is final and 2xx."""
+        answer, then a `TransferProgress` for each NOTIFY; hang up once one is final and 2xx. Asked for
+        between our 200 and its ACK, the REFER waits for the ACK (no request in a dialog before it)."""
         call = self._calls.get(call_id)
+        if call is not None and call.state is CallState.ANSWERED and not call.hangup_requested:
+            call.refer_to = target
+            return
         if call is None or call.state is not CallState.CONFIRMED:
             self.stale_commands += 1
             self._events.append(TransferAnswered(call_id, None))
             return
         headers = [
             ("Refer-To", target if target.startswith("<") else f"<{target}>"),
-            ("Referred-By", f"<sip:{self._host}:{self.config.port}>"),
-            ("Contact", f"<sip:{self._host}:{self.config.port};transport={call.peer.transport}>"),
+            ("Referred-By", f"<sip:{self._host}:{self._port(call.peer.transport)}>"),
+            ("Contact", self._contact_for(call.peer.transport)),
         ]
 
         def answered(status: int | None, _now: float) -> None:
@@ -835,6 +842,9 @@ class UserAgent:
             self._send_bye(call, now)
         else:
             self._events.append(CallConfirmed(call.call_id, request.body or None))
+            if call.refer_to is not None:
+                target, call.refer_to = call.refer_to, None
+                self.transfer(call.call_id, target, now)
 
     def _in_dialog(self, tx: _ServerTx, to_tag: str, now: float) -> None:
         request = tx.request
@@ -1025,8 +1035,15 @@ class UserAgent:
 
     def _contact(self, tx: _ServerTx) -> str:
         if tx.request.uri.lower().startswith("sips:"):
-            return f"<sips:{self._host}:{self.config.port}>"
-        return f"<sip:{self._host}:{self.config.port};transport={tx.source.transport}>"
+            return f"<sips:{self._host}:{self._port(tx.source.transport)}>"
+        return self._contact_for(tx.source.transport)
+
+    def _contact_for(self, transport: str) -> str:
+        return f"<sip:{self._host}:{self._port(transport)};transport={transport}>"
+
+    def _port(self, transport: str) -> int:
+        """The port of our listener for `transport` (the first listener's when there is none of it)."""
+        return self._ports.get(transport, self.config.port)
 
     def _dialog_headers(self, tx: _ServerTx) -> list[tuple[str, str]]:
         """Contact and the copied Record-Route of a dialog-creating response (RFC 3261 12.1.1)."""
@@ -1089,6 +1106,9 @@ class UserAgent:
             return
         call.pending = None
         _cancel(pending.retransmit)
+        if call.refer_to is not None:  # the transfer never went: say so
+            call.refer_to = None
+            self._events.append(TransferAnswered(call.call_id, None))
         if not call.hangup_requested:
             self._report_end(call, EndReason.ACK_TIMEOUT)
         self._send_bye(call, now)
@@ -1210,7 +1230,7 @@ class UserAgent:
         headers = [
             ("Session-Expires", f"{session.interval};refresher=uas"),
             ("Supported", "timer"),
-            ("Contact", f"<sip:{self._host}:{self.config.port};transport={call.peer.transport}>"),
+            ("Contact", self._contact_for(call.peer.transport)),
         ]
         self._send_request(call, "UPDATE", now, lambda status, t: self._refreshed(call, status, t), headers)
 
@@ -1239,7 +1259,8 @@ class UserAgent:
         call.local_cseq += 1
         uri, routes, peer = self._route(call)
         branch = new_branch(self._rng)
-        via = Via(peer.transport.upper(), self._host, self.config.port, (("branch", branch), ("rport", None)))
+        params = (("branch", branch), ("rport", None))
+        via = Via(peer.transport.upper(), self._host, self._port(peer.transport), params)
         out = Headers(
             [
                 ("Via", str(via)),

@@ -33,6 +33,7 @@ from gateway.emulator import EmulatorConfig, EmulatorServer
 from gateway.emulator.voice import decimate_24k_to_8k
 from gateway.loadtest.legs.common import dominant_hz, pcm_tone
 from tests.conftest import RunningGateway, scaled, start_gateway
+from tests.integration.certificates import self_signed
 from tests.integration.test_cli import clean_env, free_port
 from tests.integration.test_gateway_call import wait_for
 
@@ -187,8 +188,9 @@ async def _dump_scenario(name: str, cwd: Path) -> str:
 
 @needs_sipp
 async def test_late_offer(tmp_path: Path) -> None:
-    """An INVITE without SDP gets our offer (PCMU, PCMA, telephone-event) in the 200; the ACK's answer
-    settles the media and the call runs until SIPp's BYE."""
+    """An INVITE without SDP gets our offer (PCMU alone, the call core's format being fixed before the
+    answer comes, and telephone-event) in the 200; the ACK's answer settles the media and the call runs
+    until SIPp's BYE."""
     async with sip_gateway() as (gateway, emulator, port):
         rc, log = await sipp(
             [*sipp_target(port), "-sf", str(SCENARIOS / "late_offer.xml"), "-m", "1"], tmp_path
@@ -227,15 +229,21 @@ async def test_reinvite_hold_and_resume(tmp_path: Path) -> None:
 
 
 @needs_sipp
-async def test_blind_transfer_with_refer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("contact", ["address", "host name"])
+async def test_blind_transfer_with_refer(tmp_path: Path, contact: str) -> None:
     """The gateway transfers an answered call to a tel: URI: SIPp receives a REFER whose Refer-To is that
     URI untouched, accepts it (202), reports the target trying then answering (NOTIFY sipfrag 100, 200);
-    the transfer's outcome is 200, the gateway sends the BYE, and the call ends `transferred`."""
+    the transfer's outcome is 200, the gateway sends the BYE, and the call ends `transferred`. With a
+    host name in SIPp's Contact, the REFER and the BYE go there once resolved (off the event loop)."""
+    scenario = tmp_path / "transfer.xml"
+    text = (SCENARIOS / "transfer.xml").read_text()
+    if contact == "host name":
+        text = text.replace("Contact: <sip:sipp@[local_ip]:", "Contact: <sip:sipp@localhost:")
+    scenario.write_text(text)
     async with sip_gateway() as (gateway, _emulator, port):
         sip = gateway.state.sip
         assert sip is not None
-        scenario = str(SCENARIOS / "transfer.xml")
-        caller = asyncio.create_task(sipp([*sipp_target(port), "-sf", scenario, "-m", "1"], tmp_path))
+        caller = asyncio.create_task(sipp([*sipp_target(port), "-sf", str(scenario), "-m", "1"], tmp_path))
         await wait_for(lambda: any(call.answered for call in sip.calls.values()) or caller.done())
         assert not caller.done(), caller.result()
         [call_id] = sip.calls
@@ -312,9 +320,9 @@ def _read_wav(path: Path) -> tuple[bytes, int]:
         return wav.readframes(wav.getnframes()), wav.getframerate()
 
 
-def _baresip_config(folder: Path, source: Path, sip_port: int) -> None:
+def _baresip_config(folder: Path, source: Path, sip_port: int, codec: str = "pcmu") -> None:
     folder.mkdir()
-    names = ("g711", "aufile", "aubridge", "sndfile", "account", "menu")
+    names = ("g711", "g722", "aufile", "aubridge", "sndfile", "rtcpsummary", "account", "menu")
     modules = "\n".join(f"module {name}.so" for name in names)
     (folder / "config").write_text(
         f"sip_listen 127.0.0.1:{sip_port}\n"
@@ -324,18 +332,21 @@ def _baresip_config(folder: Path, source: Path, sip_port: int) -> None:
         "module_path /usr/lib/baresip/modules\n"
         f"{modules}\n"
     )
-    (folder / "accounts").write_text("<sip:caller@127.0.0.1>;regint=0;audio_codecs=pcmu\n")
+    (folder / "accounts").write_text(f"<sip:caller@127.0.0.1>;regint=0;audio_codecs={codec}\n")
 
 
-async def baresip_call(tmp_path: Path, source: Path, port: int, seconds: int) -> str:
+async def baresip_call(
+    tmp_path: Path, source: Path, port: int, seconds: int, uri_params: str = "", codec: str = "pcmu"
+) -> str:
     """baresip (config in `tmp_path`/b) dials the gateway on `port`, plays `source` and records what it
     hears there (dump-*-dec.wav); it quits after `seconds`. Returns the tail of its output."""
     assert BARESIP is not None
     for _attempt in range(3):
         shutil.rmtree(tmp_path / "b", ignore_errors=True)
-        _baresip_config(tmp_path / "b", source, free_udp_port())
+        _baresip_config(tmp_path / "b", source, free_udp_port(), codec)
+        dial = f"/dial sip:bot@127.0.0.1:{port}{uri_params}"
         process = await asyncio.create_subprocess_exec(
-            BARESIP, "-f", str(tmp_path / "b"), "-e", f"/dial sip:bot@127.0.0.1:{port}", "-t", str(seconds),
+            BARESIP, "-f", str(tmp_path / "b"), "-e", dial, "-t", str(seconds),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         out, _ = await asyncio.wait_for(process.communicate(), scaled(30))
@@ -369,6 +380,26 @@ async def test_baresip_call_tone_in_and_bot_voice_out(tmp_path: Path) -> None:
         start = int(np.argmax(np.abs(samples) > 200))
         piece = samples[start : start + len(said) // 2 // 3].tobytes()  # as long as what the model said
         assert abs(dominant_hz(piece, rate) - dominant_hz(said, 24000)) < 30, log
+        await wait_for(lambda: completed(gateway) == 1)
+        await no_calls_left(gateway)
+
+
+@needs_baresip
+async def test_baresip_calls_over_tls(tmp_path: Path) -> None:
+    """SIP over TLS (SIP_LISTEN tls:..., SIP_TLS_CERT/SIP_TLS_KEY): baresip dials with transport=tls, the
+    model hears its tone, and the call completes when baresip hangs up."""
+    cert, key = self_signed(tmp_path)
+    source = tmp_path / "caller.wav"
+    _write_wav(source, pcm_tone(TONE_HZ, 800, 8000) + bytes(2 * 8000 * 2))
+    env = {"SIP_LISTEN": "udp:127.0.0.1:0,tls:127.0.0.1:0", "SIP_TLS_CERT": str(cert)}
+    env["SIP_TLS_KEY"] = str(key)
+    config = EmulatorConfig(realtime_factor=4.0, reply_ms=500)
+    async with sip_gateway(config, **env) as (gateway, emulator, _port):
+        [tls_port] = [port for transport, _, port in gateway.state.sip_bound if transport == "tls"]
+        log = await baresip_call(tmp_path, source, tls_port, seconds=5, uri_params=";transport=tls")
+        await wait_for(lambda: bool(emulator.sessions) and emulator.sessions[0].closed, timeout_s=10)
+        heard = bytes(emulator.sessions[0].input_audio)[: 24 * 2 * 600]
+        assert abs(dominant_hz(heard, 24000) - TONE_HZ) < 15, log
         await wait_for(lambda: completed(gateway) == 1)
         await no_calls_left(gateway)
 
@@ -535,7 +566,8 @@ async def test_baresip_barge_in_stops_the_bot_within_a_packet_and_the_jitter_est
     source = tmp_path / "caller.wav"
     silence = bytes(2 * 8000 * 12 // 10)
     _write_wav(source, pcm_tone(TONE_HZ, 800, 8000) + silence + pcm_tone(TONE_HZ, 1000, 8000) + silence * 2)
-    config = EmulatorConfig(realtime_factor=1.0, reply_ms=4000)
+    # Faster than real time, as the service sends: the gateway paces, so the reply never runs dry.
+    config = EmulatorConfig(realtime_factor=2.0, reply_ms=4000)
     async with sip_gateway(config) as (gateway, emulator, port):
         log = await baresip_call(tmp_path, source, port, seconds=9)
         await wait_for(lambda: bool(emulator.sessions) and emulator.sessions[0].closed, timeout_s=10)
@@ -550,4 +582,66 @@ async def test_baresip_barge_in_stops_the_bot_within_a_packet_and_the_jitter_est
         slack = 20 + gateway.state.settings.sip_jitter_ms
         assert lower - truncated.audio_end_ms <= slack + 10, (lower, upper, truncated.audio_end_ms)
         assert upper - truncated.audio_end_ms >= -10, (lower, upper, truncated.audio_end_ms)
+        await no_calls_left(gateway)
+
+
+# -- G.722 and RTCP against baresip --------------------------------------------------------------------------
+
+WIDEBAND_HZ = 5000  # above G.711's 4 kHz band edge: only a wideband codec carries it
+
+
+@needs_baresip
+async def test_baresip_g722_call_is_wideband_both_ways(tmp_path: Path) -> None:
+    """baresip offers only G.722 and plays a 5 kHz tone (which G.711 cannot carry at all): the model
+    hears 5 kHz; baresip records the bot at 16 kHz (it decoded G.722) and at the pitch the model spoke."""
+    source = tmp_path / "caller.wav"
+    _write_wav(source, pcm_tone(WIDEBAND_HZ, 800, 16000) + bytes(2 * 16000 * 4), rate=16000)
+    async with sip_gateway(EmulatorConfig(realtime_factor=1.0, reply_ms=1500)) as (gateway, emulator, port):
+        log = await baresip_call(tmp_path, source, port, seconds=8, codec="g722")
+        await wait_for(lambda: bool(emulator.sessions) and emulator.sessions[0].closed, timeout_s=10)
+        session = emulator.sessions[0]
+        heard = bytes(session.input_audio)[: 24 * 2 * 600]
+        assert abs(dominant_hz(heard, 24000) - WIDEBAND_HZ) < 25, log
+        said = b"".join(bytes(item.audio) for item in session.assistant_items)
+        assert said, log
+        recordings = sorted((tmp_path / "b").glob("dump-*-dec.wav"))
+        assert recordings, os.listdir(tmp_path / "b")
+        recorded, rate = _read_wav(recordings[0])
+        assert rate == 16000, log
+        samples = np.frombuffer(recorded, dtype="<i2")
+        assert np.count_nonzero(np.abs(samples) > 200) > rate // 2, log  # at least half a second of the bot
+        start = int(np.argmax(np.abs(samples) > 200))
+        piece = samples[start : start + len(said) // 2 * 2 // 3].tobytes()  # as long as what the model said
+        assert abs(dominant_hz(piece, rate) - dominant_hz(said, 24000)) < 30, log
+        await wait_for(lambda: completed(gateway) == 1)
+        await no_calls_left(gateway)
+
+
+@needs_baresip
+async def test_baresip_gets_our_rtcp_and_rtcp_garbage_does_not_hurt_the_call(tmp_path: Path) -> None:
+    """During a PCMU call with baresip, garbage arrives at the gateway's RTCP port and RTCP-typed garbage
+    at its RTP port: the model still hears the caller's tone at its pitch and the call completes.
+    baresip's rtcpsummary prints its RTCP statistics at the end, which it only has once it has received
+    and parsed our sender reports (with a report block on its stream: no loss)."""
+    source = tmp_path / "caller.wav"
+    _write_wav(source, pcm_tone(TONE_HZ, 1500, 8000) + bytes(2 * 8000 * 5))
+    async with sip_gateway(EmulatorConfig(realtime_factor=1.0, reply_ms=1000)) as (gateway, emulator, port):
+        sip = gateway.state.sip
+        assert sip is not None
+        caller = asyncio.create_task(baresip_call(tmp_path, source, port, seconds=8))
+        await wait_for(lambda: any(c.channel is not None for c in sip.calls.values()) or caller.done())
+        channel = next(c.channel for c in sip.calls.values() if c.channel is not None)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
+            for size in (0, 1, 4, 8, 64, 1400):
+                junk.sendto(bytes(range(256))[:size], ("127.0.0.1", channel.local_port + 1))
+                junk.sendto(b"\x80\xc8\x00\x40" + bytes(size), ("127.0.0.1", channel.local_port + 1))
+                junk.sendto(b"\x80\xc9\xff\xff" + bytes(size), ("127.0.0.1", channel.local_port))
+        log = await caller
+        await wait_for(lambda: bool(emulator.sessions) and emulator.sessions[0].closed, timeout_s=10)
+        heard = bytes(emulator.sessions[0].input_audio)[: 24 * 2 * 1000]
+        assert abs(dominant_hz(heard, 24000) - TONE_HZ) < 15, log
+        summary = re.search(r"EX=BareSip;.*PL=(-?\d+),(-?\d+);", log)
+        assert summary is not None, log
+        assert summary.group(2) == "0", log  # our report block: nothing of baresip's stream lost
+        await wait_for(lambda: completed(gateway) == 1)
         await no_calls_left(gateway)

@@ -46,6 +46,13 @@ def test_defaults_use_the_emulator() -> None:
         ),
         ({"REALTIME_AUTH": "key"}, "REALTIME_AUTH"),
         ({"REALTIME_AUTH": "cert"}, "REALTIME_AUTH"),
+        ({"SIP_LISTEN": "sctp:0.0.0.0:5060"}, "SIP_LISTEN"),
+        ({"SIP_LISTEN": "tls:0.0.0.0:5061"}, "SIP_TLS_CERT"),
+        ({"SIP_LISTEN": "udp:0.0.0.0:5060", "SIP_TLS_CERT": "/etc/ssl/sip.pem"}, "SIP_TLS_CERT"),
+        (
+            {"SIP_LISTEN": "tls:0.0.0.0:5061", "SIP_TLS_CERT": "/nonexistent.pem", "SIP_TLS_KEY": "/k.pem"},
+            "SIP_TLS_CERT",
+        ),
     ],
 )
 def test_bad_setting_names_the_variable(env: dict[str, str], name: str) -> None:

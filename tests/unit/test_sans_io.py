@@ -49,7 +49,9 @@ CORES = [
     "gateway.sip.sdp",
     "gateway.sip.digest",
     "gateway.sip.ua",
+    "gateway.sip.register",
     "gateway.sip.settings",
+    "gateway.sip.throttle",
     "gateway.stats",
     "telcodec",
     # The codec core is pure computation throughout: every module of it is checked.

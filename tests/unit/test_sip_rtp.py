@@ -1,9 +1,10 @@
-"""The native SIP leg's RTP core: packets, sender, DTMF, jitter buffer, pacer, RTCP, on simulated clocks."""
+"""The native SIP leg's RTP core: packets, sender, DTMF, jitter buffer, RTCP, on simulated clocks."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import itertools
 import random
 import struct
 from pathlib import Path
@@ -14,11 +15,9 @@ from hypothesis import strategies as st
 
 from gateway.sip.rtp import (
     ALAW_SILENCE,
-    MAX_BURST,
     ULAW_SILENCE,
     DtmfDecoder,
     JitterBuffer,
-    Pacer,
     RtcpReporter,
     RtpError,
     RtpFault,
@@ -385,6 +384,61 @@ def test_in_order_stream_plays_after_depth() -> None:
     assert buffer.stats.received == 50
 
 
+def _eager_run(
+    buffer: JitterBuffer, arrivals: list[tuple[float, RtpPacket]], until: float
+) -> list[tuple[float, bytes]]:
+    """Push each packet and pop at once (as the RTP channel does), and pop at every 20 ms tick too;
+    returns each frame with the time it came out."""
+    events = sorted(
+        [(t, 0, p) for t, p in arrivals] + [(k * TICK, 1, None) for k in range(round(until / TICK) + 1)],
+        key=lambda e: (e[0], e[1]),
+    )
+    out: list[tuple[float, bytes]] = []
+    for now, _, packet in events:
+        if packet is not None:
+            buffer.push(packet, now)
+        out += [(now, frame) for frame in buffer.pop(now)]
+    return out
+
+
+def test_eager_in_order_stream_is_not_delayed() -> None:
+    """`eager`: each in-order packet's frame comes out the moment it arrives (no playout delay), with
+    jitter or without; 30 ms packets give their frames as soon as each 20 ms is whole."""
+    jittered = [(i * TICK + (0.013 if i % 3 else 0.0), audio(i)) for i in range(30)]
+    out = _eager_run(JitterBuffer(depth_ms=40, eager=True), jittered, until=0.8)
+    assert [frame for _, frame in out][:30] == [audio(i).payload for i in range(30)]
+    assert [t for t, _ in out][:30] == [t for t, _ in jittered]
+    thirty = [(i * 0.03, audio(i, size=240)) for i in range(10)]
+    out = _eager_run(JitterBuffer(depth_ms=40, eager=True), thirty, until=0.5)
+    assert [t for t, _ in out][:6] == [
+        0.0,
+        0.03,
+        0.03,
+        0.06,
+        0.09,
+        0.09,
+    ]  # 240-sample packets, 160-sample frames
+    assert b"".join(frame for _, frame in out)[: 10 * 240] == b"".join(
+        audio(i, size=240).payload for i in range(10)
+    )
+
+
+def test_eager_waits_for_a_missing_packet_up_to_the_depth() -> None:
+    """`eager`: a packet arriving late (after the next one) holds the stream until it comes, then both
+    come out in order; a lost one is concealed `depth_ms` after the previous frame's deadline, and the
+    stream goes on."""
+    arrivals = [(i * TICK, audio(i)) for i in range(20) if i not in (5, 10)]
+    arrivals.append((5 * TICK + 0.03, audio(5)))  # 30 ms late: after packet 6
+    out = _eager_run(JitterBuffer(depth_ms=40, eager=True), arrivals, until=0.6)
+    frames = [frame for _, frame in out]
+    assert frames[:10] == [audio(i).payload for i in range(10)]
+    assert out[5][0] == out[6][0] == 5 * TICK + 0.03  # 5 when it came, 6 with it
+    assert ULAW_HALF is not None
+    assert frames[10] == audio(9).payload.translate(ULAW_HALF)  # 10 never came: concealed
+    assert 0.22 <= out[10][0] <= 9 * TICK + 0.04 + TICK + 1e-9  # at its deadline, not before
+    assert frames[11:20] == [audio(i).payload for i in range(11, 20)]
+
+
 def test_reordering_within_depth_is_repaired() -> None:
     """Packets swapped in flight (within the depth) come out in order and count as reordered."""
     arrivals = [(i * TICK, audio(i)) for i in range(30)]
@@ -420,6 +474,17 @@ def test_loss_concealed_by_attenuated_repeat_then_silence() -> None:
     assert frames[11] == bytes([ULAW_SILENCE]) * FRAME
     assert [frames[i] for i in (4, 6, 9, 12)] == [audio(i).payload for i in (4, 6, 9, 12)]
     assert (buffer.stats.lost, buffer.stats.late) == (3, 0)
+
+
+def test_g722_loss_is_concealed_with_the_silence_code_not_a_g711_repeat() -> None:
+    """With attenuate=False (G.722 codes, whose bytes cannot be scaled), a lost frame is the silence code
+    at once, even when that code is also a G.711 silence byte."""
+    arrivals = [(i * TICK, audio(i)) for i in range(20) if i != 5]
+    buffer = JitterBuffer(silence_byte=0xFF, attenuate=False)
+    frames = run(buffer, arrivals, until=0.4)
+    assert frames[5] == b"\xff" * FRAME
+    assert [frames[i] for i in (4, 6)] == [audio(i).payload for i in (4, 6)]
+    assert buffer.stats.lost == 1
 
 
 def test_attenuation_tables_halve_the_level() -> None:
@@ -663,126 +728,6 @@ def test_jitter_within_depth_never_changes_the_output(shifts: list[int], dupes: 
     assert buffer.stats.lost == buffer.stats.late == 0
 
 
-# --------------------------------------------------------------------------------------------- pacer
-
-
-def test_pacer_absolute_schedule_no_drift() -> None:
-    """1000 frames go out one per 20 ms from the first due(); the 1000th is due at exactly start + 19.98 s
-    even when the caller's clock is accumulated floats and each call is a little late."""
-    pacer = Pacer()
-    pacer.queue(bytes(range(160)) * 1000)
-    start = 100.0
-    sent_at: list[float] = []
-    now = start
-    rng = random.Random(1)
-    while pacer.queued_bytes:
-        due = pacer.next_due()
-        assert due is not None
-        now = max(now, due) + rng.uniform(0, 0.004)  # the loop wakes up 0-4 ms late
-        sent_at += [now] * len(pacer.due(now))
-    assert len(sent_at) == 1000
-    assert pacer.next_due() is None
-    lateness = [t - (start + 0.004 + k * TICK) for k, t in enumerate(sent_at)]
-    assert max(abs(x) for x in lateness) < 0.0041  # never drifts, whatever the wake-up error
-    assert pacer.sent_bytes == 160_000
-
-
-def test_pacer_due_times_on_exact_clock() -> None:
-    """On an exact clock, due() hands out frame k at start + k * 20 ms and nothing in between."""
-    pacer = Pacer()
-    pacer.queue(b"\x01" * 1600)
-    counts = [len(pacer.due(1.0 + step * 0.005)) for step in range(40)]
-    assert counts == [1, 0, 0, 0] * 10
-    assert pacer.take_gap() == 0.0
-
-
-def test_pacer_reports_talkspurt_gap_once() -> None:
-    """The first frames after idle say how long the silence was, once, for the RTP timestamp and marker."""
-    pacer = Pacer()
-    pacer.queue(b"\x01" * 160)
-    assert len(pacer.due(5.0)) == 1
-    assert pacer.take_gap() == 0.0
-    assert pacer.take_gap() is None
-    pacer.queue(b"\x02" * 320)
-    assert pacer.next_due() == pytest.approx(5.02)
-    assert pacer.due(5.5) == [b"\x02" * 160]
-    assert pacer.take_gap() == pytest.approx(0.48)
-    assert pacer.due(5.52) == [b"\x02" * 160]
-    assert pacer.take_gap() is None
-
-
-def test_pacer_new_talkspurt_not_sooner_than_one_period() -> None:
-    """Audio arriving just after the queue ran dry waits for the next period: no two frames 5 ms apart."""
-    pacer = Pacer()
-    pacer.queue(b"\x01" * 160)
-    assert len(pacer.due(1.0)) == 1
-    pacer.queue(b"\x02" * 160)
-    assert pacer.due(1.005) == []
-    assert pacer.next_due() == pytest.approx(1.02)
-    assert len(pacer.due(1.02)) == 1
-    assert pacer.take_gap() == pytest.approx(0.0)
-
-
-def test_pacer_flush_drops_queue_and_goes_idle() -> None:
-    """flush() returns the bytes dropped, leaves nothing due, and keeps the count of what was sent."""
-    pacer = Pacer()
-    pacer.queue(b"\x01" * 1000)
-    pacer.due(0.0)
-    pacer.due(0.02)
-    assert pacer.flush() == 1000 - 320
-    assert (pacer.queued_bytes, pacer.sent_bytes, pacer.next_due()) == (0, 320, None)
-    assert pacer.due(0.04) == []
-    pacer.queue(b"\x03" * 160)
-    assert pacer.due(0.3) == [b"\x03" * 160]
-    assert pacer.take_gap() == pytest.approx(0.26)
-
-
-def test_pacer_bounded_catch_up() -> None:
-    """A caller 200 ms late gets MAX_BURST frames, not ten; skipped slots delay the audio, none is lost."""
-    pacer = Pacer()
-    pacer.queue(b"\x01" * 160 * 20)
-    assert len(pacer.due(0.0)) == 1
-    assert len(pacer.due(0.2)) == MAX_BURST == 3
-    assert pacer.skipped_slots == 7
-    assert pacer.next_due() == pytest.approx(0.22)
-    assert len(pacer.due(0.22)) == 1
-    assert pacer.sent_bytes + pacer.queued_bytes == 160 * 20
-
-
-def test_pacer_pads_last_partial_frame() -> None:
-    """The final partial frame is padded with the silence byte; sent_bytes counts only real audio."""
-    pacer = Pacer(silence_byte=ALAW_SILENCE)
-    pacer.queue(b"\x01" * 100)
-    pacer.queue(b"\x02" * 100)
-    frames = pacer.due(0.0) + pacer.due(0.02)
-    assert frames == [b"\x01" * 100 + b"\x02" * 60, b"\x02" * 40 + bytes([ALAW_SILENCE]) * 120]
-    assert (pacer.sent_bytes, pacer.padded_bytes, pacer.queued_bytes) == (200, 120, 0)
-
-
-def test_pacer_queue_time_starts_the_schedule() -> None:
-    """queue(audio, now) anchors the schedule at the queue time, so a late first due() catches up."""
-    pacer = Pacer()
-    pacer.queue(b"\x01" * 800, now=2.0)
-    assert pacer.next_due() == 2.0
-    assert len(pacer.due(2.045)) == 3
-    assert pacer.next_due() == pytest.approx(2.06)
-
-
-@given(st.lists(st.integers(1, 500), min_size=1, max_size=30))
-def test_pacer_frames_do_not_depend_on_chunking(sizes: list[int]) -> None:
-    """However the bot audio is split into queue() calls, the frames handed out are the same."""
-    audio_bytes = bytes(i % 251 for i in range(sum(sizes)))
-    whole, chunked = Pacer(), Pacer()
-    whole.queue(audio_bytes)
-    offset = 0
-    for size in sizes:
-        chunked.queue(audio_bytes[offset : offset + size])
-        offset += size
-    times = [k * TICK for k in range(len(audio_bytes) // 160 + 2)]
-    assert [whole.due(t) for t in times] == [chunked.due(t) for t in times]
-    assert whole.sent_bytes == chunked.sent_bytes == len(audio_bytes)
-
-
 # ---------------------------------------------------------------------------------------------- RTCP
 
 
@@ -833,4 +778,66 @@ def test_rtcp_receive_never_raises(data: bytes) -> None:
     """Any datagram handed to receive() is counted, never raises."""
     reporter = RtcpReporter(1, "gw")
     reporter.receive(data, 0.0)
+    assert reporter.packets_received == 1
+
+
+def test_rtcp_schedule_is_randomized_around_the_interval() -> None:
+    """The first report comes 0.25-0.75 intervals after the first question, the next ones 0.5-1.5 intervals
+    apart (RFC 3550 6.2, 6.3.1), and due() says True once per report."""
+    reporter = RtcpReporter(1, "gw", interval_s=5.0, rng=random.Random(3))
+    times = [step * 0.02 for step in range(int(120 / 0.02))]
+    sent = [now for now in times if reporter.due(now)]
+    assert 1.25 <= sent[0] <= 3.75
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert all(2.5 - 0.02 <= gap <= 7.5 + 0.02 for gap in gaps)
+    assert 18 <= len(sent) <= 30  # about one per 5 s
+    assert len(set(round(gap, 2) for gap in gaps)) > 5  # not in step with other calls
+
+
+def test_rtcp_bye_closes_the_compound_packet() -> None:
+    """build(bye=True) appends a BYE for our SSRC after SR and SDES; every part parses to the end."""
+    sender = RtpSender(9, ssrc=0xABCDEF01, rng=random.Random(1))
+    sender.packet(b"\x00" * 160)
+    wire = RtcpReporter(0xABCDEF01, "gw").build(1.0, 1_700_000_000.0, sender, bye=True)
+    types, offset = [], 0
+    while offset < len(wire):
+        first, packet_type, words = struct.unpack_from("!BBH", wire, offset)
+        types.append(packet_type)
+        if packet_type == 203:
+            assert first & 0x1F == 1
+            assert struct.unpack_from("!I", wire, offset + 4)[0] == 0xABCDEF01
+        offset += 4 * (words + 1)
+    assert offset == len(wire)
+    assert types == [200, 202, 203]
+    peer = RtcpReporter(2, "peer")
+    peer.receive(wire, 0.0)
+    assert (peer.sender_reports, peer.byes, peer.malformed) == (1, 1, 0)
+
+
+def test_rtcp_peer_report_on_our_stream_is_read() -> None:
+    """The peer's report block about our SSRC (loss, jitter) is kept; a block about another SSRC is not."""
+    ours = RtcpReporter(0x11111111, "gw")
+    buffer = JitterBuffer()
+    run(buffer, [(i * TICK, audio(i, ssrc=0x11111111)) for i in range(20) if i not in (3, 4, 5)], until=0.5)
+    peer = RtcpReporter(7, "peer")
+    ours.receive(peer.build(0.0, 0.0, None, buffer.reception()), 1.0)
+    report = ours.peer_report
+    assert report is not None
+    assert report.cumulative_lost == 3
+    assert report.fraction_lost == pytest.approx(3 / 20, abs=1 / 256)
+    assert report.jitter >= 0
+    other = RtcpReporter(0x22222222, "other")
+    other.receive(peer.build(0.0, 0.0, None, buffer.reception()), 1.0)
+    assert other.peer_report is None
+
+
+@given(st.binary(max_size=120))
+def test_rtcp_garbage_after_a_valid_report_never_raises(tail: bytes) -> None:
+    """A valid SR followed by anything (truncated blocks, bad versions, lengths past the end) is counted,
+    never raises, and keeps what parsed before the damage."""
+    sender = RtpSender(0, ssrc=5, rng=random.Random(1))
+    sender.packet(b"\xff" * 160)
+    reporter = RtcpReporter(1, "gw")
+    reporter.receive(RtcpReporter(5, "peer").build(0.0, 1.0, sender) + tail, 0.0)
+    assert reporter.sender_reports == 1
     assert reporter.packets_received == 1

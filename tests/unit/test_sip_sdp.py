@@ -132,15 +132,16 @@ def test_parse_twilio_offer() -> None:
     [
         (SIPP, "PCMU", 0, None, 20, "127.0.0.1", 6000),
         (SIPP_PCAP, "PCMA", 8, 101, 20, "127.0.0.1", 6000),
-        (BARESIP, "PCMU", 0, 101, 20, "127.0.0.1", 10044),  # opus and G.722 skipped
-        (ASTERISK, "PCMA", 8, 101, 30, "198.51.100.5", 17010),  # the offer's order wins; its ptime kept
+        (BARESIP, "G722", 9, 101, 20, "127.0.0.1", 10044),  # opus skipped; wideband preferred
+        (ASTERISK, "PCMU", 0, 101, 30, "198.51.100.5", 17010),  # our order wins; its ptime kept
         (TWILIO, "PCMU", 0, 101, 20, "198.51.100.61", 16292),
     ],
 )
 def test_negotiate_recorded_offers(
     offer: bytes, codec: str, pt: int, dtmf: int | None, ptime: int, address: str, port: int
 ) -> None:
-    """Each recorded offer yields its first supported codec (its own order), events, ptime, address."""
+    """Each recorded offer yields the first of our codecs it has (G.722, PCMU, PCMA), events, ptime,
+    address."""
     negotiated = negotiate(offer)
     assert negotiated is not None
     assert (negotiated.codec, negotiated.payload_type, negotiated.dtmf_payload_type) == (codec, pt, dtmf)
@@ -149,6 +150,51 @@ def test_negotiate_recorded_offers(
     assert negotiated.direction == "sendrecv"
     assert not negotiated.on_hold
     assert negotiated.sends
+
+
+def test_our_preference_order_decides() -> None:
+    """The answerer's order of preference picks among offered codecs (G.722 first by default; SIP_CODECS
+    can put PCMA first), not the offer's order; SIPp's G.711-only offers still negotiate."""
+    assert negotiate(ASTERISK, codecs=("PCMA", "PCMU")).codec == "PCMA"  # type: ignore[union-attr]
+    assert negotiate(BARESIP, codecs=("PCMA", "G722")).codec == "PCMA"  # type: ignore[union-attr]
+    assert negotiate(BARESIP, codecs=("pcmu",)).payload_type == 0  # type: ignore[union-attr]
+    assert negotiate(SIPP).codec == "PCMU"  # type: ignore[union-attr]
+    assert negotiate(SIPP_PCAP).codec == "PCMA"  # type: ignore[union-attr]
+
+
+def test_g722_static_and_dynamic() -> None:
+    """PT 9 is G.722 without rtpmap; a dynamic PT mapped to G722/8000 is taken with its number."""
+    static = negotiate(_replace(SIPP, "RTP/AVP 0\r\na=rtpmap:0 PCMU/8000", "RTP/AVP 9"))
+    assert static is not None
+    assert (static.codec, static.payload_type, static.clock_rate) == ("G722", 9, 8000)
+    dynamic = negotiate(
+        _replace(SIPP, "RTP/AVP 0\r\na=rtpmap:0 PCMU/8000", "RTP/AVP 98\r\na=rtpmap:98 G722/8000")
+    )
+    assert dynamic is not None
+    assert (dynamic.codec, dynamic.payload_type) == ("G722", 98)
+    answer = parse_sdp(build_answer(dynamic, "192.0.2.1", 4000, 1, 1)).audio
+    assert answer is not None
+    assert answer.formats == ("98",)
+    assert answer.rtpmaps[98].encoding == "G722"
+
+
+def test_rtcp_attributes() -> None:
+    """a=rtcp gives the RTCP port and address; a=rtcp-mux is noted and echoed in the answer."""
+    twilio = negotiate(TWILIO)
+    assert twilio is not None
+    assert (twilio.remote_rtcp_port, twilio.remote_rtcp_address, twilio.rtcp_mux) == (
+        16293,
+        "198.51.100.61",
+        False,
+    )
+    assert b"rtcp-mux" not in build_answer(twilio, "192.0.2.1", 4000, 1, 1)
+    muxed = negotiate(_replace(BARESIP, "a=rtcp-rsize", "a=rtcp-rsize\r\na=rtcp-mux"))
+    assert muxed is not None
+    assert muxed.rtcp_mux
+    assert (muxed.remote_rtcp_port, muxed.remote_rtcp_address) == (None, None)
+    answer = parse_sdp(build_answer(muxed, "192.0.2.1", 4000, 1, 1)).audio
+    assert answer is not None
+    assert answer.rtcp_mux
 
 
 def test_static_payload_types_need_no_rtpmap() -> None:
@@ -179,7 +225,12 @@ def test_our_codec_list_restricts_the_choice() -> None:
 @pytest.mark.parametrize(
     "offer",
     [
-        _replace(BARESIP, "RTP/AVP 96 9 0 8 101", "RTP/AVP 96 9 101"),  # opus, G.722: not supported
+        _replace(BARESIP, "RTP/AVP 96 9 0 8 101", "RTP/AVP 96 101"),  # opus: not supported
+        _replace(  # G.722 at its sampling rate: not RFC 3551's 8000 clock
+            _replace(BARESIP, "RTP/AVP 96 9 0 8 101", "RTP/AVP 9 101"),
+            "a=rtpmap:9 G722/8000",
+            "a=rtpmap:9 G722/16000",
+        ),
         _replace(SIPP, "RTP/AVP 0", "RTP/AVP 18"),  # G.729
         _replace(SIPP, "RTP/AVP", "RTP/SAVP"),  # SRTP only
         _replace(SIPP, "m=audio", "m=video"),  # no audio at all
@@ -232,7 +283,7 @@ def test_per_media_connection_wins() -> None:
 
 def test_answer_parses_back() -> None:
     """build_answer's SDP names our address and port, the chosen codec, events and direction."""
-    negotiated = negotiate(ASTERISK)
+    negotiated = negotiate(ASTERISK, codecs=("PCMA",))
     assert negotiated is not None
     answer = build_answer(negotiated, "192.0.2.1", 40000, session_id=42, version=1)
     session = parse_sdp(answer)
@@ -288,7 +339,8 @@ def test_late_offer_round() -> None:
     offer = build_offer("192.0.2.1", 40000, session_id=7)
     ours = parse_sdp(offer).audio
     assert ours is not None
-    assert ours.formats == ("0", "8", "101")
+    assert ours.formats == ("9", "0", "8", "101")
+    assert b"a=rtpmap:9 G722/8000\r\n" in offer
     assert b"a=rtpmap:101 telephone-event/8000\r\n" in offer
     peer = negotiate(offer, codecs=("PCMA",))  # the peer only takes PCMA
     assert peer is not None
@@ -323,9 +375,9 @@ def test_accept_answer_direction_is_ours() -> None:
 
 
 def test_build_offer_refuses_codecs_we_do_not_have() -> None:
-    """G.722 (and anything but PCMU/PCMA) cannot be offered yet."""
-    with pytest.raises(ValueError, match="G722"):
-        build_offer("192.0.2.1", 40000, codecs=("G722",), session_id=1)
+    """Anything but G.722, PCMU and PCMA (G.729 here) cannot be offered."""
+    with pytest.raises(ValueError, match="G729"):
+        build_offer("192.0.2.1", 40000, codecs=("G729",), session_id=1)
 
 
 def test_offer_options() -> None:

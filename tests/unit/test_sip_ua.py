@@ -741,6 +741,20 @@ def test_transfer_sends_refer_and_reports_its_progress(target: str) -> None:
     assert rig.drained()
 
 
+def test_transfer_before_the_ack_waits_for_it() -> None:
+    """A transfer asked for between our 200 and its ACK sends nothing yet; the REFER follows the ACK."""
+    rig, phone = Rig(), Phone()
+    _answered(rig, phone, ack=False)
+    rig.ua.transfer(CALL, "tel:+15557654321", rig.now)
+    assert [m for m in rig.sent() if isinstance(m, SipRequest)] == []
+    assert rig.events() == []
+    [refer] = rig.feed(phone.ack())
+    assert isinstance(refer, SipRequest)
+    assert refer.method == "REFER"
+    assert refer.headers.get("Refer-To") == "<tel:+15557654321>"
+    assert rig.events() == [CallConfirmed(CALL, None)]
+
+
 def test_transfer_refused_or_unanswered_keeps_the_call() -> None:
     """A REFER answered 403 gives TransferAnswered(403); one nobody answers TransferAnswered(None) after
     Timer F; the call stays up either way. A transfer of a call that is not up answers None at once."""
