@@ -32,6 +32,16 @@ still running) and ranks its hot spots.
 AUDIO_MODE g711 passes mu-law 8 kHz through: a provider that cannot stream it is refused (skipped with
 `all`), one that can (Exotel) streams mu-law.
 
+`--provider sip` runs the calls over the native SIP leg instead (`bench.lean_sip`: INVITE, PCMU over RTP,
+BYE, one UDP socket per call) against a gateway with SIP_LISTEN and RTP_PORTS set. The table is the same,
+read for RTP: caller is packet sent -> its append, less the gateway's jitter buffer depth (40 ms, two
+packets: the append of frame j follows packet j + 2 + the resampler's lag); bot ("imm") is a reply's
+first delta -> its first RTP packet less the wait for the pacer's next 20 ms slot (`paced_latencies`;
+the gateway paces the rest of a reply itself, so later deltas are not matched); and below the table, per
+step: the RTP jitter (|gap - 20 ms| between consecutive packets of the gateway, p50/p99: its pacing),
+packets lost, and the answer time (INVITE sent -> 200 OK, p50/p99). A SIP step is within bound when the
+jitter p99 is too. Several legs side by side: `--provider twilio,sip` (`all`: every provider and SIP).
+
 Run: `python -m bench.capacity [--provider twilio|P|all] [--format l16/16000] [--steps 50,100,200,300]
 [--step-s 20] [--mode pcm16|g711] [--json bench/out/capacity.json] [--profile S]`. Numbers, not
 assertions: a shared machine moves them.
@@ -59,6 +69,7 @@ from pathlib import Path
 from typing import IO, Final
 
 import aiohttp
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import procstat
@@ -70,12 +81,15 @@ from bench.latency import (
     bot_latencies,
     caller_latencies,
     histogram_quantile,
+    paced_latencies,
 )
 from bench.lean_provider import ProviderCall, ProviderLoad, playout_rule
 from bench.lean_realtime import RealtimeStub, StubConfig
+from bench.lean_sip import LeanSipCall, SipLoad
 from bench.lean_twilio import CallState, LeanCall, TwilioLoad
 from bench.pyspy import HotSpot, Profile, hot_spots, record
 from gateway.emulator import EmulatorConfig, EmulatorServer
+from gateway.loadtest.runner import free_rtp_ports
 from gateway.loadtest.wires import PROVIDERS, make_wire
 from gateway.realtime.session import AudioFormat
 from gateway.realtime.upstream import client_request_id
@@ -83,10 +97,13 @@ from gateway.stats import percentile
 from telcodec import WireFormat
 
 __all__ = [
+    "LEGS",
     "PROVIDERS",
+    "SIP",
     "CapacityRun",
     "ProviderSummary",
     "SessionRecords",
+    "SipFigures",
     "StepResult",
     "leg_format",
     "main",
@@ -101,10 +118,12 @@ LOAD_LAG_LIMIT_MS: Final = 5.0
 GATEWAY_CORE: Final = 0
 LOAD_CORE: Final = 1
 ADDED_LATENCY: Final = "gateway_added_latency_seconds"
+SIP: Final = "sip"
+LEGS: Final = (*PROVIDERS, SIP)  # what `--provider` takes (and `all` runs)
 
 
-Call = LeanCall | ProviderCall
-Load = TwilioLoad | ProviderLoad
+Call = LeanCall | ProviderCall | LeanSipCall
+Load = TwilioLoad | ProviderLoad | SipLoad
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +173,19 @@ class StepResult:
     within_bound: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SipFigures:
+    """What a SIP step adds to its `StepResult`: the gateway's RTP pacing and the answer time (ms)."""
+
+    calls: int
+    rtp_jitter_p50_ms: float  # |gap - 20 ms| between consecutive packets of the gateway, in the window
+    rtp_jitter_p99_ms: float
+    rtp_packets: int
+    rtp_lost: int  # by sequence number, over whole calls
+    answer_p50_ms: float  # INVITE sent -> 200 OK
+    answer_p99_ms: float
+
+
 @dataclass(slots=True)
 class CapacityRun:
     """One provider's run: settings, steps, the capacity figure and (with --profile) the hot spots.
@@ -178,6 +210,7 @@ class CapacityRun:
     provider: str = "twilio"
     format: str = str(ULAW_8K)  # the stream's wire format, e.g. "l16/16000"
     refused: str = ""
+    sip: list[SipFigures] = field(default_factory=list)  # SIP runs: one per step
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +229,8 @@ class ProviderSummary:
     bot_immediate_p99_ms: float = math.nan
     within_bound: bool = False  # this provider's verdict at `at_calls`
     refused: str = ""
+    rtp_jitter_p99_ms: float = math.nan  # SIP
+    answer_p99_ms: float = math.nan  # SIP
 
 
 # -- the gateway process ---------------------------------------------------------------------------------
@@ -203,6 +238,13 @@ class ProviderSummary:
 
 def _free_port() -> int:
     with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
@@ -241,8 +283,11 @@ def uvloop_available() -> bool:
 class GatewayProcess:
     """`python -m gateway serve` as a subprocess (pinned to one core when asked); stderr to a temp file."""
 
-    def __init__(self, env: Mapping[str, str], *, pin: bool, uvloop: bool = False) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, pin: bool, uvloop: bool = False, sip_port: int | None = None
+    ) -> None:
         self.port = _free_port()
+        self.sip_port = sip_port  # its SIP listener (UDP on 127.0.0.1), when `env` sets SIP_LISTEN
         self.uvloop = uvloop
         self.env = {**os.environ, **env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port)}
         self.pin = pin
@@ -426,6 +471,10 @@ def leg_format(provider: str, mode: str, requested: WireFormat | None = None) ->
     """The format a provider's calls stream: `requested`, else the provider's default (under AUDIO_MODE
     g711, its mu-law 8 kHz stream if it has one). ValueError for a provider the gateway does not serve,
     a format the provider does not stream, or one the gateway cannot carry in this mode."""
+    if provider == SIP:  # PCMU: the gateway converts as for any mu-law 8 kHz leg
+        if requested is not None and requested != ULAW_8K:
+            raise ValueError(f"sip streams {ULAW_8K} (PCMU), not {requested}")
+        return ULAW_8K
     offered = make_wire(provider, "CA" + "0" * 32).formats
     if requested is not None and requested not in offered:
         raise ValueError(f"{provider} streams {', '.join(map(str, offered))}, not {requested}")
@@ -444,12 +493,17 @@ class _Leg:
 
     @classmethod
     def of(cls, provider: str, fmt: WireFormat, mode: str) -> _Leg:
+        if provider == SIP:  # the gateway paces RTP itself: no provider playout rule
+            return cls(provider, fmt, LegLayout.of(fmt, mode))
         return cls(provider, fmt, LegLayout.of(fmt, mode, playout_rule(provider, fmt)))
 
-    def new_load(self, port: int) -> Load:
+    def new_load(self, gateway: GatewayProcess) -> Load:
+        if self.provider == SIP:
+            assert gateway.sip_port is not None
+            return SipLoad("127.0.0.1", gateway.sip_port)
         if self.provider == "twilio":  # the hand-tuned Twilio client: figures comparable with earlier runs
-            return TwilioLoad("127.0.0.1", port)
-        return ProviderLoad("127.0.0.1", port, self.provider, self.format)
+            return TwilioLoad("127.0.0.1", gateway.port)
+        return ProviderLoad("127.0.0.1", gateway.port, self.provider, self.format)
 
 
 async def _ramp(load: Load, n: int, ramp_s: float) -> list[Call]:
@@ -510,6 +564,14 @@ def _latencies(
         if rec is None:
             continue
         out.caller += caller_latencies(call.sent_at, rec.append_at, lag, window)
+        out.received += len(rec.append_at)
+        out.expected += max(0, len(call.sent_at) - lag)
+        if isinstance(call, LeanSipCall):
+            first = [d.sent_at for d in rec.deltas if d.start_ms == 0]
+            paced = paced_latencies(first, call.spurt_at, call.rtp_at, window)
+            out.bot += paced
+            out.bot_immediate += paced
+            continue
         until = call.first_clear_at if call.first_clear_at is not None else math.inf
         media_end = call.received_bytes
         out.add_bot(
@@ -517,13 +579,47 @@ def _latencies(
                 rec.deltas, call.media_at, call.media_offset, layout, window, media_end=media_end, until=until
             )
         )
-        out.received += len(rec.append_at)
-        out.expected += max(0, len(call.sent_at) - lag)
     return out
 
 
+def _jitter_ms(call: LeanSipCall, window: tuple[float, float]) -> list[float]:
+    """|gap - 20 ms| (ms) between consecutive packets of the gateway, the later one arriving in `window`."""
+    at = np.frombuffer(call.rtp_at, dtype=np.float64)
+    seq = np.frombuffer(call.rtp_seq, dtype=np.uint16).astype(np.int64)
+    if len(at) < 2:
+        return []
+    keep = ((np.diff(seq) & 0xFFFF) == 1) & (at[1:] >= window[0]) & (at[1:] < window[1])
+    deviations = np.abs(np.diff(at) - 0.020)[keep] * 1000
+    return [float(v) for v in deviations]
+
+
+def _lost(call: LeanSipCall) -> int:
+    """The gateway's packets never received, by extended sequence number."""
+    seq = np.frombuffer(call.rtp_seq, dtype=np.uint16).astype(np.int64)
+    if not len(seq):
+        return 0
+    extended = seq[0] + np.concatenate(([0], np.cumsum((np.diff(seq) + 0x8000) % 0x10000 - 0x8000)))
+    return int(extended.max() - extended.min() + 1 - len(np.unique(extended)))
+
+
+def sip_figures(calls: Sequence[Call], window: tuple[float, float]) -> SipFigures:
+    """The SIP figures of one step (see `SipFigures`)."""
+    sip = [call for call in calls if isinstance(call, LeanSipCall)]
+    jitter = [v / 1000 for call in sip for v in _jitter_ms(call, window)]
+    answers = [call.answer_s for call in sip if call.answer_s is not None]
+    return SipFigures(
+        calls=len(sip),
+        rtp_jitter_p50_ms=_ms(jitter, 50),
+        rtp_jitter_p99_ms=_ms(jitter, 99),
+        rtp_packets=sum(len(call.rtp_at) for call in sip),
+        rtp_lost=sum(_lost(call) for call in sip),
+        answer_p50_ms=_ms(answers, 50),
+        answer_p99_ms=_ms(answers, 99),
+    )
+
+
 def _strange(call: Call) -> int:
-    return call.strange if isinstance(call, ProviderCall) else call.other_messages
+    return call.strange if isinstance(call, ProviderCall | LeanSipCall) else call.other_messages
 
 
 def _ms(values: Sequence[float], q: float) -> float:
@@ -542,10 +638,10 @@ async def run_step(
     settle_s: float,
     baseline_rss_kb: int,
     profile_s: float = 0.0,
-) -> tuple[StepResult, Profile | None]:
+) -> tuple[StepResult, Profile | None, SipFigures | None]:
     """Ramp to `n` calls, settle, measure `step_s`, (profile), hang up, wait for the gateway to idle."""
     realtime.forget()
-    load = leg.new_load(gateway.port)
+    load = leg.new_load(gateway)
     calls = await _ramp(load, n, ramp_s)
     await asyncio.sleep(settle_s)
     before = await _scrape(http, gateway.base)
@@ -564,6 +660,7 @@ async def run_step(
     idle = await _wait_idle(http, gateway.base)
     window = (t0, t1)
     matched = _latencies(calls, realtime.records(), leg.layout, window)
+    sip = sip_figures(calls, window) if leg.provider == SIP else None
     lags = [lag for at, lag in zip(load.lag_at, load.lag_s, strict=True) if t0 <= at < t1]
     outcomes_before, outcomes_after = _outcomes(before), _outcomes(idle)
     outcomes = {
@@ -612,8 +709,9 @@ async def run_step(
         and open_calls == n
         and result.caller_p99_ms <= BOUND_MS
         and result.bot_immediate_p99_ms <= BOUND_MS
+        and (sip is None or sip.rtp_jitter_p99_ms <= BOUND_MS)
     )
-    return result, spots
+    return result, spots, sip
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -647,7 +745,7 @@ async def _run_steps(
     run.baseline_rss_mb = round(baseline / 1024, 1)
     for i, n in enumerate(plan.steps):
         last = i == len(plan.steps) - 1
-        result, spots = await run_step(
+        result, spots, sip = await run_step(
             n,
             leg=leg,
             gateway=gateway,
@@ -660,12 +758,16 @@ async def _run_steps(
             profile_s=plan.profile_s if last else 0.0,
         )
         run.steps.append(result)
+        if sip is not None:
+            run.sip.append(sip)
         if spots is not None:
             run.hot_spots, run.idle_pct, run.profiled_calls = spots.spots, spots.idle_pct, n
         if plan.progress:
             if i == 0:
                 print(_HEADER, flush=True)
             print(_row(result), flush=True)
+            if sip is not None:
+                print(_sip_row(sip), flush=True)
     good = [s.calls for s in run.steps if s.within_bound]
     run.capacity_calls = max(good, default=0)
 
@@ -734,7 +836,12 @@ async def run_providers(
                 run.format = str(fmt)
                 if progress:
                     print(f"--provider {provider} ({fmt}, AUDIO_MODE={mode})", flush=True)
-                gateway = GatewayProcess(env, pin=pinned, uvloop=gateway_uvloop)
+                leg_env, sip_port = dict(env), None
+                if provider == SIP:
+                    sip_port = _free_udp_port()
+                    leg_env["SIP_LISTEN"] = f"udp:127.0.0.1:{sip_port}"
+                    leg_env.setdefault("RTP_PORTS", free_rtp_ports(2 * max(steps, default=1) + 200))
+                gateway = GatewayProcess(leg_env, pin=pinned, uvloop=gateway_uvloop, sip_port=sip_port)
                 try:
                     await gateway.start(http)
                     run.priority = priority if raised and _raise_priority(gateway.pid, priority) else 0
@@ -798,6 +905,7 @@ def summarise(runs: Sequence[CapacityRun]) -> list[ProviderSummary]:
     out: list[ProviderSummary] = []
     for run in runs:
         step = next((s for s in run.steps if s.calls == at), None)
+        sip = next((f for f in run.sip if f.calls == at), None)
         if step is None:
             out.append(ProviderSummary(run.provider, run.format, run.capacity_calls, refused=run.refused))
             continue
@@ -813,6 +921,8 @@ def summarise(runs: Sequence[CapacityRun]) -> list[ProviderSummary]:
                 bot_p99_ms=step.bot_p99_ms,
                 bot_immediate_p99_ms=step.bot_immediate_p99_ms,
                 within_bound=step.within_bound,
+                rtp_jitter_p99_ms=sip.rtp_jitter_p99_ms if sip is not None else math.nan,
+                answer_p99_ms=sip.answer_p99_ms if sip is not None else math.nan,
             )
         )
     return out
@@ -839,6 +949,14 @@ def _row(s: StepResult) -> str:
     )
 
 
+def _sip_row(f: SipFigures) -> str:
+    return (
+        f"{'':>5} sip: RTP jitter p50/p99 {f.rtp_jitter_p50_ms:.2f}/{f.rtp_jitter_p99_ms:.2f} ms "
+        f"({f.rtp_packets} packets, {f.rtp_lost} lost), answer p50/p99 "
+        f"{f.answer_p50_ms:.1f}/{f.answer_p99_ms:.1f} ms"
+    )
+
+
 def render(run: CapacityRun) -> str:
     """The printed report of one provider: settings, the table, the capacity, and the hot spots if
     profiled."""
@@ -853,8 +971,18 @@ def render(run: CapacityRun) -> str:
         "latencies in ms; caller: frame written -> append upstream; bot: delta sent -> first media out "
         "(imm: deltas whose message did not wait for later audio); confirms: sent/asked",
         _HEADER,
-        *(_row(s) for s in run.steps),
     ]
+    sip = {f.calls: f for f in run.sip}
+    for step in run.steps:
+        lines.append(_row(step))
+        if step.calls in sip:
+            lines.append(_sip_row(sip[step.calls]))
+    if run.sip:
+        lines.append(
+            "sip: caller = RTP packet sent -> append, less the gateway's 40 ms jitter buffer; bot (imm) = a "
+            "reply's first delta -> its first RTP packet, less the wait for the pacer's 20 ms slot; RTP "
+            "jitter = |gap - 20 ms| between the gateway's packets (within bound only when its p99 is too)"
+        )
     waited = sum(s.bot_waited for s in run.steps)
     if waited:
         matched = sum(s.bot_samples for s in run.steps)
@@ -885,7 +1013,7 @@ def render_summary(summary: Sequence[ProviderSummary]) -> str:
         f"summary: capacity per provider (calls within bound); costs at {at} concurrent calls, the step "
         f"all ran ({why}); bot p99 in ms, of all deltas / of those that did not wait by design",
         f"{'provider':<11} {'format':<10} {'capacity':>8} {'gwCPU%':>7} {'s/call-min':>10} {'KB/call':>8} "
-        f"{'bot p99 all/imm':>16}  verdict at {at}",
+        f"{'bot p99 all/imm':>16} {'jitter p99':>10} {'answer p99':>10}  verdict at {at}",
     ]
     for s in summary:
         if s.refused:
@@ -894,9 +1022,14 @@ def render_summary(summary: Sequence[ProviderSummary]) -> str:
         lines.append(
             f"{s.provider:<11} {s.format:<10} {s.capacity_calls:>8} {s.gateway_cpu_pct:>7.1f} "
             f"{s.gateway_cpu_s_per_call_min:>10.4f} {s.rss_kb_per_call:>8.1f} "
-            f"{s.bot_p99_ms:>7.2f}/{s.bot_immediate_p99_ms:<8.2f}  {'ok' if s.within_bound else 'over'}"
+            f"{s.bot_p99_ms:>7.2f}/{s.bot_immediate_p99_ms:<8.2f} {_opt(s.rtp_jitter_p99_ms):>10} "
+            f"{_opt(s.answer_p99_ms):>10}  {'ok' if s.within_bound else 'over'}"
         )
     return "\n".join(lines)
+
+
+def _opt(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
 
 
 def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -907,6 +1040,16 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
             raise SystemExit(f"--gateway-env needs KEY=VALUE, got {pair!r}")
         out[key] = value
     return out
+
+
+def _legs(text: str) -> tuple[str, ...]:
+    if text == "all":
+        return LEGS
+    legs = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [leg for leg in legs if leg not in LEGS]
+    if unknown or not legs:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or text!r}: one or more of {', '.join(LEGS)}")
+    return legs
 
 
 def _parse_format(text: str) -> WireFormat:
@@ -933,7 +1076,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run from the command line; prints the tables and writes the JSON. Returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--provider", choices=(*PROVIDERS, "all"), default="twilio", help="whose streams the calls are"
+        "--provider",
+        type=_legs,
+        default=("twilio",),
+        metavar="P[,P...]|all",
+        help=f"whose streams the calls are, one or several side by side ({', '.join(LEGS)}; all: every one)",
     )
     parser.add_argument(
         "--format",
@@ -969,7 +1116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the load side's event loop (auto: uvloop when installed: a cheaper load side)",
     )
     args = parser.parse_args(argv)
-    providers = PROVIDERS if args.provider == "all" else (args.provider,)
+    providers = args.provider
     formats = _formats(providers, args.mode, args.format)
     use_uvloop = args.load_loop == "uvloop" or (args.load_loop == "auto" and uvloop_available())
     if (use_uvloop or args.gateway_uvloop) and not uvloop_available():

@@ -53,6 +53,7 @@ __all__ = [
     "caller_latencies",
     "delta_first_byte",
     "histogram_quantile",
+    "paced_latencies",
 ]
 
 ULAW_8K: Final = WireFormat(Encoding.ULAW, 8000)
@@ -229,6 +230,34 @@ def bot_latencies(
         if not layout.waits(delta.start_ms, delta.size_ms):
             immediate.append(latency)
     return BotMatch(out, unmatched, immediate)
+
+
+def paced_latencies(
+    first_sent: Iterable[float],
+    spurt_at: Sequence[float],
+    packet_at: Sequence[float],
+    window: tuple[float, float],
+    period_s: float = 0.020,
+) -> list[float]:
+    """The SIP leg's bot direction: the gateway paces, one packet every `period_s` whatever it has (silence
+    when nothing), so a reply's first delta (sent at each of `first_sent`) goes out in the first packet
+    slot after it arrives: by design, it waits for that slot. Seconds from that slot to the arrival of the
+    first talkspurt packet (`spurt_at`, the marker bit) after the delta, for deltas sent in `window`. The
+    slot is the call's packet schedule: the last packet (of `packet_at`) that arrived before the delta,
+    plus whole periods. A delta that missed its slot (the gateway too slow) costs a period or more."""
+    start, end = window
+    out: list[float] = []
+    for sent in first_sent:
+        if not start <= sent < end:
+            continue
+        spurt = bisect_right(spurt_at, sent)
+        before = bisect_right(packet_at, sent) - 1
+        if spurt >= len(spurt_at) or before < 0:
+            continue
+        last = packet_at[before]
+        slot = last + max(1, math.ceil((sent - last) / period_s - 1e-9)) * period_s
+        out.append(spurt_at[spurt] - slot)
+    return out
 
 
 def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> float:

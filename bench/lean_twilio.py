@@ -449,6 +449,11 @@ class PhasedLoad(Generic[C]):
         protocol = cast(asyncio.Protocol, call)  # every lean call is an asyncio.Protocol
         await asyncio.wait_for(loop.create_connection(lambda: protocol, self.host, self.port), timeout_s)
         await asyncio.wait_for(asyncio.shield(call.opened), timeout_s)
+        return self._admit(call)
+
+    def _admit(self, call: C) -> C:
+        """Give an opened call its phase (its frames start on it) and start the ticker if needed."""
+        loop = asyncio.get_running_loop()
         phase = call.number % PHASES
         tick = self._tick + 1
         call.next_tick = tick + (phase - tick) % PHASES

@@ -1,7 +1,9 @@
 """Command line: `python -m gateway.loadtest --url ws://HOST:PORT/media [options]`, or `--embedded`.
 
 Replays recorded calls against a gateway as a provider would (`--provider`: Twilio by default, or any
-provider the gateway serves, on its `/P/media` route) and reports what callers experienced. Each run
+provider the gateway serves, on its `/P/media` route), or as a SIP trunk would (`--sip HOST:PORT`, or
+`--sip` with `--embedded`: INVITE, RTP, BYE; `gateway.loadtest.sip_call`), and reports what callers
+experienced. Each run
 writes into its own folder, `--output`/<UTC start>-<run id>/ (summary.txt, results.json, report.html),
 and points `--output`/latest at it. Exit status: 0 when every call completed, 1 when some failed, 2 on
 bad usage (options, scenario files, recordings) or when the `loadtest` extra (rich, matplotlib) is not
@@ -32,6 +34,7 @@ from gateway.loadtest.runner import (
     run_load,
 )
 from gateway.loadtest.script import DEFAULT_SCENARIO_DIR, Scenario, ScenarioError, parse_mix, resolve_scenario
+from gateway.loadtest.sip_call import parse_target
 from gateway.loadtest.wires import PROVIDERS, parse_format
 
 __all__ = ["EXTRA_MODULES", "FAULTS", "build_parser", "main", "missing_extra"]
@@ -71,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         metavar="ENCODING/RATE",
         help="the stream's audio format, e.g. l16/16000 or alaw/8000 (default: the provider's usual)",
+    )
+    target.add_argument(
+        "--sip",
+        nargs="?",
+        const="embedded",
+        metavar="HOST:PORT",
+        help="place the calls over SIP/RTP to the gateway's SIP listener (UDP); with --embedded, no address",
+    )
+    target.add_argument(
+        "--playout-delay-ms",
+        type=float,
+        default=40.0,
+        help="SIP: the simulated phone's jitter buffer, what it holds before playing (default 40, the "
+        "gateway's SIP_JITTER_MS default)",
     )
     target.add_argument(
         "--twilio-auth-token", help="sign /twiml and /media as Twilio does (the gateway's token)"
@@ -156,16 +173,27 @@ def _mix(args: argparse.Namespace) -> tuple[tuple[Scenario, float], ...]:
     return tuple((resolve_scenario(name, args.scenario_dir, cache), weight) for name, weight in specs)
 
 
+def _sip_target(args: argparse.Namespace) -> tuple[str, int] | None:
+    """The SIP target of an external run (a placeholder when embedded: the gateway's is known later)."""
+    if not args.sip:
+        return None
+    return ("127.0.0.1", 5060) if args.sip == "embedded" else parse_target(args.sip)
+
+
 def missing_extra() -> list[str]:
     """The modules of the `loadtest` extra that are not installed (found without importing them)."""
     return [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
 
 
-def _run_config(args: argparse.Namespace, url: str, append_ms: int) -> RunConfig:
+def _run_config(
+    args: argparse.Namespace, url: str, append_ms: int, sip: tuple[str, int] | None = None
+) -> RunConfig:
     calls = args.calls if args.calls is not None or args.duration is not None else 10
     return RunConfig(
         url=media_url(url, args.provider),
-        provider=args.provider,
+        provider="sip" if args.sip else args.provider,
+        sip_target=sip,
+        playout_delay_ms=args.playout_delay_ms,
         media_format=parse_format(args.format),
         mix=_mix(args),
         calls=calls,
@@ -225,11 +253,11 @@ async def _run(args: argparse.Namespace, show_progress: bool) -> RunResult:
         if args.twilio_auth_token:
             env["TWILIO_AUTH_TOKEN"] = args.twilio_auth_token
         config_emulator = emulator_config(args)
-        async with embedded_target(config_emulator, env) as target:
-            config = _run_config(args, target.base, target.append_ms)
+        async with embedded_target(config_emulator, env, sip=bool(args.sip)) as target:
+            config = _run_config(args, target.base, target.append_ms, target.sip)
             async with _progress(live, show_progress):
                 return await run_load(config, emulator=target.emulator, live=live)
-    config = _run_config(args, args.url, 20)
+    config = _run_config(args, args.url or "ws://127.0.0.1/media", 20, _sip_target(args))
     async with _progress(live, show_progress):
         return await run_load(config, live=live)
 
@@ -238,10 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the load test; returns the exit status (0 all calls completed, 1 some failed, 2 usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.embedded and not args.url:
-        parser.error("give --url ws://HOST:PORT/media, or --embedded")
+    if not args.embedded and not args.url and not args.sip:
+        parser.error("give --url ws://HOST:PORT/media, --sip HOST:PORT, or --embedded")
     if args.embedded and args.url:
         parser.error("--url and --embedded exclude each other")
+    if args.sip == "embedded" and not args.embedded:
+        parser.error("--sip needs HOST:PORT, or --embedded")
+    if args.sip and (args.url or args.provider != "twilio" or args.format or args.twilio_auth_token):
+        parser.error("--sip places SIP calls: no --url, --provider, --format or --twilio-auth-token")
     if missing := missing_extra():
         print(
             f"{parser.prog}: error: {' and '.join(missing)} not installed; "
@@ -255,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, "console")
     show_progress = not args.no_progress and sys.stdout.isatty()
     try:  # every usage problem is found before anything starts
-        _run_config(args, args.url or "ws://127.0.0.1/media", 20)
+        _run_config(args, args.url or "ws://127.0.0.1/media", 20, _sip_target(args))
         if args.embedded:
             emulator_config(args)
             _pairs(args.gateway_env, "--gateway-env")

@@ -22,6 +22,12 @@ Definitions (all times on the load generator's monotonic clock, in ms):
   gateway holds back by design (its append size plus the resampler's 2.5 ms delay).
 - `bot_audio_lost_ms` (embedded): audio of the emulator's completed, uninterrupted items that did not
   reach the phone byte for byte (the expected bytes are the items' audio through the gateway's codec).
+- SIP calls (`--sip`, `gateway.loadtest.sip_call` says precisely how each is taken): `connect_ms` is the
+  answer time, INVITE sent -> 200 OK received; a "clear" is the end of the bot's talkspurt after the
+  caller started talking over it (RTP has no clear message), and what the caller had heard is what a
+  phone playing each talkspurt SIP_JITTER_MS after its first packet had played then;
+  `rtp_gap_deviation_ms` is |gap - 20 ms| between consecutive RTP packets of the gateway (its pacing
+  jitter), `rtp_lost` / `rtp_reordered` its packets lost and reordered by sequence number.
 - `marks_early`: marks echoed before the audio in front of them had finished playing (must be 0);
   `marks_unanswered`: marks whose audio had played that were never echoed (must be 0); a mark still
   queued when the caller hung up is neither (Twilio never echoes those).
@@ -33,16 +39,17 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
-from gateway.loadtest.client import MarkRecord, PhoneCall
-from gateway.loadtest.playout import PlayedSpan
+from gateway.loadtest.client import MarkRecord, ReceivedClear
+from gateway.loadtest.playout import PlayedSpan, Underrun
 from gateway.stats import percentile
 
 __all__ = [
     "METRICS",
     "CallResult",
     "EmulatorFigures",
+    "MeasuredCall",
     "Stats",
     "Summary",
     "active_calls_timeline",
@@ -63,7 +70,50 @@ METRICS: Mapping[str, str] = {
     "barge_in_ms": "barge-in latency",
     "truncation_error_ms": "truncation error",
     "underrun_gap_ms": "underrun gap",
+    "rtp_gap_deviation_ms": "RTP gap deviation",
 }
+
+
+class _Playback(Protocol):
+    """What the measurements read of a phone's playback model (`TwilioPlayout`, `RtpPlayout`)."""
+
+    @property
+    def spans(self) -> Sequence[PlayedSpan]: ...
+    @property
+    def underruns(self) -> Sequence[Underrun]: ...
+    @property
+    def received_ms(self) -> float: ...
+    @property
+    def played_ms(self) -> float: ...
+
+
+class MeasuredCall(Protocol):
+    """What `measure_call` reads of a finished call: a provider's `PhoneCall` or a `SipPhone`."""
+
+    @property
+    def call_sid(self) -> str: ...
+    @property
+    def connect_started_ms(self) -> float | None: ...
+    @property
+    def opened_ms(self) -> float | None: ...
+    @property
+    def first_media_ms(self) -> float | None: ...
+    @property
+    def marks(self) -> Sequence[MarkRecord]: ...
+    @property
+    def clears(self) -> Sequence[ReceivedClear]: ...
+    @property
+    def playout(self) -> _Playback: ...
+    @property
+    def response_latencies(self) -> Sequence[tuple[float, float]]: ...
+    @property
+    def barge_in_latencies(self) -> Sequence[tuple[float, float]]: ...
+    @property
+    def caller_audio_sent_ms(self) -> float: ...
+    @property
+    def frames_sent(self) -> int: ...
+    @property
+    def dtmf_sent(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +149,9 @@ class CallResult:
     barge_in_at_s: tuple[float, ...] = ()
     truncation_error_ms: tuple[float, ...] = ()
     underrun_gap_ms: tuple[float, ...] = ()
+    rtp_gap_deviation_ms: tuple[float, ...] = ()  # SIP
+    rtp_lost: int | None = None  # SIP
+    rtp_reordered: int | None = None  # SIP
     frames_sent: int = 0
     caller_audio_sent_ms: float = 0.0
     bot_audio_received_ms: float = 0.0
@@ -217,7 +270,7 @@ def _common_prefix(a: bytes, b: bytes) -> int:
 
 
 def measure_call(
-    call: PhoneCall,
+    call: MeasuredCall,
     *,
     index: int,
     scenario: str,
@@ -230,8 +283,10 @@ def measure_call(
     emulator: EmulatorFigures | None = None,
     append_ms: int = 20,
     keep_logs: bool = False,
+    rtp: tuple[Sequence[float], int, int] | None = None,
 ) -> CallResult:
-    """Turn what a finished call recorded into its `CallResult`."""
+    """Turn what a finished call recorded into its `CallResult`; `rtp` (SIP calls): the gateway's packet
+    gap deviations (ms), packets lost and reordered."""
     started = call.connect_started_ms if call.connect_started_ms is not None else ended_ms
 
     def rel(t: float) -> float:
@@ -268,6 +323,9 @@ def measure_call(
         barge_in_at_s=tuple(rel(t) for t, _ in call.barge_in_latencies),
         truncation_error_ms=truncation,
         underrun_gap_ms=tuple(round(u.gap_ms, 3) for u in call.playout.underruns),
+        rtp_gap_deviation_ms=() if rtp is None else tuple(round(v, 3) for v in rtp[0]),
+        rtp_lost=None if rtp is None else rtp[1],
+        rtp_reordered=None if rtp is None else rtp[2],
         frames_sent=call.frames_sent,
         caller_audio_sent_ms=call.caller_audio_sent_ms,
         bot_audio_received_ms=call.playout.received_ms,
@@ -345,12 +403,15 @@ class Summary:
     loop_lag_ms: Stats
     max_active: int
     scenarios: dict[str, int] = field(default_factory=dict)
+    rtp_lost: int | None = None  # SIP runs
+    rtp_reordered: int | None = None
 
 
 def aggregate(results: Sequence[CallResult], duration_s: float, loop_lag_ms: Iterable[float] = ()) -> Summary:
     """Combine per-call results into a `Summary`."""
     metrics = {key: stats(v for r in results for v in getattr(r, key)) for key in METRICS}
     embedded = [r for r in results if r.caller_frames_lost is not None]
+    sip = [r for r in results if r.rtp_lost is not None]
     timeline = active_calls_timeline(results)
     return Summary(
         calls=len(results),
@@ -368,6 +429,8 @@ def aggregate(results: Sequence[CallResult], duration_s: float, loop_lag_ms: Ite
         loop_lag_ms=stats(loop_lag_ms),
         max_active=max((n for _, n in timeline), default=0),
         scenarios=dict(Counter(r.scenario for r in results)),
+        rtp_lost=sum(r.rtp_lost or 0 for r in sip) if sip else None,
+        rtp_reordered=sum(r.rtp_reordered or 0 for r in sip) if sip else None,
     )
 
 

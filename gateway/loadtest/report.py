@@ -113,6 +113,8 @@ def _facts(summary: Summary) -> list[tuple[str, str]]:
         facts.append(("caller frames lost", str(summary.caller_frames_lost)))
     if summary.bot_audio_lost_ms is not None:
         facts.append(("bot audio lost", f"{summary.bot_audio_lost_ms:.1f} ms"))
+    if summary.rtp_lost is not None:
+        facts.append(("RTP from the gateway", f"{summary.rtp_lost} lost, {summary.rtp_reordered} reordered"))
     p99 = summary.loop_lag_ms.p99
     if p99 is not None and p99 > LAG_WARNING_MS:
         facts.append(("WARNING", f"generator loop lag p99 {p99:.1f} ms: the generator is overloaded"))

@@ -13,30 +13,38 @@ an absolute 20 ms schedule, then hang-up and its `CallResult`. A call's failure 
 error kind, never raised. `embedded_target()` starts an in-process emulator and gateway on loopback;
 with it, each call is also matched to its emulator session (by the `x-ms-client-request-id` the
 gateway derives from the CallSid) for truncation and lost-audio figures.
+
+With `provider="sip"` (`--sip`) each call is a `SipPhone` (`gateway.loadtest.sip_call`) placed to
+`sip_target`: INVITE and RTP instead of the webhook and the WebSocket, the same scenarios and figures;
+its Call-ID is the CallSid, so the emulator session is found the same way. `embedded_target(sip=True)`
+gives the in-process gateway a SIP listener on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import secrets
+import socket
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from gateway.emulator import EmulatorConfig, EmulatorServer, EmulatorSession
-from gateway.loadtest.caller import CallerCore, StepTimeout
+from gateway.loadtest.caller import CallerCore, PhoneView, StepTimeout
 from gateway.loadtest.client import FRAME_MS, PhoneCall, SharedTicker, monotonic_ms
 from gateway.loadtest.measure import (
     CallResult,
     EmulatorFigures,
+    MeasuredCall,
     Summary,
     aggregate,
     bot_audio_lost_ms,
@@ -44,7 +52,13 @@ from gateway.loadtest.measure import (
 )
 from gateway.loadtest.recordings import frames_in, silence_in
 from gateway.loadtest.script import Scenario
-from gateway.loadtest.wires import PROVIDERS, ProviderWire, make_wire
+from gateway.loadtest.sip_call import (
+    DEFAULT_PLAYOUT_DELAY_MS,
+    GATEWAY_HOLDBACK_MS,
+    SipCallError,
+    SipPhone,
+)
+from gateway.loadtest.wires import PROVIDERS, ULAW_8K, WireFrame, make_wire
 from gateway.realtime.session import AudioFormat
 from gateway.realtime.upstream import CLIENT_REQUEST_ID_HEADER, client_request_id
 from gateway.stats import percentile
@@ -57,8 +71,10 @@ __all__ = [
     "LiveStats",
     "RunConfig",
     "RunResult",
+    "ScenarioPhone",
     "call_sid",
     "embedded_target",
+    "free_rtp_ports",
     "media_url",
     "new_run_id",
     "public_base_url",
@@ -68,6 +84,7 @@ __all__ = [
 SESSION_CLOSE_WAIT_S = 3.0  # after hang-up, how long to wait for the emulator to record the session's end
 SID_HEX_DIGITS = 32  # a Twilio SID is two letters and 32 hex digits
 RUN_ID_HEX_DIGITS = 12  # 48 random bits: runs started at the same moment on many machines still differ
+SIP = "sip"  # the `provider` of SIP calls
 
 
 def new_run_id() -> str:
@@ -100,9 +117,15 @@ class RunConfig:
     keep_logs: bool = False  # keep each call's mark log and played spans in its result (tests)
     provider: str = "twilio"  # whose media stream the calls play (gateway.loadtest.wires.PROVIDERS)
     media_format: WireFormat | None = None  # the stream's format; default: the provider's
+    sip_target: tuple[str, int] | None = None  # provider "sip": the gateway's SIP listener (UDP)
+    playout_delay_ms: float = DEFAULT_PLAYOUT_DELAY_MS  # SIP: the simulated phone's jitter buffer
 
     def __post_init__(self) -> None:
-        make_wire(self.provider, "check", fmt=self.media_format)  # ValueError: unknown provider or format
+        if self.provider == SIP:
+            if self.sip_target is None or self.media_format not in (None, ULAW_8K):
+                raise ValueError("SIP calls need a target HOST:PORT and stream PCMU (ulaw/8000)")
+        else:
+            make_wire(self.provider, "check", fmt=self.media_format)  # ValueError: unknown provider/format
         if self.auth_token is not None and self.provider != "twilio":
             raise ValueError(
                 "signed calls (an auth token) are Twilio's: run the other providers' streams against a "
@@ -156,6 +179,8 @@ class EmbeddedTarget:
     emulator: EmulatorServer
     append_ms: int
     app: Any = None  # the gateway's aiohttp Application (soak runs read its state for leaks)
+    sip: tuple[str, int] | None = None  # its SIP listener (UDP), when started with sip=True
+    sip_jitter_ms: int = 40  # its SIP_JITTER_MS
 
     @property
     def base(self) -> str:
@@ -164,21 +189,49 @@ class EmbeddedTarget:
         return f"{parts.scheme}://{parts.netloc}"
 
 
+def free_rtp_ports(count: int) -> str:
+    """RTP_PORTS for a gateway on loopback: `count` ports (even and odd) from a random even port below
+    the kernel's ephemeral range whose first port is free now (the gateway skips any taken later)."""
+    while True:
+        start = random.randrange(20000, 32000 - count) & ~1
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.bind(("127.0.0.1", start))
+        except OSError:
+            continue
+        return f"{start}-{start + count - 1}"
+
+
 @contextlib.asynccontextmanager
 async def embedded_target(
-    emulator_config: EmulatorConfig | None = None, gateway_env: Mapping[str, str] | None = None
+    emulator_config: EmulatorConfig | None = None,
+    gateway_env: Mapping[str, str] | None = None,
+    *,
+    sip: bool = False,
 ) -> AsyncIterator[EmbeddedTarget]:
-    """Start the emulator and a gateway bridged to it, both on 127.0.0.1 with free ports."""
-    from gateway.app import start_on_loopback
+    """Start the emulator and a gateway bridged to it, both on 127.0.0.1 with free ports; with `sip`, the
+    gateway also listens for SIP on a free UDP port (RTP on free ports)."""
+    from gateway.app import STATE_KEY, start_on_loopback
     from gateway.config import load_settings
 
     async with EmulatorServer(emulator_config or EmulatorConfig()) as emulator:
         env = {"LOG_LEVEL": "warning", **(gateway_env or {})}
         env |= {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": "0", "REALTIME_URL": emulator.ga_url()}
+        if sip:
+            env |= {"SIP_LISTEN": "udp:127.0.0.1:0", "GATEWAY_WORKERS": "1"}
+            env.setdefault("RTP_PORTS", free_rtp_ports(1000))
         settings = load_settings(env)
         runner, port = await start_on_loopback(settings)
+        bound = runner.app[STATE_KEY].sip_bound if sip else []
         try:
-            yield EmbeddedTarget(f"ws://127.0.0.1:{port}/media", emulator, settings.append_ms, runner.app)
+            yield EmbeddedTarget(
+                f"ws://127.0.0.1:{port}/media",
+                emulator,
+                settings.append_ms,
+                runner.app,
+                sip=("127.0.0.1", bound[0][2]) if bound else None,
+                sip_jitter_ms=settings.sip_jitter_ms,
+            )
         finally:
             await runner.cleanup()
 
@@ -264,6 +317,8 @@ class CallRunner:
         sid = call_sid(self.config.run_id, index)
         self.live.started += 1
         self.live.active += 1
+        if self.config.provider == SIP:
+            return await self.run_sip_call(index, scenario, sid)
         error: str | None = None
         detail = ""
         twiml_ms = None
@@ -296,10 +351,71 @@ class CallRunner:
                 await call.hang_up(send_stop=error is None)
         if error is None and call.protocol_errors:
             error, detail = "protocol_error", call.protocol_errors[0]
-        ended = monotonic_ms()
-        figures = await self.emulator_figures(call) if self.emulator is not None and call.opened_ms else None
-        result = measure_call(
+        padding = call.wire.max_padding
+        return await self._record(
+            call, index, scenario, error, detail, twiml_ms=twiml_ms, max_padding=padding
+        )
+
+    async def run_sip_call(self, index: int, scenario: Scenario, sid: str) -> CallResult:
+        """Run one SIP call of `scenario` to its end (the Call-ID is the CallSid `sid`)."""
+        assert self.config.sip_target is not None
+        error: str | None = None
+        detail = ""
+        call = SipPhone(
+            self.config.sip_target,
+            call_sid=sid,
+            keep_audio=self.config.keep_audio,
+            playout_delay_ms=self.config.playout_delay_ms,
+            open_timeout_s=self.config.open_timeout_s,
+        )
+        try:
+            await call.open()
+            await play_scenario(call, scenario)
+        except SipCallError as exc:
+            error, detail = exc.kind, exc.detail
+        except _CallError as exc:
+            error, detail = exc.kind, exc.detail
+        except Exception as exc:  # a load generator reports, it does not crash
+            error, detail = f"client_error:{type(exc).__name__}", str(exc)[:200]
+        finally:
+            with contextlib.suppress(Exception):
+                await call.hang_up(send_stop=not call.closed)
+        if error is None and call.protocol_errors:
+            error, detail = "protocol_error", call.protocol_errors[0]
+        rtp = (call.gap_deviations_ms(), call.sequence.lost, call.sequence.reordered)
+        # The gateway pads a reply's last packet with up to 159 bytes of silence, and may hold back what
+        # its jitter buffer holds of the caller's audio (never appended when the call ends).
+        return await self._record(
             call,
+            index,
+            scenario,
+            error,
+            detail,
+            rtp=rtp,
+            max_padding=159,
+            holdback_ms=GATEWAY_HOLDBACK_MS,
+        )
+
+    async def _record(
+        self,
+        call: PhoneCall | SipPhone,
+        index: int,
+        scenario: Scenario,
+        error: str | None,
+        detail: str,
+        *,
+        twiml_ms: float | None = None,
+        rtp: tuple[list[float], int, int] | None = None,
+        max_padding: int = 0,
+        holdback_ms: int = 0,
+    ) -> CallResult:
+        ended = monotonic_ms()
+        figures = None
+        if self.emulator is not None and call.opened_ms:
+            figures = await self.emulator_figures(call, max_padding)
+        measured: MeasuredCall = call
+        result = measure_call(
+            measured,
             index=index,
             scenario=scenario.name,
             run_started_ms=self.t0_ms,
@@ -309,8 +425,9 @@ class CallRunner:
             bot_speaks_first=scenario.bot_speaks_first,
             twiml_ms=twiml_ms,
             emulator=figures,
-            append_ms=self.config.append_ms,
+            append_ms=self.config.append_ms + holdback_ms,
             keep_logs=self.config.keep_logs,
+            rtp=rtp,
         )
         self.results.append(result)
         self.live.active -= 1
@@ -327,7 +444,7 @@ class CallRunner:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise _CallError("connect_failed", f"{type(exc).__name__}: {exc}") from None
 
-    async def emulator_figures(self, call: PhoneCall) -> EmulatorFigures | None:
+    async def emulator_figures(self, call: PhoneCall | SipPhone, max_padding: int) -> EmulatorFigures | None:
         assert self.emulator is not None
         wanted = client_request_id(call.call_sid)
         emulator = self.emulator
@@ -342,7 +459,12 @@ class CallRunner:
             async with asyncio.timeout(SESSION_CLOSE_WAIT_S):
                 await emulator.wait_for(lambda: (s := session()) is not None and s.closed)
         found = session()
-        return None if found is None else emulator_figures(found, bytes(call.received_media), call.wire)
+        if found is None:
+            return None
+        # A SIP call hung up while the bot talked never got the rest of that reply: the gateway paces it
+        # out in real time, so it was not lost, just not sent yet.
+        cut = isinstance(call, SipPhone) and call.cut_by_hang_up
+        return emulator_figures(found, bytes(call.received_media), call.format, max_padding, last_cut=cut)
 
     async def run(self) -> None:
         config = self.config
@@ -377,7 +499,22 @@ class _CallError(Exception):
         self.kind, self.detail = kind, detail
 
 
-async def play_scenario(call: PhoneCall, scenario: Scenario) -> None:
+class ScenarioPhone(PhoneView, Protocol):
+    """What `play_scenario` drives: a provider's `PhoneCall` or a `SipPhone`."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def close_code(self) -> int | None: ...
+    @property
+    def format(self) -> WireFormat: ...
+    async def send_caller_frame(
+        self, frame: WireFrame, *, voiced: bool = ..., voice_end: bool = ..., interrupt_start: bool = ...
+    ) -> None: ...
+    async def send_dtmf(self, digit: str) -> None: ...
+
+
+async def play_scenario(call: ScenarioPhone, scenario: Scenario) -> None:
     """Play the scenario on an open call: one frame every 20 ms on an absolute schedule (no drift).
 
     Raises `_CallError` for a timeout or a socket the gateway closed before the script ended.
@@ -427,11 +564,17 @@ def _expected(audio: bytes, session_format: AudioFormat | None, wire: WireFormat
 
 
 def emulator_figures(
-    session: EmulatorSession, received: bytes, wire: ProviderWire | None = None
+    session: EmulatorSession,
+    received: bytes,
+    fmt: WireFormat = ULAW_8K,
+    max_padding: int = 0,
+    *,
+    last_cut: bool = False,
 ) -> EmulatorFigures:
     """The emulator's side of one call: caller audio it got, bot audio it sent and what of it was lost
-    (`received` is the phone's audio, in the format of `wire`: Twilio's mu-law by default)."""
-    fmt = wire.format if wire is not None else WireFormat.of("ulaw", 8000)
+    (`received` is the phone's audio in `fmt`, its replies' ends padded with up to `max_padding` bytes
+    of silence where the leg pads them; `last_cut`: the call ended while the last reply was still being
+    sent to the phone, so that one may have reached it as any prefix)."""
     items = [
         (
             _expected(bytes(item.audio), item.audio_format, fmt),
@@ -439,12 +582,14 @@ def emulator_figures(
         )
         for item in session.assistant_items
     ]
+    if last_cut and items:
+        items[-1] = (items[-1][0], False)
     lost = bot_audio_lost_ms(
         received,
         items,
         fmt.bytes_per_ms,
         silence=fmt.silence(1)[:1],
-        max_padding=0 if wire is None else wire.max_padding,
+        max_padding=max_padding,
     )
     return EmulatorFigures(
         caller_audio_received_ms=session.input_audio_ms,
@@ -455,10 +600,15 @@ def emulator_figures(
 
 
 def _describe(config: RunConfig) -> dict[str, Any]:
+    if config.provider == SIP:
+        assert config.sip_target is not None
+        url, fmt = f"sip:{config.sip_target[0]}:{config.sip_target[1]}", ULAW_8K
+    else:
+        url, fmt = config.url, config.media_format or make_wire(config.provider, "describe").format
     return {
-        "url": config.url,
+        "url": url,
         "provider": config.provider,
-        "format": str(config.media_format or make_wire(config.provider, "describe").format),
+        "format": str(fmt),
         "calls": config.calls,
         "concurrency": config.concurrency,
         "ramp_up_s": config.ramp_up_s,

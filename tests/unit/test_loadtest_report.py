@@ -63,6 +63,7 @@ def test_outputs_written_with_schema_and_images(tmp_path: Path) -> None:
         "barge_in_ms",
         "truncation_error_ms",
         "underrun_gap_ms",
+        "rtp_gap_deviation_ms",
     }
     assert set(summary["metrics"]["response_ms"]) == {"count", "mean", "p50", "p95", "p99", "max", "min"}
     assert summary["errors"] == {"timeout": 1}
