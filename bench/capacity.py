@@ -34,9 +34,11 @@ AUDIO_MODE g711 passes mu-law 8 kHz through: a provider that cannot stream it is
 
 `--provider sip` runs the calls over the native SIP leg instead (`bench.lean_sip`: INVITE, PCMU over RTP,
 BYE, one UDP socket per call) against a gateway with SIP_LISTEN and RTP_PORTS set. The table is the same,
-read for RTP: caller is packet sent -> its append, less the gateway's jitter buffer depth (40 ms, two
-packets: the append of frame j follows packet j + 2 + the resampler's lag); bot ("imm") is a reply's
-first delta -> its first RTP packet less the wait for the pacer's next 20 ms slot (`paced_latencies`;
+read for RTP: caller is packet sent -> its append (the gateway's jitter buffer hands a complete frame on
+at once: the append of frame j follows packet j + the resampler's lag; a packet later than its 40 ms
+deadline is concealed, so a load side that falls behind shows more appends than packets); bot ("imm")
+is a reply's first delta -> its first RTP packet less the wait for the pacer's next 20 ms slot
+(`paced_latencies`;
 the gateway paces the rest of a reply itself, so later deltas are not matched); and below the table, per
 step: the RTP jitter (|gap - 20 ms| between consecutive packets of the gateway, p50/p99: its pacing),
 packets lost, and the answer time (INVITE sent -> 200 OK, p50/p99). A SIP step is within bound when the
@@ -979,7 +981,7 @@ def render(run: CapacityRun) -> str:
             lines.append(_sip_row(sip[step.calls]))
     if run.sip:
         lines.append(
-            "sip: caller = RTP packet sent -> append, less the gateway's 40 ms jitter buffer; bot (imm) = a "
+            "sip: caller = RTP packet sent -> append; bot (imm) = a "
             "reply's first delta -> its first RTP packet, less the wait for the pacer's 20 ms slot; RTP "
             "jitter = |gap - 20 ms| between the gateway's packets (within bound only when its p99 is too)"
         )
