@@ -14,7 +14,8 @@ RTCP (RFC 3550) runs on the RTP port + 1, or on the RTP port itself when the off
 and a BYE when the call ends. What the peer reports is counted and logged at the end of the call, never
 acted on: RTCP garbage cannot disturb the call.
 
-Bot audio is paced here: one RTP packet of `ptime` every `ptime` ms on an absolute schedule, silence
+Bot audio is paced here: one RTP packet of `ptime` every `ptime` ms on an absolute schedule kept by
+`RtpClock`, one timer for every call of the server (one wake-up a period for all of them), silence
 when there is nothing to say (peers and SBCs expect a steady stream; a silent one trips their RTP
 timeouts). A clear (barge-in) empties the queue at once: a local flush, nothing to ask the peer. What
 the caller heard is what was sent minus the far end's jitter buffer: once a chunk's last byte has gone
@@ -28,7 +29,6 @@ hold), and asks the SIP side to hang up (BYE) when the bridge closes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -67,7 +67,7 @@ from gateway.telephony.events import (
 from telcodec import WireFormat
 from telcodec.g722 import SILENCE_CODE, G722Decoder, G722Encoder
 
-__all__ = ["TRANSFERRED", "MediaPlan", "RtpChannel", "SipMediaDialect"]
+__all__ = ["TRANSFERRED", "MediaPlan", "RtpChannel", "RtpClock", "SipMediaDialect"]
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +137,49 @@ class _RtcpProtocol(asyncio.DatagramProtocol):
         log.debug("rtcp_socket_error", error=str(exc))
 
 
+class RtpClock:
+    """One timer for the RTP of every call: every `period_s`, on an absolute schedule, each channel's
+    `tick(now)` (its packet out, its due confirmations and jitter-buffer frames, its RTCP and timeout
+    checks). One wake-up a period for all calls rather than one per call: cheaper, and a call's packets
+    leave at the same moment of every period. Runs while it has channels."""
+
+    def __init__(self, period_s: float = 0.020) -> None:
+        self.period_s = period_s
+        self._channels: dict[RtpChannel, None] = {}  # an ordered set
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, channel: RtpChannel) -> None:
+        """Tick `channel` from the next period on."""
+        self._channels[channel] = None
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    def remove(self, channel: RtpChannel) -> None:
+        """No more ticks for `channel` (none is running: this is the loop's only thread)."""
+        self._channels.pop(channel, None)
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    async def _run(self) -> None:
+        due = time.monotonic()
+        try:
+            while self._channels:
+                now = time.monotonic()
+                for channel in list(self._channels):
+                    try:
+                        channel.tick(now)
+                    except Exception:  # a bug in one call's media must not stop every other call's
+                        log.exception("rtp_tick_failed", call_id=channel.call.call_id)
+                        self._channels.pop(channel, None)
+                due += self.period_s
+                if due < now - self.period_s:  # the loop fell behind: do not burst to catch up
+                    due = now
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+        finally:
+            self._task = None
+
+
 class RtpChannel:
     """One SIP call's RTP (see the module docstring). `await open(...)`, then hand it to the bridge."""
 
@@ -151,8 +194,11 @@ class RtpChannel:
         on_ready: Callable[[], None] | None = None,
         on_stray: Callable[[], None] | None = None,
         rtcp_interval_s: float = RTCP_INTERVAL_S,
+        clock: RtpClock | None = None,
     ) -> None:
+        """`clock`: the timer shared by every call of a server (a channel of its own without one)."""
         self.call = call
+        self._clock = clock if clock is not None else RtpClock()
         self.plan = plan
         self.dialect = SipMediaDialect(call)
         self.jitter_ms = jitter_ms
@@ -192,7 +238,6 @@ class RtpChannel:
         self._confirm: deque[tuple[float, int]] = deque()  # (due monotonic s, position) to confirm
         self._talking = False
         self._last_rtp = time.monotonic()
-        self._ticker: asyncio.Task[None] | None = None
         self._ended: str | None = None  # why the peer ended the call
         self._closed = False
         self._gone = asyncio.Event()  # set when the SIP side ended the call
@@ -225,7 +270,7 @@ class RtpChannel:
                 last = exc
                 continue
             self._transport, self._rtcp_transport = transport, rtcp
-            self._ticker = asyncio.create_task(self._tick_loop())
+            self._clock.add(self)
             return port
         raise last or OSError("no RTP port pair free")
 
@@ -397,23 +442,17 @@ class RtpChannel:
         while self._chunks and self._chunks[0][1] <= self._sent:
             self._confirm.append((due, self._chunks.popleft()[0]))
 
-    async def _tick_loop(self) -> None:
-        period = self.plan.ptime_ms / 1000
-        due = time.monotonic()
-        while True:
-            now = time.monotonic()
-            self._send_frame(now)
-            while self._confirm and self._confirm[0][0] <= now:
-                self._events.put_nowait(PlayedTo(self._confirm.popleft()[1]))
-            self._drain_jitter(now)
-            if self._rtcp.due(now):
-                self._send_rtcp(now)
-            if not self.plan.on_hold and now - self._last_rtp > self.rtp_timeout_s:
-                self.peer_hung_up(RTP_TIMEOUT)
-            due += period
-            if due < now - period:  # the loop fell behind: do not burst to catch up
-                due = now
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+    def tick(self, now: float) -> None:
+        """One period of the call's media (the clock calls it every 20 ms): the next packet out, the
+        confirmations and caller frames now due, RTCP, and the RTP timeout."""
+        self._send_frame(now)
+        while self._confirm and self._confirm[0][0] <= now:
+            self._events.put_nowait(PlayedTo(self._confirm.popleft()[1]))
+        self._drain_jitter(now)
+        if self._rtcp.due(now):
+            self._send_rtcp(now)
+        if not self.plan.on_hold and now - self._last_rtp > self.rtp_timeout_s:
+            self.peer_hung_up(RTP_TIMEOUT)
 
     def _send_rtcp(self, now: float, bye: bool = False) -> None:
         """Our report (SR once we have sent RTP, else RR; with a block on the caller's stream), unless the
@@ -444,10 +483,7 @@ class RtpChannel:
         if self._closed:
             return
         self._closed = True
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        self._clock.remove(self)
         self._send_rtcp(time.monotonic(), bye=True)
         self._log_summary()
         if self._transport is not None:

@@ -34,7 +34,7 @@ import structlog
 
 from gateway.call.outcome import Outcome
 from gateway.metrics import GatewayMetrics
-from gateway.sip.channel import TRANSFERRED, MediaPlan, RtpChannel
+from gateway.sip.channel import TRANSFERRED, MediaPlan, RtpChannel, RtpClock
 from gateway.sip.message import SipParseError, SipUri, StreamFramer, bare_host
 from gateway.sip.register import (
     UNREGISTER_WAIT_S,
@@ -206,6 +206,7 @@ class SipServer:
         self.calls: dict[str, _Call] = {}
         self._servers: list[asyncio.Server] = []
         self._lookups: set[asyncio.Task[None]] = set()  # sends waiting for a host name to resolve
+        self.clock = RtpClock()  # one 20 ms timer for every call's RTP
         self._timer: asyncio.TimerHandle | None = None
         self._connections = itertools.count(1)
         self._networks = tuple(ipaddress.ip_network(cidr) for cidr in settings.allow_from)
@@ -481,6 +482,7 @@ class SipServer:
             hang_up=lambda: self._hang_up(call.call_id),
             on_ready=lambda: self._answer(call),
             on_stray=self.count_stray_rtp,
+            clock=self.clock,
         )
         try:
             port = await channel.open(self.rtp_host, self._ports)

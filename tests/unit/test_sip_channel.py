@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from gateway.call.outcome import Outcome
-from gateway.sip.channel import MediaPlan, RtpChannel
+from gateway.sip.channel import MediaPlan, RtpChannel, RtpClock
 from gateway.sip.rtp import ReceptionStats, RtcpReporter, RtpSender, is_rtcp, parse_rtp
 from gateway.telephony.events import CallStarted, MediaReceived, PlayAudio, PlayedTo
 from telcodec import WireFormat
@@ -225,3 +225,41 @@ async def test_port_pairs_skip_a_taken_rtcp_port() -> None:
         blocked = RtpChannel(CallStarted("s", "c", "", ("inbound",)), plan)
         with pytest.raises(OSError, match="in use"):
             await blocked.open("127.0.0.1", range(ports[0], ports[2]))
+
+
+class _Ticked:
+    """A stand-in for a channel on the clock: records its ticks, or fails on its second."""
+
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.call = CallStarted(stream_id=name, call_id=name, account_id="", tracks=("inbound",))
+        self.ticks: list[float] = []
+        self.fail = fail
+
+    def tick(self, now: float) -> None:
+        self.ticks.append(now)
+        if self.fail and len(self.ticks) == 2:
+            raise RuntimeError("a bug in one call")
+
+
+async def test_one_clock_ticks_every_call_and_survives_a_failing_one() -> None:
+    """The shared clock ticks every channel in the same wake-up, period after period; a channel whose
+    tick raises is dropped (and logged) while the others go on; without channels the clock's task ends."""
+    clock = RtpClock(period_s=0.02)
+    first, second, broken = _Ticked("a"), _Ticked("b"), _Ticked("c", fail=True)
+    for channel in (first, second, broken):
+        clock.add(channel)  # type: ignore[arg-type]
+    for _ in range(500):  # until five periods have passed, however slow the machine
+        if len(first.ticks) >= 5:
+            break
+        await asyncio.sleep(0.01)
+    assert len(broken.ticks) == 2
+    assert len(clock) == 2
+    assert first.ticks == second.ticks  # one wake-up for all
+    assert len(first.ticks) >= 5
+    clock.remove(first)  # type: ignore[arg-type]
+    clock.remove(second)  # type: ignore[arg-type]
+    for _ in range(500):
+        if clock._task is None:
+            break
+        await asyncio.sleep(0.01)
+    assert clock._task is None
