@@ -18,7 +18,13 @@ from gateway.config import Settings
 from gateway.errors import AuthError, ConfigError
 from gateway.realtime.auth import Credential, EntraToken, StaticKey, TokenProvider, azure_token_provider
 from gateway.realtime.endpoint import EndpointKind, RealtimeEndpoint, resolve_endpoint
-from gateway.realtime.session import AudioFormat, SessionSettings, TurnDetection
+from gateway.realtime.session import (
+    AudioFormat,
+    NoiseReduction,
+    SessionSettings,
+    TurnDetection,
+    TurnDetectionType,
+)
 from gateway.realtime.upstream import Upstream
 from gateway.sip.settings import SipSettings
 from gateway.telephony.acs import DEFAULT_OPENID_URL, AcsOptions
@@ -93,12 +99,19 @@ def session_settings_from(settings: Settings) -> SessionSettings:
         input_format=audio,
         output_format=audio,
         turn_detection=TurnDetection(
+            type=TurnDetectionType(settings.vad_type),
+            eagerness=settings.vad_eagerness,  # type: ignore[arg-type]  # one of _choice's options
             threshold=settings.vad_threshold,
             prefix_padding_ms=settings.vad_prefix_padding_ms,
             silence_duration_ms=settings.vad_silence_duration_ms,
             interrupt_response=settings.vad_interrupt_response,
         ),
         transcription_model=settings.transcription_model,
+        noise_reduction=(
+            None if settings.noise_reduction == "off" else NoiseReduction(settings.noise_reduction)
+        ),
+        temperature=settings.temperature,
+        max_output_tokens=settings.max_output_tokens,
         greeting=settings.bot_greeting,
     )
 

@@ -132,6 +132,22 @@ class _Choice:
         return value
 
 
+def _opt_float_in(lo: float, hi: float) -> Callable[[str], float | None]:
+    within = _float_in(lo, hi)
+
+    def parse(raw: str) -> float | None:
+        return within(raw) if raw else None
+
+    return parse
+
+
+def _tokens(raw: str) -> int | None:
+    """`inf` (no limit: None) or a token count, 1..4096."""
+    if raw.strip().lower() == "inf":
+        return None
+    return _int_in(1, 4096)(raw)
+
+
 def _choice(*options: str) -> _Choice:
     return _Choice(*options)
 
@@ -427,6 +443,41 @@ SETTINGS: tuple[Setting, ...] = (
         _opt_str,
         "caller transcription model, e.g. whisper-1",
     ),
+    Setting(
+        "VAD_TYPE",
+        "vad_type",
+        "server_vad",
+        _choice("server_vad", "semantic_vad"),
+        "who ends the caller's turn: server_vad (a silence) or semantic_vad (the model judges the words)",
+    ),
+    Setting(
+        "VAD_EAGERNESS",
+        "vad_eagerness",
+        "auto",
+        _choice("low", "medium", "high", "auto"),
+        "semantic_vad: how soon the bot takes its turn (low waits longest)",
+    ),
+    Setting(
+        "NOISE_REDUCTION",
+        "noise_reduction",
+        "off",
+        _choice("near_field", "far_field", "off"),
+        "the service's input noise reduction: near_field (handsets), far_field (speakerphones), off",
+    ),
+    Setting(
+        "MAX_OUTPUT_TOKENS",
+        "max_output_tokens",
+        "inf",
+        _tokens,
+        "the longest reply the model may give, in tokens (1..4096), or inf",
+    ),
+    Setting(
+        "TEMPERATURE",
+        "temperature",
+        "",
+        _opt_float_in(0.6, 1.2),
+        "sampling temperature, 0.6..1.2 (the preview protocol only: GA has none)",
+    ),
     Setting("VAD_THRESHOLD", "vad_threshold", "0.5", _float_in(0.0, 1.0), "server VAD threshold"),
     Setting("VAD_PREFIX_PADDING_MS", "vad_prefix_padding_ms", "300", _int_in(0, 5000), "server VAD padding"),
     Setting(
@@ -685,6 +736,11 @@ class Settings:
     bot_voice: str
     bot_greeting: str | None
     transcription_model: str | None
+    vad_type: str
+    vad_eagerness: str
+    noise_reduction: str
+    max_output_tokens: int | None
+    temperature: float | None
     vad_threshold: float
     vad_prefix_padding_ms: int
     vad_silence_duration_ms: int
@@ -875,6 +931,7 @@ def _check_combinations(settings: Settings) -> None:
         )
     if bool(settings.sip_username) != bool(settings.sip_password):
         raise ConfigError("SIP_USERNAME and SIP_PASSWORD go together: set both, or neither")
+    _check_session(settings)
     if settings.sip_rate_limit and settings.sip_rate_burst < settings.sip_rate_limit:
         raise ConfigError(
             f"SIP_RATE_BURST={settings.sip_rate_burst} is below SIP_RATE_LIMIT={settings.sip_rate_limit}: "
@@ -884,6 +941,22 @@ def _check_combinations(settings: Settings) -> None:
     _check_sip_registrar(settings)
     if settings.realtime_auth == "key" and not settings.backend_key():
         raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY, AZURE_OPENAI_API_KEY or OPENAI_API_KEY")
+
+
+def _check_session(settings: Settings) -> None:
+    """Session settings that the chosen VAD or protocol would ignore are mistakes: say so at start-up."""
+    if settings.vad_eagerness != "auto" and settings.vad_type != "semantic_vad":
+        raise ConfigError(
+            f"VAD_EAGERNESS={settings.vad_eagerness} applies to VAD_TYPE=semantic_vad only "
+            f"(VAD_TYPE={settings.vad_type} ends turns on silence: tune VAD_SILENCE_DURATION_MS)"
+        )
+    endpoint = settings.endpoint()
+    ga = endpoint is None or endpoint.protocol.value == "ga"  # the embedded emulator speaks GA by default
+    if settings.temperature is not None and ga:
+        raise ConfigError(
+            "TEMPERATURE applies to the preview protocol only: the GA protocol has no temperature "
+            "(unset it, or use a preview endpoint / REALTIME_PROTOCOL=preview)"
+        )
 
 
 def _check_sip_tls(settings: Settings) -> None:

@@ -32,6 +32,7 @@ DEFAULT_VOICE: Final = "alloy"  # a voice both protocols know; GA adds marin and
 PCM16_SAMPLE_RATE: Final = 24000
 G711_SAMPLE_RATE: Final = 8000
 TEMPERATURE_RANGE: Final = (0.6, 1.2)
+MAX_OUTPUT_TOKENS: Final = 4096  # the services' ceiling for one reply
 SPEED_RANGE: Final = (0.25, 1.5)
 
 Eagerness = Literal["low", "medium", "high", "auto"]
@@ -173,6 +174,7 @@ class SessionSettings:
     model: str | None = None  # GA session.model; preview takes the deployment from the URL instead
     temperature: float | None = None  # preview only: GA has no temperature
     speed: float | None = None  # GA only
+    max_output_tokens: int | None = None  # a reply's longest, 1..4096 (None: "inf", the service's default)
     greeting: str | None = None
 
     def __post_init__(self) -> None:
@@ -183,6 +185,10 @@ class SessionSettings:
         low, high = TEMPERATURE_RANGE
         if self.temperature is not None and not low <= self.temperature <= high:
             raise ValueError(f"temperature must be within {low}..{high}, got {self.temperature}")
+        if self.max_output_tokens is not None and not 1 <= self.max_output_tokens <= MAX_OUTPUT_TOKENS:
+            raise ValueError(
+                f"max_output_tokens must be within 1..{MAX_OUTPUT_TOKENS}, got {self.max_output_tokens}"
+            )
         low, high = SPEED_RANGE
         if self.speed is not None and not low <= self.speed <= high:
             raise ValueError(f"speed must be within {low}..{high}, got {self.speed}")
@@ -215,6 +221,8 @@ def session_update_ga(settings: SessionSettings) -> dict[str, Any]:
         session["instructions"] = settings.instructions
     session["output_modalities"] = ["audio"]
     session["audio"] = {"input": audio_in, "output": audio_out}
+    if settings.max_output_tokens is not None:
+        session["max_output_tokens"] = settings.max_output_tokens
     return {"type": "session.update", "session": session}
 
 
@@ -233,6 +241,8 @@ def session_update_preview(settings: SessionSettings) -> dict[str, Any]:
     session["turn_detection"] = settings.turn_detection.to_dict(with_idle_timeout=False)
     if settings.temperature is not None:
         session["temperature"] = settings.temperature
+    if settings.max_output_tokens is not None:
+        session["max_response_output_tokens"] = settings.max_output_tokens
     return {"type": "session.update", "session": session}
 
 

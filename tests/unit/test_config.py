@@ -46,6 +46,13 @@ def test_defaults_use_the_emulator() -> None:
         ),
         ({"REALTIME_AUTH": "key"}, "REALTIME_AUTH"),
         ({"REALTIME_AUTH": "cert"}, "REALTIME_AUTH"),
+        ({"VAD_TYPE": "energy"}, "VAD_TYPE"),
+        ({"VAD_EAGERNESS": "low"}, "VAD_EAGERNESS"),  # applies to semantic_vad only
+        ({"NOISE_REDUCTION": "studio"}, "NOISE_REDUCTION"),
+        ({"MAX_OUTPUT_TOKENS": "5000"}, "MAX_OUTPUT_TOKENS"),
+        ({"MAX_OUTPUT_TOKENS": "0"}, "MAX_OUTPUT_TOKENS"),
+        ({"TEMPERATURE": "2"}, "TEMPERATURE"),
+        ({"TEMPERATURE": "0.8"}, "TEMPERATURE"),  # the embedded emulator speaks GA: no temperature
         ({"SIP_LISTEN": "sctp:0.0.0.0:5060"}, "SIP_LISTEN"),
         ({"SIP_LISTEN": "tls:0.0.0.0:5061"}, "SIP_TLS_CERT"),
         ({"SIP_LISTEN": "udp:0.0.0.0:5060", "SIP_TLS_CERT": "/etc/ssl/sip.pem"}, "SIP_TLS_CERT"),
@@ -197,3 +204,19 @@ def test_providers_setting_names_known_providers() -> None:
     assert load_settings({"GATEWAY_PROVIDERS": " Twilio , twilio"}).providers == ("twilio",)
     with pytest.raises(ConfigError, match=r"unknown provider.*bogus.*known: twilio"):
         load_settings({"GATEWAY_PROVIDERS": "twilio,bogus"})
+
+
+def test_session_settings_for_the_preview_protocol() -> None:
+    """TEMPERATURE is taken where the protocol has it; semantic VAD takes its eagerness; MAX_OUTPUT_TOKENS
+    accepts inf (no limit)."""
+    settings = load_settings(
+        {
+            "REALTIME_URL": "wss://r.openai.azure.com/openai/realtime?api-version=2024-10-01-preview&deployment=d",
+            "REALTIME_API_KEY": "k",
+            "TEMPERATURE": "0.7",
+            "VAD_TYPE": "semantic_vad",
+            "VAD_EAGERNESS": "high",
+            "MAX_OUTPUT_TOKENS": "inf",
+        }
+    )
+    assert (settings.temperature, settings.vad_eagerness, settings.max_output_tokens) == (0.7, "high", None)
