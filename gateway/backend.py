@@ -14,6 +14,7 @@ import structlog
 from gateway.call.bargein import BargeInMode, CancelPolicy
 from gateway.call.bridge import BridgeSettings
 from gateway.call.core import CallConfig
+from gateway.call.dtmf import DtmfSettings
 from gateway.config import Settings
 from gateway.errors import AuthError, ConfigError
 from gateway.realtime.auth import Credential, EntraToken, StaticKey, TokenProvider, azure_token_provider
@@ -80,6 +81,12 @@ def bridge_settings_from(settings: Settings, session: SessionSettings) -> Bridge
             create_response=session.turn_detection.create_response,
             vad_silence_ms=session.turn_detection.silence_duration_ms,
             greeting=session.greeting,
+            dtmf=DtmfSettings(
+                forward=settings.dtmf_mode == "forward",
+                terminator=settings.dtmf_terminator,
+                max_keys=settings.dtmf_max_digits,
+                pause_ms=settings.dtmf_pause_ms,
+            ),
         ),
         start_timeout_s=settings.start_timeout_s,
         caller_idle_timeout_s=settings.caller_idle_timeout_s,

@@ -141,6 +141,16 @@ def _opt_float_in(lo: float, hi: float) -> Callable[[str], float | None]:
     return parse
 
 
+def _dtmf_key(raw: str) -> str:
+    """One DTMF key (0-9, *, #, A-D), or `none`."""
+    value = raw.strip().upper()
+    if value == "NONE":
+        return ""
+    if len(value) != 1 or value not in "0123456789*#ABCD":
+        raise ValueError("expected one DTMF key (0-9, *, #, A-D) or none")
+    return value
+
+
 def _tokens(raw: str) -> int | None:
     """`inf` (no limit: None) or a token count, 1..4096."""
     if raw.strip().lower() == "inf":
@@ -478,6 +488,22 @@ SETTINGS: tuple[Setting, ...] = (
         _opt_float_in(0.6, 1.2),
         "sampling temperature, 0.6..1.2 (the preview protocol only: GA has none)",
     ),
+    Setting(
+        "DTMF_MODE",
+        "dtmf_mode",
+        "forward",
+        _choice("forward", "off"),
+        "forward: the caller's keys reach the model as a user message (and interrupt the bot); off: counted",
+    ),
+    Setting(
+        "DTMF_TERMINATOR",
+        "dtmf_terminator",
+        "#",
+        _dtmf_key,
+        "the key that ends an entry of keys (none: only a count or a pause ends it)",
+    ),
+    Setting("DTMF_MAX_DIGITS", "dtmf_max_digits", "0", _int_in(0, 64), "keys that end an entry (0: none)"),
+    Setting("DTMF_PAUSE_MS", "dtmf_pause_ms", "2000", _int_in(100, 60000), "a pause that ends an entry"),
     Setting("VAD_THRESHOLD", "vad_threshold", "0.5", _float_in(0.0, 1.0), "server VAD threshold"),
     Setting("VAD_PREFIX_PADDING_MS", "vad_prefix_padding_ms", "300", _int_in(0, 5000), "server VAD padding"),
     Setting(
@@ -736,6 +762,10 @@ class Settings:
     bot_voice: str
     bot_greeting: str | None
     transcription_model: str | None
+    dtmf_mode: str
+    dtmf_terminator: str
+    dtmf_max_digits: int
+    dtmf_pause_ms: int
     vad_type: str
     vad_eagerness: str
     noise_reduction: str

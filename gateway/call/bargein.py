@@ -61,7 +61,7 @@ BENIGN_TRUNCATE_MESSAGE = "already shorter than"
 
 BargeInCommand = ClearPlayback | CancelResponse | TruncateItem
 ErrorClass = Literal["benign_cancel", "benign_truncate", "other"]
-SpeechSource = Literal["server", "local"]
+SpeechSource = Literal["server", "local", "key"]
 
 
 class CallState(Enum):
@@ -336,6 +336,10 @@ class BargeInController:
             return self._ignore(Verdict.NOT_AUDIBLE, "local", now_ms)
         return self._speech("local", now_ms)
 
+    def on_key_press(self, now_ms: int) -> SpeechDecision:
+        """The caller pressed a key (in any barge-in mode: a key press is never the bot's echo)."""
+        return self._speech("key", now_ms)
+
     def _speech(self, source: SpeechSource, now_ms: int) -> SpeechDecision:
         if self._state is CallState.INTERRUPTED:
             return self._ignore(Verdict.ALREADY_INTERRUPTED, source, now_ms)
@@ -347,7 +351,7 @@ class BargeInController:
         cleared = self._tracker.clear(now_ms)
         commands: list[BargeInCommand] = [ClearPlayback()]
         interrupted = tuple(self._active)
-        if self._should_cancel():
+        if self._should_cancel() or source == "key":  # the service's VAD never hears a key: always cancel
             commands.extend(CancelResponse(rid) for rid in interrupted)
         truncate = self._truncation(cleared)
         if truncate is not None:

@@ -17,7 +17,7 @@ The I/O around it (`bridge.py`) moves bytes, stamps time and counts. Nothing in 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.call.audio import TWILIO_FORMAT, CallAudio
 from gateway.call.bargein import (
@@ -28,6 +28,7 @@ from gateway.call.bargein import (
     SpeechDecision,
     Verdict,
 )
+from gateway.call.dtmf import DtmfSettings, KeyCollector, keys_message
 from gateway.call.localvad import LocalVad
 from gateway.call.outcome import Outcome
 from gateway.call.playback import PlaybackTracker
@@ -38,6 +39,7 @@ from gateway.realtime.events import (
     AudioDelta,
     AudioDone,
     CancelResponse,
+    CreateItem,
     CreateResponse,
     ErrorReported,
     RealtimeCommand,
@@ -86,6 +88,7 @@ class CallConfig:
     create_response: bool = True  # the session's VAD starts a response when the caller stops
     vad_silence_ms: int = 500  # speech_stopped.audio_end_ms includes this much silence
     greeting: str | None = None
+    dtmf: DtmfSettings = field(default_factory=DtmfSettings)
 
 
 # -- notes: what happened, for the I/O layer's metrics and logs --------------------------------------
@@ -180,6 +183,7 @@ class CallCore:
         self.timeline = CallerTimeline()
         self._local_vad = LocalVad(leg_format.rate) if config.barge_in is not BargeInMode.SERVER else None
         self._budget = FrameBudget(FRAMES_PER_S, FLOOD_BURST_FRAMES)
+        self._keys = KeyCollector(config.dtmf)
         self._append_bytes = session_format.bytes_per_ms * config.append_ms
         self._playout = playout
         ahead_ms = playout.max_ahead_ms
@@ -261,6 +265,8 @@ class CallCore:
                 self._speech(self.bargein.on_local_speech(now_ms))
         self._append_buffer += self.audio.caller_to_session(payload)
         self.timeline.on_audio(self.leg_format.duration_ms(len(payload)), now_ms)
+        if (keys := self._keys.poll(now_ms)) is not None:  # the caller paused after some keys
+            self._tell_keys(keys)
         # Appends are whole multiples of APPEND_MS; the resampler's held-back delay waits for the next.
         ready = len(self._append_buffer) - len(self._append_buffer) % self._append_bytes
         if ready:
@@ -272,8 +278,20 @@ class CallCore:
         self.tracker.on_played_to(position, now_ms)
 
     def receive_dtmf(self, digit: str, now_ms: int) -> None:
-        """The caller pressed a key (counted; the model does not hear keys yet)."""
+        """The caller pressed a key: counted; with DTMF forwarding, a barge-in while the bot talks, and
+        collected into an entry the model is told of once it ends (terminator, count, or a pause)."""
         self._notes.append(DtmfPressed(digit))
+        if not self.config.dtmf.forward:
+            return
+        self._speech(self.bargein.on_key_press(now_ms))
+        keys = self._keys.press(digit, now_ms)
+        if keys is not None:
+            self._tell_keys(keys)
+
+    def _tell_keys(self, keys: str) -> None:
+        """One user item naming the keys, then a response to it."""
+        self._to_realtime.append(CreateItem("user", keys_message(keys)))
+        self._to_realtime.append(CreateResponse())
 
     # -- the realtime side ---------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
-"""The realtime session's settings an operator sets (VAD_TYPE, VAD_EAGERNESS, NOISE_REDUCTION,
-MAX_OUTPUT_TOKENS, TEMPERATURE) reach the service in the right shape for each protocol, over real sockets:
-the emulator validates every session.update as the service does (an unknown or malformed field is an
-error event) and keeps the session it makes of them."""
+"""What an operator's settings make the realtime service receive, over real sockets: the session's
+settings (VAD_TYPE, VAD_EAGERNESS, NOISE_REDUCTION, MAX_OUTPUT_TOKENS, TEMPERATURE) in the right shape
+for each protocol, and the caller's keys (DTMF_MODE). The emulator validates every session.update as the
+service does (an unknown or malformed field is an error event) and keeps the session it makes of them."""
 
 from __future__ import annotations
 
@@ -85,3 +85,38 @@ async def test_defaults_send_none_of_them() -> None:
     assert sent["audio"]["input"]["turn_detection"]["type"] == "server_vad"
     assert "noise_reduction" not in sent["audio"]["input"]
     assert "max_output_tokens" not in sent
+
+
+@pytest.mark.parametrize("mode", ["forward", "off"])
+async def test_caller_keys_reach_the_model(mode: str) -> None:
+    """A Twilio caller presses 1 2 3 #: with DTMF_MODE=forward the service receives one user item naming
+    the keys, then response.create, and the bot's answer comes back; with off, the keys are only counted."""
+    async with EmulatorServer(EmulatorConfig(realtime_factor=10.0, reply_ms=400)) as emulator:
+        gateway = await start_gateway({"REALTIME_URL": emulator.ga_url(), "DTMF_MODE": mode})
+        try:
+            async with TwilioCall(gateway.media_url) as call:
+                await call.send_audio(silence_ulaw(200), realtime=False)
+                await wait_for(lambda: bool(emulator.sessions))
+                for key in "123#":
+                    await call.send_dtmf(key)
+                await call.send_audio(silence_ulaw(600), realtime=True, speed=4)
+                if mode == "forward":
+                    await wait_for(lambda: bool(emulator.sessions[0].responses))
+                    await wait_for(lambda: len(call.received_media) > 0)
+        finally:
+            await gateway.runner.cleanup()
+    events = emulator.sessions[0].client_events
+    items = [e["item"] for e in events if e["type"] == "conversation.item.create"]
+    assert gateway.state.metrics.dtmf._value.get() == 4
+    if mode == "off":
+        assert items == []
+        return
+    assert items == [
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "The caller pressed 1 2 3 #"}],
+        }
+    ]
+    kinds = [e["type"] for e in events]
+    assert kinds.index("response.create") > kinds.index("conversation.item.create")

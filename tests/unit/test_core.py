@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.call.bargein import BargeInMode
-from gateway.call.core import Answered, BargedIn, CallConfig, CallCore, CallMustEnd, Note
+from gateway.call.core import Answered, BargedIn, CallConfig, CallCore, CallMustEnd, DtmfPressed, Note
+from gateway.call.dtmf import DtmfSettings
 from gateway.call.outcome import Outcome
 from gateway.emulator.session import Accepted, EmulatorConfig, EmulatorSession
 from gateway.loadtest.playout import TwilioPlayout
@@ -304,3 +305,65 @@ def test_max_ahead_holds_audio_until_playback_catches_up() -> None:
         released += 1
     assert released == 2  # 60 ms queued at 60: two frames bring it back to 100 ms
     assert core.tracker.queued_samples(60) == 100 * 8
+
+
+def _key_items(call: SimCall) -> list[str]:
+    """The texts of the user items the session received (what the model was told of keys)."""
+    return [
+        part["text"]
+        for event in call.session.client_events
+        if event["type"] == "conversation.item.create"
+        for part in event["item"]["content"]  # type: ignore[index, union-attr]
+    ]
+
+
+def test_keys_reach_the_model_as_one_user_item_then_a_response() -> None:
+    """1 2 3 # -> one user item naming the keys, then response.create; the model answers it."""
+    call = SimCall()
+    for key in "123#":
+        call.advance(call.now + 150)
+        call.core.receive_dtmf(key, int(call.now))
+        call._flush()
+    assert _key_items(call) == ["The caller pressed 1 2 3 #"]
+    kinds = [event["type"] for event in call.session.client_events]
+    assert kinds.index("response.create") > kinds.index("conversation.item.create")
+    call.speak(silence_ulaw(400))
+    assert call.session.responses
+    assert [n.digit for n in call.notes if isinstance(n, DtmfPressed)] == list("123#")
+
+
+def test_a_pause_ends_an_entry_without_terminator() -> None:
+    """Keys then a pause of DTMF_PAUSE_MS (the caller's frames keep coming) -> the item is sent."""
+    call = SimCall(config=CallConfig(dtmf=DtmfSettings(pause_ms=1000)))
+    call.core.receive_dtmf("4", int(call.now))
+    call.core.receive_dtmf("2", int(call.now))
+    call.speak(silence_ulaw(900))
+    assert _key_items(call) == []
+    call.speak(silence_ulaw(200))
+    assert _key_items(call) == ["The caller pressed 4 2"]
+
+
+def test_a_key_while_the_bot_talks_is_a_barge_in() -> None:
+    """A key pressed while the bot is heard clears the phone, cancels and truncates, in server VAD mode
+    too (the service's VAD never hears a key: the gateway cancels the response still being generated)."""
+    call = SimCall(emulator=EmulatorConfig(reply_ms=3000, realtime_factor=1.0))
+    call.speak(speech_ulaw(800) + silence_ulaw(700))
+    while call.phone.played_ms < 500:
+        call.speak(silence_ulaw(FRAME_MS))
+    call.core.receive_dtmf("5", int(call.now))
+    call._flush()
+    assert len(call.clear_at) == 1
+    assert len(call.session.truncations) == 1
+    assert abs(call.session.truncations[0].audio_end_ms - call.played_at_clear[0]) <= 1
+    assert any(event["type"] == "response.cancel" for event in call.session.client_events)
+
+
+def test_dtmf_off_counts_keys_and_tells_the_model_nothing() -> None:
+    """DTMF_MODE=off: keys are noted (metrics, summary) and never sent, nor do they interrupt."""
+    call = SimCall(config=CallConfig(dtmf=DtmfSettings(forward=False)))
+    for key in "12#":
+        call.core.receive_dtmf(key, int(call.now))
+    call._flush()
+    call.speak(silence_ulaw(3000))
+    assert _key_items(call) == []
+    assert [n.digit for n in call.notes if isinstance(n, DtmfPressed)] == list("12#")

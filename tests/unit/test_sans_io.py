@@ -46,6 +46,7 @@ CORES = [
     "gateway.loadtest.playout",
     "gateway.sip.rtp",
     "gateway.sip.message",
+    "gateway.call.dtmf",
     "gateway.sip.sdp",
     "gateway.sip.digest",
     "gateway.sip.ua",
