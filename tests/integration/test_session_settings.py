@@ -23,6 +23,19 @@ SETTINGS = {
 }
 
 
+async def _configure_one_session(emulator: EmulatorServer, env: dict[str, str]) -> None:
+    """A gateway with `env` takes one Twilio call until its realtime session has been configured."""
+    gateway = await start_gateway(env)
+    try:
+        async with TwilioCall(gateway.media_url) as call:
+            await call.send_audio(silence_ulaw(200), realtime=False)
+            await wait_for(
+                lambda: any(e["type"] == "session.update" for s in emulator.sessions for e in s.client_events)
+            )
+    finally:
+        await gateway.runner.cleanup()
+
+
 @pytest.mark.parametrize("protocol", ["ga", "preview"])
 async def test_session_settings_reach_the_service(protocol: str) -> None:
     """Semantic VAD with its eagerness, far-field noise reduction and a reply limit arrive in the GA
@@ -34,17 +47,7 @@ async def test_session_settings_reach_the_service(protocol: str) -> None:
         env = {"REALTIME_URL": url, **SETTINGS}
         if protocol == "preview":
             env["TEMPERATURE"] = "0.7"
-        gateway = await start_gateway(env)
-        try:
-            async with TwilioCall(gateway.media_url) as call:
-                await call.send_audio(silence_ulaw(200), realtime=False)
-                await wait_for(
-                    lambda: any(
-                        e["type"] == "session.update" for s in emulator.sessions for e in s.client_events
-                    )
-                )
-        finally:
-            await gateway.runner.cleanup()
+        await _configure_one_session(emulator, env)
     session = emulator.sessions[0]
     assert session.errors == []
     for event in session.client_events:
@@ -69,17 +72,7 @@ async def test_defaults_send_none_of_them() -> None:
     """Unset, none of the optional fields is sent: the service's own defaults apply (server VAD, no noise
     reduction, no reply limit)."""
     async with EmulatorServer(EmulatorConfig(realtime_factor=10.0)) as emulator:
-        gateway = await start_gateway({"REALTIME_URL": emulator.ga_url()})
-        try:
-            async with TwilioCall(gateway.media_url) as call:
-                await call.send_audio(silence_ulaw(200), realtime=False)
-                await wait_for(
-                    lambda: any(
-                        e["type"] == "session.update" for s in emulator.sessions for e in s.client_events
-                    )
-                )
-        finally:
-            await gateway.runner.cleanup()
+        await _configure_one_session(emulator, {"REALTIME_URL": emulator.ga_url()})
     [update] = [e for e in emulator.sessions[0].client_events if e["type"] == "session.update"]
     sent = update["session"]
     assert sent["audio"]["input"]["turn_detection"]["type"] == "server_vad"
