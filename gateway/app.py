@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.backend import acs_options_from, bridge_settings_from, open_upstream, sip_settings_from
 from gateway.background import running
 from gateway.call.bridge import BridgeSettings, CallBridge, Leg
-from gateway.call.channel import WebSocketChannel
+from gateway.call.channel import LegChannel, WebSocketChannel
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
 from gateway.realtime.auth import TokenProvider
@@ -180,17 +180,7 @@ async def _sip_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = state.settings
 
     async def start_call(channel: RtpChannel) -> None:
-        assert state.bridge_settings is not None
-        assert state.upstream is not None
-        leg = Leg("sip", channel.dialect, None, token_required=False)
-        bridge = CallBridge(channel, leg, state.bridge_settings, state.metrics, state.upstream)
-        task = asyncio.current_task()
-        assert task is not None
-        state.calls.add(task)
-        try:
-            await bridge.run()
-        finally:
-            state.calls.discard(task)
+        await _run_call(state, channel, Leg("sip", channel.dialect, None, token_required=False))
 
     if not settings.sip_allow_from and not settings.sip_username:
         log.warning(
@@ -394,6 +384,14 @@ async def handle_media(request: web.Request, provider: Provider) -> web.StreamRe
     token_key = state.settings.stream_token_key(provider)
     leg = Leg(provider.name, dialect, token_key, provider.stream_token_required)
     channel = WebSocketChannel(ws, dialect, request.transport, state.bridge_settings.send_timeout_s)
+    await _run_call(state, channel, leg)
+    return ws
+
+
+async def _run_call(state: GatewayState, channel: LegChannel, leg: Leg) -> None:
+    """Run one call on any leg to its end, counted among the calls that drain and shutdown wait for."""
+    assert state.bridge_settings is not None
+    assert state.upstream is not None
     bridge = CallBridge(channel, leg, state.bridge_settings, state.metrics, state.upstream)
     task = asyncio.current_task()
     assert task is not None
@@ -402,7 +400,6 @@ async def handle_media(request: web.Request, provider: Provider) -> web.StreamRe
         await bridge.run()
     finally:
         state.calls.discard(task)
-    return ws
 
 
 async def handle_healthz(_request: web.Request) -> web.Response:
