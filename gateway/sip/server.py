@@ -57,7 +57,13 @@ from gateway.sip.sdp import (
     parse_sdp,
 )
 from gateway.sip.settings import SipSettings
-from gateway.sip.throttle import TCP_CLOSE_AFTER_DROPS, SourceThrottle, ThrottleEnded, ThrottleStarted
+from gateway.sip.throttle import (
+    TCP_CLOSE_AFTER_DROPS,
+    SourceThrottle,
+    ThrottleEnded,
+    ThrottleStarted,
+    address_in,
+)
 from gateway.sip.ua import (
     CallCancelled,
     CallConfirmed,
@@ -427,13 +433,7 @@ class SipServer:
         self.ua.reject(call_id, status, reason, time.monotonic())
 
     def _allowed(self, host: str) -> bool:
-        if not self._networks:
-            return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self._networks)
+        return not self._networks or address_in(host, self._networks)
 
     def _incoming(self, event: IncomingCall) -> None:
         if not self._allowed(event.peer.host):

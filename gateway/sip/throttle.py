@@ -36,10 +36,12 @@ __all__ = [
     "SWEEP_S",
     "TCP_CLOSE_AFTER_DROPS",
     "TRUSTED_FACTOR",
+    "Network",
     "SourceThrottle",
     "ThrottleEnded",
     "ThrottleEvent",
     "ThrottleStarted",
+    "address_in",
 ]
 
 MAX_SOURCES: Final = 65_536  # buckets kept at most (about 10 MB at worst)
@@ -182,15 +184,23 @@ class SourceThrottle:
         return bucket
 
     def _is_trusted(self, source: str) -> bool:
-        if not self._trusted:
-            return False
-        try:
-            address = ipaddress.ip_address(source)
-        except ValueError:
-            return False
-        return any(address in network for network in self._trusted)
+        return address_in(source, self._trusted)
 
     def _end(self, source: str, bucket: _Bucket, now: float) -> None:
         assert bucket.since is not None
         self._events.append(ThrottleEnded(source, bucket.dropped, max(0.0, now - bucket.since)))
         bucket.since, bucket.dropped = None, 0
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def address_in(host: str, networks: tuple[Network, ...]) -> bool:
+    """Whether `host` (an address; a host name never is) lies in one of `networks`."""
+    if not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
