@@ -367,17 +367,30 @@ class SipServer:
             log.warning("sip_connection_gone", peer=f"{peer.host}:{peer.port}")
 
     async def _send_by_name(self, data: bytes, peer: Peer) -> None:
+        try:
+            address = await self._lookup(peer.host, peer.port)
+        except OSError as exc:
+            log.warning("sip_dns_failed", host=peer.host, error=str(exc) or type(exc).__name__)
+            return
+        if self.udp is not None and not self.udp.is_closing():
+            self.udp.sendto(data, address)
+
+    async def _lookup(self, host: str, port: int) -> tuple[str, int]:
+        """`host` resolved off the event loop, to an address of the UDP socket's family, within
+        DNS_TIMEOUT_S. OSError (TimeoutError is one) when it does not resolve or is no host name at all
+        (IDNA's UnicodeError: an empty label, say)."""
         assert self.udp is not None
-        family = self.udp.get_extra_info("socket").family  # an address our UDP socket can send to
+        family = self.udp.get_extra_info("socket").family
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(DNS_TIMEOUT_S):
-                infos = await loop.getaddrinfo(peer.host, peer.port, family=family, type=socket.SOCK_DGRAM)
-        except (OSError, TimeoutError) as exc:
-            log.warning("sip_dns_failed", host=peer.host, error=str(exc) or type(exc).__name__)
-            return
-        if infos and not self.udp.is_closing():
-            self.udp.sendto(data, infos[0][4][:2])
+                infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+        except UnicodeError as exc:
+            raise OSError(f"not a host name: {exc}") from None
+        if not infos:
+            raise OSError(f"{host} has no address")
+        address = infos[0][4]
+        return str(address[0]), int(address[1])
 
     def _arm_timer(self) -> None:
         assert self.ua is not None
@@ -697,21 +710,15 @@ class SipServer:
             self._pump_registration()
 
     async def _resolve_and_send(self, data: bytes) -> None:
-        """Resolve the registrar with the loop's getaddrinfo (in the UDP socket's family), then send."""
+        """Resolve the registrar (`_lookup`), then send."""
         assert self.registration is not None
-        assert self.udp is not None
         config = self.registration.config
-        family = self.udp.get_extra_info("socket").family
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                bare_host(config.registrar.host), config.registrar_port, family=family, type=socket.SOCK_DGRAM
-            )
-        except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode (an empty label)
+            self._registrar = await self._lookup(bare_host(config.registrar.host), config.registrar_port)
+        except OSError as exc:
             self.registration.send_failed(time.monotonic(), f"cannot resolve {config.registrar.host}: {exc}")
             self._pump_registration()
             return
-        host, port = infos[0][4][:2]
-        self._registrar = (str(host), int(port))
         self._send(data, Peer("udp", *self._registrar))
 
     def _on_registration_event(self, event: RegistrationEvent) -> None:
