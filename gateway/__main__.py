@@ -28,7 +28,11 @@ def _serve(argv: list[str]) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    return run(settings)
+    try:
+        return run(settings)
+    except ConfigError as exc:  # a setting only start-up can judge (a provider key that does not load)
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _emulator(argv: list[str]) -> int:

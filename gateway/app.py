@@ -10,27 +10,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import aiohttp
 import structlog
 from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.backend import acs_options_from, bridge_settings_from, open_upstream, sip_settings_from
+from gateway.backend import (
+    acs_options_from,
+    bridge_settings_from,
+    open_upstream,
+    sip_settings_from,
+    tool_box_from,
+)
 from gateway.background import running
-from gateway.call.bridge import BridgeSettings, CallBridge, Leg
+from gateway.call.bridge import BridgeSettings, CallBridge, CallPlan, CallServices, Leg
 from gateway.call.channel import LegChannel, WebSocketChannel
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
+from gateway.profiles import ProfileStore
 from gateway.realtime.auth import TokenProvider
 from gateway.realtime.health import Health, UpstreamHealth
 from gateway.realtime.monitor import watch_upstream
 from gateway.realtime.upstream import Upstream
 from gateway.telephony import acs, exotel
 from gateway.telephony.acs_client import AcsService
+from gateway.telephony.control import plivo as plivo_control
+from gateway.telephony.control.factory import build_controls
+from gateway.telephony.events import CallStarted
 from gateway.telephony.provider import HttpRequest, Provider, Refusal
 from gateway.telephony.providers import PROVIDERS
 from gateway.telephony.streamtoken import issue_stream_token
@@ -61,6 +73,8 @@ class GatewayState:
     upstream: Upstream | None = None
     health: UpstreamHealth | None = None
     bridge_settings: BridgeSettings | None = None
+    services: CallServices = field(default_factory=CallServices)  # tools, HTTP client, call control
+    profiles: ProfileStore | None = None  # BOTS_FILE's bots (None: every call gets the settings' bot)
     acs: AcsService | None = None  # the ACS side (Call Automation client, signing keys) when served
     # Checks beyond the provider's secret (ACS's JWT keys, Exotel's address allow-list), by provider.
     media_guards: dict[str, Guard] = field(default_factory=dict)
@@ -99,6 +113,10 @@ def create_app(
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
     state = GatewayState(settings=settings, metrics=GatewayMetrics(registry), token_provider=token_provider)
     state.metrics.max_calls.set(settings.max_calls)
+    tools = tool_box_from(settings)
+    state.services = CallServices(tools=tools)
+    if settings.bots_file:  # a bad file stops start-up here (ConfigError, naming file, bot and key)
+        state.profiles = ProfileStore.load(settings.bots_file, settings, tools.check_profile)
     app[STATE_KEY] = state
     for name in settings.providers:
         provider = PROVIDERS[name]
@@ -106,6 +124,8 @@ def create_app(
     if "twilio" in settings.providers:
         # Twilio's original routes stay as aliases: numbers already point at them.
         _add_provider_routes(app, PROVIDERS["twilio"], TWIML_PATH, MEDIA_PATH)
+    if "plivo" in settings.providers and settings.plivo_auth_token:
+        app.add_routes(plivo_control.transfer_routes(settings.plivo_auth_token))  # a transfer's <Dial>
     if "exotel" in settings.providers and settings.exotel_allow_from:
         state.media_guards["exotel"] = state.answer_guards["exotel"] = _peer_guard(settings.exotel_allow_from)
     if "acs" in settings.providers:
@@ -115,6 +135,9 @@ def create_app(
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
     app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(_services_ctx)
+    if state.profiles is not None:
+        app.cleanup_ctx.append(_profiles_ctx)
     if settings.sip_listen:
         app.cleanup_ctx.append(_sip_ctx)
     app.cleanup_ctx.append(state.metrics.sample_worker)
@@ -174,6 +197,56 @@ def _busy(state: GatewayState) -> str | None:
     return None
 
 
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    """What calls share beyond the settings: the tools, and one HTTP client for the tools' webhook and
+    the providers' REST APIs (hang-up, transfer)."""
+    state = app[STATE_KEY]
+    tools = state.services.tools
+    plan_for = _plan_for(state) if state.profiles is not None else None
+    async with aiohttp.ClientSession() as http:
+        acs_client = state.acs.client if state.acs is not None else None
+        controls = build_controls(state.settings, http, acs_client=acs_client)  # ConfigError: unusable key
+        state.services = CallServices(tools=tools, http=http, controls=controls, plan_for=plan_for)
+        try:
+            yield
+        finally:
+            state.services = CallServices(tools=tools)
+
+
+def _plan_for(state: GatewayState) -> Callable[[CallStarted], CallPlan]:
+    """Each call's plan from its bot profile (BOTS_FILE): the store's current book picks it, and the call
+    keeps it to its end, whatever a reload does meanwhile."""
+    tools = state.services.tools
+
+    def plan_for(call: CallStarted) -> CallPlan:
+        assert state.profiles is not None
+        assert state.upstream is not None
+        assert state.bridge_settings is not None
+        profile = state.profiles.select(call.custom_parameters)
+        offered = tools.enabled if profile.tools is None else profile.tools
+        transfer_to = tools.transfer_to if profile.transfer_to is None else profile.transfer_to
+        session = profile.session_settings(state.upstream.session)
+        if offered:
+            session = dataclasses.replace(session, tools=tools.definitions(offered, transfer_to))
+        core = profile.call_config(state.bridge_settings.core)
+        structlog.contextvars.bind_contextvars(bot=profile.name)
+        return CallPlan(session, core, offered, transfer_to, profile.name)
+
+    return plan_for
+
+
+async def _profiles_ctx(app: web.Application) -> AsyncIterator[None]:
+    """SIGHUP re-reads BOTS_FILE (new calls get the new bots; a bad file keeps the old ones)."""
+    state = app[STATE_KEY]
+    assert state.profiles is not None
+    loop = asyncio.get_running_loop()
+    state.profiles.install_sighup(loop)
+    try:
+        yield
+    finally:
+        ProfileStore.remove_sighup(loop)
+
+
 async def _sip_ctx(app: web.Application) -> AsyncIterator[None]:
     """The native SIP leg: listeners up with the app, down (each call with its BYE) before the upstream."""
     state = app[STATE_KEY]
@@ -193,6 +266,11 @@ async def _sip_ctx(app: web.Application) -> AsyncIterator[None]:
     server = SipServer(sip_settings_from(settings), start_call, lambda: _busy(state), state.metrics)
     state.sip_bound = await server.start()
     state.sip = server
+    from gateway.sip.control import SipControl
+
+    state.services = dataclasses.replace(
+        state.services, controls={**state.services.controls, "sip": SipControl(server)}
+    )
     try:
         yield
     finally:
@@ -392,7 +470,7 @@ async def _run_call(state: GatewayState, channel: LegChannel, leg: Leg) -> None:
     """Run one call on any leg to its end, counted among the calls that drain and shutdown wait for."""
     assert state.bridge_settings is not None
     assert state.upstream is not None
-    bridge = CallBridge(channel, leg, state.bridge_settings, state.metrics, state.upstream)
+    bridge = CallBridge(channel, leg, state.bridge_settings, state.metrics, state.upstream, state.services)
     task = asyncio.current_task()
     assert task is not None
     state.calls.add(task)

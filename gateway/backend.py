@@ -15,6 +15,7 @@ from gateway.call.bargein import BargeInMode, CancelPolicy
 from gateway.call.bridge import BridgeSettings
 from gateway.call.core import CallConfig
 from gateway.call.dtmf import DtmfSettings
+from gateway.call.tools import ToolBox, load_tools_file
 from gateway.config import Settings
 from gateway.errors import AuthError, ConfigError
 from gateway.realtime.auth import Credential, EntraToken, StaticKey, TokenProvider, azure_token_provider
@@ -30,7 +31,13 @@ from gateway.realtime.upstream import Upstream
 from gateway.sip.settings import SipSettings
 from gateway.telephony.acs import DEFAULT_OPENID_URL, AcsOptions
 
-__all__ = ["acs_options_from", "bridge_settings_from", "open_upstream", "session_settings_from"]
+__all__ = [
+    "acs_options_from",
+    "bridge_settings_from",
+    "open_upstream",
+    "session_settings_from",
+    "tool_box_from",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +49,19 @@ def acs_options_from(settings: Settings) -> AcsOptions:
         endpoint=settings.acs_endpoint,
         audience=settings.acs_audience,
         openid_url=settings.acs_openid_url or DEFAULT_OPENID_URL,
+    )
+
+
+def tool_box_from(settings: Settings) -> ToolBox:
+    """The bot's tools (the file was checked at start-up: it loads)."""
+    return ToolBox(
+        enabled=settings.bot_tools,
+        file_tools=load_tools_file(settings.tools_file) if settings.tools_file else (),
+        transfer_to=settings.transfer_to,
+        webhook_url=settings.tools_webhook_url,
+        webhook_secret=getattr(settings, "webhook_secret", None),
+        timeout_s=settings.tool_timeout_s,
+        filler_ms=settings.tool_filler_ms,
     )
 
 

@@ -233,6 +233,10 @@ def _sip_registrar(raw: str) -> str | None:
     return str(uri)
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+
+
 def _cidrs(raw: str) -> tuple[str, ...]:
     """A comma-separated list of addresses or CIDR blocks (checked, normalised)."""
     import ipaddress
@@ -504,6 +508,36 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("DTMF_MAX_DIGITS", "dtmf_max_digits", "0", _int_in(0, 64), "keys that end an entry (0: none)"),
     Setting("DTMF_PAUSE_MS", "dtmf_pause_ms", "2000", _int_in(100, 60000), "a pause that ends an entry"),
+    Setting(
+        "BOT_TOOLS",
+        "bot_tools",
+        "",
+        _names,
+        "tools the bot may call (comma list): end_call, transfer_call, and the TOOLS_FILE's by name",
+    ),
+    Setting(
+        "TRANSFER_TO",
+        "transfer_to",
+        "",
+        _names,
+        "destinations transfer_call may use (comma list of numbers or SIP URIs; the model picks one)",
+    ),
+    Setting("TOOLS_FILE", "tools_file", "", _opt_str, "JSON list of the operator's tool definitions"),
+    Setting(
+        "TOOLS_WEBHOOK_URL",
+        "tools_webhook_url",
+        "",
+        _http_url,
+        "where the gateway POSTs each call of a TOOLS_FILE function; its JSON answer is the output",
+    ),
+    Setting("TOOL_TIMEOUT_S", "tool_timeout_s", "8", _float_in(0.1, 120), "longest wait for the webhook"),
+    Setting(
+        "TOOL_FILLER_MS",
+        "tool_filler_ms",
+        "0",
+        _int_in(0, 60000),
+        "a webhook tool slower than this has the bot say it is looking (0: off)",
+    ),
     Setting("VAD_THRESHOLD", "vad_threshold", "0.5", _float_in(0.0, 1.0), "server VAD threshold"),
     Setting("VAD_PREFIX_PADDING_MS", "vad_prefix_padding_ms", "300", _int_in(0, 5000), "server VAD padding"),
     Setting(
@@ -705,6 +739,122 @@ SETTINGS: tuple[Setting, ...] = (
         "a SIP call whose caller sends no RTP for this long is ended (BYE); calls on hold are exempt",
     ),
     Setting(
+        "CALL_CONTROL_TIMEOUT_S",
+        "call_control_timeout_s",
+        "5",
+        _float_in(0.1, 60),
+        "how long one hang-up or transfer request to a provider's REST API may take",
+    ),
+    Setting(
+        "TWILIO_ACCOUNT_SID",
+        "twilio_account_sid",
+        "",
+        _opt_str,
+        "Twilio REST calls (hang-up, transfer): the account; default: the stream's accountSid",
+    ),
+    Setting(
+        "TWILIO_API_KEY",
+        "twilio_api_key",
+        "",
+        _opt_str,
+        "Twilio REST calls: an API key SID (SK...) to use with TWILIO_API_SECRET instead of the auth token",
+    ),
+    Setting(
+        "TWILIO_API_SECRET",
+        "twilio_api_secret",
+        "",
+        _opt_str,
+        "the secret of TWILIO_API_KEY",
+        secret=True,
+    ),
+    Setting(
+        "TWILIO_API_BASE",
+        "twilio_api_base",
+        "https://api.twilio.com",
+        _http_url,
+        "Twilio's REST API base URL",
+    ),
+    Setting(
+        "SIGNALWIRE_SPACE_URL",
+        "signalwire_space_url",
+        "",
+        _opt_str,
+        "SignalWire REST calls (hang-up, transfer): your space, e.g. example.signalwire.com",
+    ),
+    Setting(
+        "SIGNALWIRE_PROJECT_ID",
+        "signalwire_project_id",
+        "",
+        _opt_str,
+        "SignalWire REST calls: the project ID",
+    ),
+    Setting(
+        "SIGNALWIRE_API_TOKEN",
+        "signalwire_api_token",
+        "",
+        _opt_str,
+        "SignalWire REST calls: an API token of the project",
+        secret=True,
+    ),
+    Setting(
+        "TELNYX_API_KEY",
+        "telnyx_api_key",
+        "",
+        _opt_str,
+        "Telnyx REST calls (hang-up, transfer): the API key (v2)",
+        secret=True,
+    ),
+    Setting(
+        "TELNYX_ACCOUNT_SID",
+        "telnyx_account_sid",
+        "",
+        _opt_str,
+        "Telnyx TeXML REST calls: the AccountSid; default: the stream's start.user_id",
+    ),
+    Setting(
+        "TELNYX_API_BASE",
+        "telnyx_api_base",
+        "https://api.telnyx.com",
+        _http_url,
+        "Telnyx's REST API base URL",
+    ),
+    Setting(
+        "PLIVO_AUTH_ID",
+        "plivo_auth_id",
+        "",
+        _opt_str,
+        "Plivo REST calls (hang-up, transfer, with PLIVO_AUTH_TOKEN): the Auth ID",
+    ),
+    Setting(
+        "PLIVO_API_BASE",
+        "plivo_api_base",
+        "https://api.plivo.com",
+        _http_url,
+        "Plivo's REST API base URL",
+    ),
+    Setting(
+        "VONAGE_APPLICATION_ID",
+        "vonage_application_id",
+        "",
+        _opt_str,
+        "Vonage REST calls (hang-up, transfer): the application id",
+    ),
+    Setting(
+        "VONAGE_PRIVATE_KEY",
+        "vonage_private_key",
+        "",
+        _opt_str,
+        "the application's private key: a PEM file's path, or the PEM itself",
+        secret=True,
+    ),
+    Setting(
+        "VONAGE_API_BASE",
+        "vonage_api_base",
+        "https://api.nexmo.com",
+        _http_url,
+        "Vonage's Voice API base URL",
+    ),
+    Setting(
         "GATEWAY_MAX_CALLS",
         "max_calls",
         "500",
@@ -719,6 +869,14 @@ SETTINGS: tuple[Setting, ...] = (
         "on SIGTERM: how long active calls may go on before they are closed",
     ),
     Setting("GATEWAY_WORKERS", "workers", "1", _int_in(1, 256), "worker processes sharing the port"),
+    Setting(
+        "BOTS_FILE",
+        "bots_file",
+        "",
+        _opt_str,
+        "TOML file of bot profiles: a bot per dialed number or custom parameter, over the BOT_*/VAD_* "
+        "settings; reloaded on SIGHUP (a bad file keeps the old profiles); empty: one bot for every call",
+    ),
     Setting("LOG_LEVEL", "log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
     Setting("LOG_FORMAT", "log_format", "json", _choice("json", "console"), "log line format"),
 )
@@ -766,6 +924,12 @@ class Settings:
     dtmf_terminator: str
     dtmf_max_digits: int
     dtmf_pause_ms: int
+    bot_tools: tuple[str, ...]
+    transfer_to: tuple[str, ...]
+    tools_file: str | None
+    tools_webhook_url: str | None
+    tool_timeout_s: float
+    tool_filler_ms: int
     vad_type: str
     vad_eagerness: str
     noise_reduction: str
@@ -805,9 +969,26 @@ class Settings:
     sip_register_expires: int
     sip_jitter_ms: int
     rtp_timeout_s: float
+    call_control_timeout_s: float
+    twilio_account_sid: str | None
+    twilio_api_key: str | None
+    twilio_api_secret: str | None = field(repr=False)
+    twilio_api_base: str | None
+    signalwire_space_url: str | None
+    signalwire_project_id: str | None
+    signalwire_api_token: str | None = field(repr=False)
+    telnyx_api_key: str | None = field(repr=False)
+    telnyx_account_sid: str | None
+    telnyx_api_base: str | None
+    plivo_auth_id: str | None
+    plivo_api_base: str | None
+    vonage_application_id: str | None
+    vonage_private_key: str | None = field(repr=False)
+    vonage_api_base: str | None
     max_calls: int
     drain_timeout_s: float
     workers: int
+    bots_file: str | None
     log_level: str
     log_format: str
 
@@ -969,6 +1150,7 @@ def _check_combinations(settings: Settings) -> None:
         )
     _check_sip_tls(settings)
     _check_sip_registrar(settings)
+    _check_tools(settings)
     if settings.realtime_auth == "key" and not settings.backend_key():
         raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY, AZURE_OPENAI_API_KEY or OPENAI_API_KEY")
 
@@ -987,6 +1169,27 @@ def _check_session(settings: Settings) -> None:
             "TEMPERATURE applies to the preview protocol only: the GA protocol has no temperature "
             "(unset it, or use a preview endpoint / REALTIME_PROTOCOL=preview)"
         )
+
+
+def _check_tools(settings: Settings) -> None:
+    """The tools file loads, BOT_TOOLS names tools that exist and can run, mcp only on the GA protocol."""
+    from gateway.call.tools import ToolBox, load_tools_file
+
+    try:
+        file_tools = load_tools_file(settings.tools_file) if settings.tools_file else ()
+    except ValueError as exc:
+        raise ConfigError(f"TOOLS_FILE is invalid: {exc}") from None
+    try:
+        box = ToolBox(settings.bot_tools, file_tools, settings.transfer_to, settings.tools_webhook_url)
+    except ValueError as exc:
+        raise ConfigError(f"BOT_TOOLS={','.join(settings.bot_tools)} is invalid: {exc}") from None
+    endpoint = settings.endpoint()
+    if box.has_mcp and endpoint is not None and endpoint.protocol.value != "ga":
+        raise ConfigError("mcp tools need the GA protocol: the preview protocol has no remote MCP tools")
+    if settings.bots_file:  # read again by the app; checked here so that a bad file stops start-up early
+        from gateway.profiles import ProfileBook
+
+        ProfileBook.read(settings.bots_file, settings, box.check_profile)
 
 
 def _check_sip_tls(settings: Settings) -> None:

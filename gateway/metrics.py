@@ -133,6 +133,19 @@ class GatewayMetrics:
             registry=r,
         )
         self.dtmf = Counter("gateway_dtmf", "DTMF digits received", registry=r)
+        self.tool_calls = Counter(
+            "gateway_tool_calls",
+            "The bot's tool calls by tool (unknown: a name the call was not offered) and result (ok, "
+            "error, refused, unknown, cancelled)",
+            ["tool", "result"],
+            registry=r,
+        )
+        self.tool_latency = Histogram(
+            "gateway_tool_webhook_seconds",
+            "An operator's tool: the model's call received -> the webhook's answer (or its failure)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self.model_latency = Histogram(
             "gateway_model_latency_seconds",
             "speech_stopped event received -> first bot audio sent (the service's share of a response, "

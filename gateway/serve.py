@@ -167,8 +167,14 @@ def _supervise(settings: Settings) -> int:
             if worker.poll() is None:
                 worker.send_signal(signum)
 
+    def reload(signum: int, _frame: object) -> None:  # SIGHUP: every worker re-reads BOTS_FILE
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
     for signum in SIGNALS:
         signal.signal(signum, forward)
+    signal.signal(signal.SIGHUP, reload)
     while any(worker.poll() is None for worker in workers):
         if not stopping and any(worker.poll() is not None for worker in workers):
             # A worker died on its own: stop the rest, so the orchestrator restarts the whole instance.

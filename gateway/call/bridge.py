@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import aiohttp
 import structlog
 from websockets.exceptions import ConnectionClosed
 
@@ -33,16 +37,30 @@ from gateway.call.core import (
     CallerAudioDropped,
     CallMustEnd,
     DtmfPressed,
+    Heard,
     Note,
     ResponseFailed,
+    ToolCalled,
+    ToolCancelled,
 )
 from gateway.call.outcome import Outcome
+from gateway.call.tools import (
+    FILLER_INSTRUCTIONS,
+    GOODBYE_INSTRUCTIONS,
+    GOODBYE_OUTPUT,
+    ToolBox,
+    ToolKind,
+    error_output,
+    parse_arguments,
+)
 from gateway.errors import AuthError
 from gateway.metrics import GatewayMetrics
 from gateway.realtime.events import (
     AudioDelta,
     CancelResponse,
+    CreateResponse,
     ErrorReported,
+    FunctionCallRequested,
     MalformedEvent,
     RealtimeCommand,
     RealtimeEvent,
@@ -50,7 +68,10 @@ from gateway.realtime.events import (
     TruncateItem,
 )
 from gateway.realtime.link import SessionReconnected, UpstreamLink, UpstreamLostError
+from gateway.realtime.session import SessionSettings
 from gateway.realtime.upstream import Upstream, UpstreamConnectError, client_request_id
+from gateway.telephony.control import CallControl, CallRef, ControlError
+from gateway.telephony.control.factory import control_for
 from gateway.telephony.events import (
     CallStarted,
     CallStopped,
@@ -66,13 +87,14 @@ from gateway.telephony.events import (
 from gateway.telephony.provider import Dialect
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, verify_stream_token
 
-__all__ = ["BridgeSettings", "CallBridge", "CallSummary", "Leg"]
+__all__ = ["BridgeSettings", "CallBridge", "CallPlan", "CallServices", "CallSummary", "Leg"]
 
 log = structlog.get_logger(__name__)
 
 # Below this many bytes waiting in a transport a send cannot block (asyncio pauses writers at 64 KiB), so
 # the send timeout, which costs a timer per message, is armed only above it.
 UNHURRIED_BUFFER_BYTES = 16 * 1024
+FRAME_S = 0.02  # how often a deferred tool action checks the playout
 INBOUND_TRACKS = frozenset({"inbound", "inbound_track"})  # the caller's audio, as providers name it
 
 
@@ -87,6 +109,30 @@ class BridgeSettings:
     max_call_s: float = 7200.0
     max_reconnects: int = 3
     renew_margin_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    """What one call runs with, chosen once its leg has started (its bot profile): the realtime
+    session's settings (tool definitions included), the core's, the tools offered and where
+    `transfer_call` may go."""
+
+    session: SessionSettings
+    core: CallConfig
+    tools: tuple[str, ...] = ()
+    transfer_to: tuple[str, ...] = ()
+    profile: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class CallServices:
+    """What calls share beyond the settings: the tools, an HTTP client for webhooks and providers' REST
+    APIs, the providers' call control, and the choice of each call's plan (None: the settings' own)."""
+
+    tools: ToolBox = field(default_factory=ToolBox)
+    http: aiohttp.ClientSession | None = None
+    controls: Mapping[str, CallControl] = field(default_factory=dict)
+    plan_for: Callable[[CallStarted], CallPlan] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +166,8 @@ class CallSummary:
     bot_audio_bytes: int = 0
     barge_ins: int = 0
     dtmf: list[str] = field(default_factory=list)
+    tool_calls: int = 0
+    profile: str | None = None
     upstream_connect_ms: float | None = None
     session_ready_ms: float | None = None  # provider socket open -> realtime session.updated
     response_latencies_ms: list[float] = field(default_factory=list)
@@ -139,8 +187,10 @@ class CallBridge:
         settings: BridgeSettings,
         metrics: GatewayMetrics,
         upstream: Upstream,
+        services: CallServices | None = None,
     ) -> None:
         self.channel = channel
+        self.services = services if services is not None else CallServices()
         self.settings = settings
         self.metrics = metrics
         self.upstream = upstream
@@ -159,6 +209,9 @@ class CallBridge:
         self._opened_at = time.perf_counter()
         # When the message being handled arrived, per direction: the start of the added-latency clock.
         self._caller_msg_at = self._upstream_msg_at = 0.0
+        self._plan: CallPlan | None = None
+        self._call: CallRef | None = None
+        self._group: asyncio.TaskGroup | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -182,8 +235,10 @@ class CallBridge:
             self.metrics.calls.labels(outcome=self.summary.outcome.label).inc()
             self.metrics.call_duration.observe(duration)
             self._log_summary(duration)
+            if self.summary.outcome is Outcome.BOT_HANGUP:
+                await self._hang_up_at_provider()  # after the close, which it must never delay
             structlog.contextvars.unbind_contextvars(
-                "provider", "call_sid", "stream_sid", "upstream_request_id"
+                "provider", "call_sid", "stream_sid", "upstream_request_id", "bot"
             )
 
     async def _run(self) -> None:
@@ -192,10 +247,11 @@ class CallBridge:
             provider=self.leg.provider, call_sid=call.call_id, stream_sid=call.stream_id
         )
         self._check_stream_token(call)
+        self._call = CallRef(self.leg.provider, call.call_id, call.account_id, call.custom_parameters)
+        self._plan = plan = self._plan_for(call)
+        self.summary.profile = plan.profile if self.services.plan_for is not None else None
         try:
-            self.core = CallCore(
-                self.settings.core, self.upstream.session.input_format, call.format, self.dialect.playout
-            )
+            self.core = CallCore(plan.core, plan.session.input_format, call.format, self.dialect.playout)
         except ValueError as exc:  # a format this gateway's session cannot carry
             raise CallEnded(Outcome.PROTOCOL_ERROR, str(exc)) from None
         log.debug("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
@@ -205,6 +261,7 @@ class CallBridge:
         await self._flush_upstream()
         try:
             async with asyncio.timeout(self.settings.max_call_s), asyncio.TaskGroup() as group:
+                self._group = group
                 group.create_task(self._caller_loop())
                 group.create_task(self._upstream_loop())
                 idle_s = self.channel.idle_timeout_s(self.settings.caller_idle_timeout_s)
@@ -218,6 +275,16 @@ class CallBridge:
             raise CallEnded(
                 Outcome.MAX_DURATION, f"call reached MAX_CALL_S={self.settings.max_call_s:g}"
             ) from None
+
+    def _plan_for(self, call: CallStarted) -> CallPlan:
+        """This call's plan: its bot profile's, or the settings' own with the enabled tools."""
+        if self.services.plan_for is not None:
+            return self.services.plan_for(call)
+        box = self.services.tools
+        session = self.upstream.session
+        if box.enabled:
+            session = dataclasses.replace(session, tools=box.definitions())
+        return CallPlan(session, self.settings.core, box.enabled, box.transfer_to)
 
     def _end(self, outcome: Outcome, detail: str = "") -> None:
         """Record the first reason the call ended; later ones (the other side closing) do not overwrite it."""
@@ -291,6 +358,7 @@ class CallBridge:
             request_id=request_id,
             max_reconnects=self.settings.max_reconnects,
             renew_margin_s=self.settings.renew_margin_s,
+            session=self._plan.session if self._plan is not None else None,
         )
         try:
             elapsed = await link.open()
@@ -326,6 +394,8 @@ class CallBridge:
             bot_audio_ms=round(self.core.leg_format.duration_ms(s.bot_audio_bytes)) if self.core else 0,
             barge_ins=s.barge_ins,
             dtmf="".join(s.dtmf) or None,
+            tool_calls=s.tool_calls or None,
+            profile=s.profile,
             upstream_connect_ms=s.upstream_connect_ms,
             session_ready_ms=s.session_ready_ms,
             responses=len(s.model_latencies_ms),
@@ -407,6 +477,141 @@ class CallBridge:
                     log.warning("response_failed", response_id=response_id, reason=reason)
                 case CallMustEnd(outcome=outcome, detail=detail):
                     raise CallEnded(outcome, detail)
+                case ToolCalled(call=call):
+                    self._on_tool_call(call)
+                case Heard(call=call):
+                    self._on_heard(call)
+                case ToolCancelled(call=call):
+                    self.metrics.tool_calls.labels(tool=self._tool_label(call.name), result="cancelled").inc()
+                    log.info("tool_cancelled", tool=call.name, reason="the caller interrupted")
+
+    # -- tools ---------------------------------------------------------------------------------------
+
+    def _tool_label(self, name: str) -> str:
+        """A metric label for a tool: its name when it is one this call was offered (bounded), else
+        "unknown", so a model inventing names cannot grow the label set."""
+        return name if self._plan is not None and name in self._plan.tools else "unknown"
+
+    def _on_tool_call(self, call: FunctionCallRequested) -> None:
+        """Start a tool call: answer at once what can be (unknown tools, bad arguments), defer the
+        actions that wait until the caller has heard the bot out, and run the webhook's in a task."""
+        assert self._plan is not None
+        self.summary.tool_calls += 1
+        kind = self.services.tools.kind(call.name, self._plan.tools)
+        log.info("tool_called", tool=call.name, kind=kind.value, tool_call_id=call.call_id)
+        now = now_ms()
+        if kind is ToolKind.UNKNOWN:
+            self._tool_done(call, error_output(f"there is no tool named {call.name}"), "unknown")
+        elif kind is ToolKind.END_CALL:
+            self._core.act_when_heard(call.call_id, now, goodbye=(GOODBYE_OUTPUT, GOODBYE_INSTRUCTIONS))
+            self._spawn(self._watch_playout())
+        elif kind is ToolKind.TRANSFER:
+            problem = self._transfer_problem(call)
+            if problem is not None:
+                self._tool_done(call, error_output(problem), "refused")
+            else:
+                self._core.act_when_heard(call.call_id, now)
+                self._spawn(self._watch_playout())
+        else:
+            self._spawn(self._run_webhook_tool(call))
+
+    async def _watch_playout(self) -> None:
+        """While a deferred action waits, look every frame whether the caller has heard the bot out:
+        the caller's own frames usually tell the core, but a leg may fall silent (hold, a dead phone)."""
+        while self._core.acting_when_heard:
+            await asyncio.sleep(FRAME_S)
+            self._core.poll_tools(now_ms())
+            await self._flush(time.perf_counter())
+
+    def _transfer_problem(self, call: FunctionCallRequested) -> str | None:
+        assert self._plan is not None
+        arguments = parse_arguments(call.arguments)
+        if isinstance(arguments, str):
+            return arguments
+        destination = arguments.get("destination")
+        if destination not in self._plan.transfer_to:
+            return f"transfer_call may only go to one of: {', '.join(self._plan.transfer_to)}"
+        try:
+            control_for(self.services.controls, self.leg.provider)
+        except ControlError as exc:
+            return str(exc)
+        return None
+
+    def _on_heard(self, call: FunctionCallRequested) -> None:
+        """The caller heard the bot's last words before a deferred action: hang up, or transfer."""
+        if call.name == "end_call":
+            self.metrics.tool_calls.labels(tool="end_call", result="ok").inc()
+            raise CallEnded(Outcome.BOT_HANGUP, "the bot ended the call")
+        self._spawn(self._transfer(call))
+
+    def _spawn(self, work: Any) -> None:
+        assert self._group is not None, "tools run while both directions do"
+        self._group.create_task(work)
+
+    def _tool_done(self, call: FunctionCallRequested, output: str, result: str) -> None:
+        """Hand a tool's output to the core (the flush that follows sends it)."""
+        self.metrics.tool_calls.labels(tool=self._tool_label(call.name), result=result).inc()
+        level = log.info if result == "ok" else log.warning
+        level("tool_result", tool=call.name, result=result, tool_call_id=call.call_id)
+        self._core.tool_result(call.call_id, output, now_ms())
+
+    async def _run_webhook_tool(self, call: FunctionCallRequested) -> None:
+        """The operator's tool over the webhook; a filler response meanwhile when it is slow."""
+        box = self.services.tools
+        if self.services.http is None:
+            output, result = error_output("tools are not available"), "error"
+        else:
+            started = time.perf_counter()
+            running = asyncio.ensure_future(box.run_webhook(self.services.http, call, self._tool_context()))
+            if box.filler_ms:
+                done, _ = await asyncio.wait((running,), timeout=box.filler_ms / 1000)
+                if not done and self._core.tool_filler(call.call_id, FILLER_INSTRUCTIONS):
+                    await self._flush(time.perf_counter())
+            output = await running
+            self.metrics.tool_latency.observe(time.perf_counter() - started)
+            result = "error" if output.startswith('{"error"') else "ok"
+        self._tool_done(call, output, result)
+        await self._flush(time.perf_counter())
+
+    def _tool_context(self) -> dict[str, Any]:
+        """What the webhook is told of the call besides the tool and its arguments."""
+        assert self._call is not None
+        assert self._plan is not None
+        parameters = self._call.custom_parameters
+        return {
+            "call_id": self._call.call_id,
+            "provider": self._call.provider,
+            "from": parameters.get("From") or parameters.get("from"),
+            "to": parameters.get("To") or parameters.get("to"),
+            "profile": self._plan.profile,
+        }
+
+    async def _transfer(self, call: FunctionCallRequested) -> None:
+        """Ask the leg's provider (or the SIP peer) to transfer; success ends the call `transferred`,
+        a failure tells the model, and the call goes on."""
+        control = self.services.controls[self.leg.provider]
+        assert self._call is not None
+        arguments = parse_arguments(call.arguments)
+        assert isinstance(arguments, dict)  # checked when the call came
+        destination = str(arguments["destination"])
+        try:
+            await control.transfer(self._call, destination)
+        except ControlError as exc:
+            self._tool_done(call, error_output(f"the transfer failed: {exc}"), "error")
+            await self._flush(time.perf_counter())
+            return
+        self.metrics.tool_calls.labels(tool="transfer_call", result="ok").inc()
+        raise CallEnded(Outcome.TRANSFERRED, f"transferred to {destination}")
+
+    async def _hang_up_at_provider(self) -> None:
+        """After the bot hung up and the leg is closed: the provider's REST hang-up, where configured."""
+        control = self.services.controls.get(self.leg.provider)
+        if control is None or self._call is None:
+            return
+        try:
+            await control.hang_up(self._call)
+        except ControlError as exc:
+            log.warning("provider_hangup_failed", reason=str(exc))
 
     # -- caller -> upstream --------------------------------------------------------------------------
 
@@ -514,6 +719,8 @@ class CallBridge:
         kind = self._core.classify_error(err)
         assert self._link is not None
         failed = self._link.sent_command(err.event_id)
+        if isinstance(failed, CreateResponse):
+            self._core.response_refused(now_ms())
         command = type(failed).__name__ if failed is not None else "unknown"
         self.metrics.command_errors.labels(command=command, code=err.code or "none").inc()
         if kind != "other":

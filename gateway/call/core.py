@@ -6,7 +6,8 @@ that dates the caller's speech. It takes leg events and realtime events with `no
 commands for each side separately, in the style of python-websockets' `Protocol`:
 
 - feed it: `receive_caller_audio`, `receive_played_to`, `receive_dtmf`, `receive_realtime`,
-  `session_replaced`;
+  `session_replaced`, and the results of the tools it asked for (`tool_result`, `act_when_heard`,
+  `tool_filler`);
 - drain it: `realtime_to_send()` (send in order), `next_leg_command(now_ms)` (pull one at a time, and
   write each before pulling the next: a barge-in between two pulls drops the audio not yet pulled, so no
   bot audio can follow a clear), and `notes()` (what happened, for metrics and logs).
@@ -42,6 +43,8 @@ from gateway.realtime.events import (
     CreateItem,
     CreateResponse,
     ErrorReported,
+    FunctionCallRequested,
+    FunctionOutput,
     RealtimeCommand,
     RealtimeEvent,
     ResponseCreated,
@@ -66,14 +69,18 @@ __all__ = [
     "CallMustEnd",
     "CallerAudioDropped",
     "DtmfPressed",
+    "Heard",
     "Note",
     "ResponseFailed",
+    "ToolCalled",
+    "ToolCancelled",
 ]
 
 DEFAULT_PLAYOUT = PlayoutRule()  # PLAYOUT_CHUNK_MS pieces, no minimum (Twilio)
 FRAMES_PER_S = 50  # the legs send 20 ms frames
 FLOOD_BURST_FRAMES = 3 * FRAMES_PER_S  # a provider may deliver a few seconds of backlog after a stall
 FLOOD_LIMIT_FRAMES = 10 * FRAMES_PER_S  # dropping more than 10 s of excess audio: a hostile client
+CANCELLED_OUTPUT = '{"status": "cancelled", "reason": "the caller interrupted; the call goes on"}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +153,40 @@ class CallMustEnd:
     detail: str
 
 
-Note = BargedIn | Answered | AudioDropped | CallerAudioDropped | DtmfPressed | ResponseFailed | CallMustEnd
+@dataclass(frozen=True, slots=True)
+class ToolCalled:
+    """The model called a tool: run it, then hand its result to `tool_result` (or, for an action that
+    must wait until the caller has heard the bot out, to `act_when_heard`)."""
+
+    call: FunctionCallRequested
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """The caller has heard the bot out after a deferred tool call (`act_when_heard`): act on it now."""
+
+    call: FunctionCallRequested
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCancelled:
+    """The caller interrupted the bot before a deferred tool call acted: it never will."""
+
+    call: FunctionCallRequested
+
+
+Note = (
+    BargedIn
+    | Answered
+    | AudioDropped
+    | CallerAudioDropped
+    | DtmfPressed
+    | ResponseFailed
+    | CallMustEnd
+    | ToolCalled
+    | Heard
+    | ToolCancelled
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,13 +242,21 @@ class CallCore:
         self._turn_owed = False  # the caller finished a turn and no response has started since
         self._speech_ended_ms: float | None = None
         self._speech_stopped_ms: int | None = None
+        # Tools: calls waiting for their output, responses that carried audio, the deferred actions, and
+        # whether a response must be asked for once the outputs are in and the service is free.
+        self._tool_calls: dict[str, FunctionCallRequested] = {}
+        self._voiced: deque[str] = deque(maxlen=16)  # the latest responses that carried audio
+        self._deferred: list[FunctionCallRequested] = []
+        self._unanswered: set[str] = set()  # deferred calls without an output yet
+        self._respond_owed: str | None = None  # instructions ("" for none) for the response owed
+        self._requested = False  # a response.create went out and its response.created has not come
 
     # -- outputs -------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """The realtime session is configured: a greeting, if any, is asked for now."""
         if self.config.greeting:
-            self._to_realtime.append(CreateResponse(instructions=self.config.greeting))
+            self._request(self.config.greeting)
 
     def realtime_to_send(self) -> list[RealtimeCommand]:
         """Commands for the realtime session, in order (drains them)."""
@@ -267,6 +315,8 @@ class CallCore:
         self.timeline.on_audio(self.leg_format.duration_ms(len(payload)), now_ms)
         if (keys := self._keys.poll(now_ms)) is not None:  # the caller paused after some keys
             self._tell_keys(keys)
+        if self._deferred or self._respond_owed is not None:
+            self._tools_due(now_ms)
         # Appends are whole multiples of APPEND_MS; the resampler's held-back delay waits for the next.
         ready = len(self._append_buffer) - len(self._append_buffer) % self._append_bytes
         if ready:
@@ -291,7 +341,7 @@ class CallCore:
     def _tell_keys(self, keys: str) -> None:
         """One user item naming the keys, then a response to it."""
         self._to_realtime.append(CreateItem("user", keys_message(keys)))
-        self._to_realtime.append(CreateResponse())
+        self._request(None)
 
     # -- the realtime side ---------------------------------------------------------------------------
 
@@ -312,12 +362,18 @@ class CallCore:
                 self._speech_ended_ms = self.timeline.arrival_of(audio_end_ms - self.config.vad_silence_ms)
                 self._turn_owed = self.config.create_response
             case ResponseCreated():
-                self._turn_owed = False
+                self._turn_owed = self._requested = False
                 self.bargein.on_response_created(event, now_ms)
             case ResponseDone(response_id=response_id, status=status, reason=reason):
                 self.bargein.on_response_done(event, now_ms)
                 if status == "failed":
                     self._notes.append(ResponseFailed(response_id, reason))
+                    self._requested = False  # a response.create the service could not run
+                if self._deferred or self._respond_owed is not None:
+                    self._tools_due(now_ms)
+            case FunctionCallRequested(call_id=call_id):
+                self._tool_calls[call_id] = event
+                self._notes.append(ToolCalled(event))
             case TranscriptDone(item_id=item_id, transcript=text):
                 self.transcript.on_assistant(item_id, text)
             case UserTranscript(item_id=item_id, transcript=text):
@@ -334,10 +390,91 @@ class CallCore:
         self.audio.drop_bot_audio()
         self._bot_held.clear()
         self._current_item = None
+        self._tool_calls.clear()  # the old session's calls: their outputs would name unknown call ids
+        self._respond_owed, self._requested = None, False
         if owed:  # the caller is waiting for an answer the old session never finished
             self._turn_owed = False
-            self._to_realtime.append(CreateResponse())
+            self._request(None)
         return owed
+
+    # -- tools -----------------------------------------------------------------------------------------
+
+    def tool_result(self, call_id: str, output: str, now_ms: int, *, respond: str | None = "") -> bool:
+        """A tool's output for the model; then, once every pending call is answered and no response is
+        running, one `response.create` (`respond`: its instructions, "" for none; None: no response).
+        False when the call is unknown (answered already, or its session was replaced)."""
+        if self._tool_calls.pop(call_id, None) is None:
+            if call_id not in self._unanswered:
+                return False
+            self._unanswered.discard(call_id)
+        self._to_realtime.append(FunctionOutput(call_id, output))
+        if respond is not None and self._respond_owed is None:
+            self._respond_owed = respond
+        self._tools_due(now_ms)
+        return True
+
+    def act_when_heard(self, call_id: str, now_ms: int, *, goodbye: tuple[str, str] | None = None) -> bool:
+        """Note `Heard(call)` once the response that made this call is done and its audio has played out
+        (hang-up, transfer: the caller hears the bot's last words first). With `goodbye` (output, spoken
+        instructions), a response that said nothing first gets the output and a spoken reply to wait for.
+        A barge-in before then cancels the action (`ToolCancelled`). False when the call is unknown."""
+        call = self._tool_calls.get(call_id)
+        if call is None:
+            return False
+        if goodbye is not None and call.response_id not in self._voiced:
+            output, instructions = goodbye
+            self.tool_result(call_id, output, now_ms, respond=instructions)
+        else:
+            del self._tool_calls[call_id]
+            self._unanswered.add(call_id)  # answered if the action fails or is cancelled
+        self._deferred.append(call)
+        self._tools_due(now_ms)
+        return True
+
+    def tool_filler(self, call_id: str, instructions: str) -> bool:
+        """A tool is slow: have the bot say something meanwhile, if it is silent and the call still
+        pending. The tool's own answer is asked for after the filler."""
+        if call_id not in self._tool_calls or self.bargein.responding or self._requested:
+            return False
+        self._request(instructions)
+        return True
+
+    def _tools_due(self, now_ms: int) -> None:
+        """Ask for the owed response once the outputs are in and the service is free; then note the
+        deferred actions once the caller has heard the bot out."""
+        if self.bargein.responding or self._requested:
+            return
+        if self._respond_owed is not None:
+            if not self._tool_calls:
+                instructions, self._respond_owed = self._respond_owed, None
+                self._request(instructions or None)
+            return
+        if self._deferred and self._heard_out(now_ms):
+            calls, self._deferred = self._deferred, []
+            self._notes.extend(Heard(call) for call in calls)
+
+    @property
+    def acting_when_heard(self) -> bool:
+        """A deferred tool action waits for the caller to hear the bot out (poll with `poll_tools`)."""
+        return bool(self._deferred)
+
+    def poll_tools(self, now_ms: int) -> None:
+        """Check the deferred actions and the owed response at `now_ms` (a leg that sends no audio, such
+        as a SIP phone on hold, gives the core no other moment to notice playback ending)."""
+        self._tools_due(now_ms)
+
+    def response_refused(self, now_ms: int) -> None:
+        """The service refused a response.create of ours (one was running already): the tools' owed
+        response is asked for again once that one is done."""
+        self._requested = False
+        self._tools_due(now_ms)
+
+    def _heard_out(self, now_ms: int) -> bool:
+        return not self._bot_queue and not self._bot_held and not self.tracker.is_audible(now_ms)
+
+    def _request(self, instructions: str | None) -> None:
+        self._to_realtime.append(CreateResponse(instructions=instructions))
+        self._requested = True
 
     def classify_error(self, error: ErrorReported) -> ErrorClass:
         """Tell the expected races of barge-in from real errors (counting the benign ones)."""
@@ -358,6 +495,8 @@ class CallCore:
             # A new item without the previous one's audio.done: the old tail goes first.
             self._queue_bot(self._current_item, self.audio.end_bot_item(), last=True)
         self._current_item = event.item_id
+        if not self._voiced or self._voiced[-1] != event.response_id:
+            self._voiced.append(event.response_id)
         self._queue_bot(event.item_id, self.audio.bot_to_provider(event.audio))
 
     def _queue_bot(self, item_id: str | None, audio: bytes, *, last: bool = False) -> None:
@@ -406,6 +545,13 @@ class CallCore:
                 heard_of_ms = self.bargein.received_ms(command.item_id)
                 self.transcript.on_truncated(command.item_id, command.audio_end_ms, heard_of_ms)
         self._notes.append(BargedIn(decision, heard_of_ms))
+        if self._deferred:  # the caller spoke up before the bot's last words ended: do not act
+            cancelled, self._deferred = self._deferred, []
+            for call in cancelled:
+                self._notes.append(ToolCancelled(call))
+                if call.call_id in self._unanswered:
+                    self._unanswered.discard(call.call_id)
+                    self._to_realtime.append(FunctionOutput(call.call_id, CANCELLED_OUTPUT))
 
     def _answered(self, now_ms: int) -> None:
         assert self._speech_stopped_ms is not None

@@ -19,7 +19,8 @@ class Outcome(Enum):
 
     COMPLETED = ("completed", OK, logging.INFO)
     MAX_DURATION = ("max_duration", OK, logging.INFO)
-    TRANSFERRED = ("transferred", OK, logging.INFO)  # handed to another party (SIP REFER)
+    TRANSFERRED = ("transferred", OK, logging.INFO)  # handed to another party (transfer_call, REFER)
+    BOT_HANGUP = ("bot_hangup", OK, logging.INFO)  # the bot's end_call, after its goodbye played
     SHUTDOWN = ("shutdown", GOING_AWAY, logging.INFO)
     CALLER_TIMEOUT = ("caller_timeout", GOING_AWAY, logging.WARNING)
     PROTOCOL_ERROR = ("protocol_error", POLICY_VIOLATION, logging.WARNING)

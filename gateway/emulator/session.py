@@ -41,6 +41,8 @@ __all__ = [
     "ReceivedAudio",
     "Rejected",
     "ResponseRecord",
+    "ToolOutputRecord",
+    "ToolRule",
     "TruncationRecord",
     "negotiate",
 ]
@@ -91,6 +93,43 @@ READ_ONLY_SESSION = frozenset({"id", "object", "expires_at", "model"})
 
 
 @dataclass(frozen=True, slots=True)
+class ToolRule:
+    """A scripted function call: the first response after a user turn that matches `when` calls `tool`
+    with `arguments` (JSON text) after its spoken reply (none with `speak` off). `when` is a substring
+    of the user's text item (a DTMF entry such as "pressed 9"), or "*" for any user turn, speech too.
+    Each rule fires once per session, and only when the session offers the tool."""
+
+    when: str
+    tool: str
+    arguments: str = "{}"
+    speak: bool = True
+
+    @classmethod
+    def parse(cls, spec: str) -> ToolRule:
+        """`WHEN=TOOL[:ARGUMENTS-JSON][!]` (a trailing `!`: call without speaking), e.g.
+        `pressed 0=transfer_call:{"destination": "+15550100"}`. ValueError when malformed."""
+        when, sep, rest = spec.partition("=")
+        if not sep or not when or not rest:
+            raise ValueError(f"tool rule {spec!r}: expected WHEN=TOOL[:ARGUMENTS][!]")
+        speak = not rest.endswith("!")
+        rest = rest.removesuffix("!")
+        tool, _, arguments = rest.partition(":")
+        arguments = arguments or "{}"
+        if not isinstance(json.loads(arguments), dict):
+            raise ValueError(f"tool rule {spec!r}: arguments must be a JSON object")
+        return cls(when, tool, arguments, speak)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutputRecord:
+    """A function_call_output item the client created."""
+
+    call_id: str
+    output: str
+    at_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class EmulatorConfig:
     """Emulator behaviour, load-test knobs and fault injection. Defaults: realistic, no faults.
 
@@ -121,6 +160,7 @@ class EmulatorConfig:
     error_after_responses: int | None = None
     refuse_status: int | None = None
     refuse_count: int | None = None  # refuse only the first N handshakes (None: all of them)
+    tool_rules: tuple[ToolRule, ...] = ()
 
     def __post_init__(self) -> None:
         low, high = self.delta_ms
@@ -266,6 +306,9 @@ class ResponseRecord:
     words_sent: int = 0
     status: str = "in_progress"
     reason: str | None = None
+    tool: ToolRule | None = None  # the function this response calls after its audio
+    call_id: str | None = None
+    call_ms: float | None = None  # when the function call went out
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,6 +552,7 @@ class EmulatorSession:
         self.truncations: list[TruncationRecord] = []
         self.cancels: list[CancelRecord] = []
         self.errors: list[dict[str, Any]] = []
+        self.tool_outputs: list[ToolOutputRecord] = []
         self.sent_types: list[str] = []
         self.closed = False
         self.input_audio_ms = 0.0
@@ -527,6 +571,9 @@ class EmulatorSession:
         self._responses_done = 0
         self._vad: EnergyVad | None = None
         self._vad_source: dict[str, Any] | None = None
+        self._user_turn: str | None = None  # the latest user turn's text ("" for speech) not yet answered
+        self._rules_fired: set[int] = set()
+        self._calls: set[str] = set()  # function call ids made, awaiting outputs
         self._sync_vad()
 
     # -- public API --
@@ -775,6 +822,7 @@ class EmulatorSession:
         self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         item = ItemRecord(item_id, "user", "audio", audio_ms=round(audio_ms), status="completed")
         self._add_item(item, previous)
+        self._user_turn = ""
         if self._transcription_on():
             self._emit(
                 "conversation.item.input_audio_transcription.completed",
@@ -833,7 +881,15 @@ class EmulatorSession:
 
     def _on_item_create(self, event: dict[str, Any], now_ms: float) -> None:
         body = _require_dict(event.get("item"), "item")
-        _check(body.get("type", "message") == "message", "item.type", body.get("type"), "'message'")
+        if body.get("type") == "function_call_output":
+            self._on_function_output(body, now_ms)
+            return
+        _check(
+            body.get("type", "message") == "message",
+            "item.type",
+            body.get("type"),
+            "'message', 'function_call_output'",
+        )
         role = body.get("role")
         _check(role in ("user", "assistant", "system"), "item.role", role, "'user', 'assistant', 'system'")
         content = body.get("content")
@@ -843,6 +899,83 @@ class EmulatorSession:
         item_id = body.get("id") if isinstance(body.get("id"), str) else self._new_id("item")
         item = ItemRecord(str(item_id), str(role), "text", transcript=text, status="completed")
         self._add_item(item, self._last_item_id)
+        if role == "user":
+            self._user_turn = text
+
+    def _on_function_output(self, body: dict[str, Any], now_ms: float) -> None:
+        call_id, output = body.get("call_id"), body.get("output")
+        if not isinstance(call_id, str) or call_id not in self._calls:
+            raise _ClientError(
+                f"No function call with call_id '{call_id}' found.", "invalid_value", "item.call_id"
+            )
+        if not isinstance(output, str):
+            raise _invalid("item.output", type(output).__name__)
+        self._calls.discard(call_id)
+        self.tool_outputs.append(ToolOutputRecord(call_id, output, now_ms))
+        item_id = self._new_id("item")
+        item: dict[str, Any] = {
+            "id": item_id,
+            "type": "function_call_output",
+            "call_id": call_id,
+            "output": output,
+        }
+        if self.protocol is Protocol.GA:
+            item = {"id": item_id, "object": "realtime.item"} | item
+        self._last_item_id, previous = item_id, self._last_item_id
+        self._emit("conversation.item.created", previous_item_id=previous, item=item)
+
+    def _offered_tools(self) -> set[str]:
+        tools = self.session.get("tools") or []
+        return {str(t.get("name")) for t in tools if isinstance(t, dict) and t.get("type") == "function"}
+
+    def _tool_for_turn(self) -> ToolRule | None:
+        """The first unfired rule matching the user turn being answered (and offered by the session)."""
+        turn, self._user_turn = self._user_turn, None
+        if turn is None:
+            return None
+        offered = self._offered_tools()
+        for index, rule in enumerate(self.config.tool_rules):
+            if index in self._rules_fired or rule.tool not in offered:
+                continue
+            if rule.when == "*" or (turn and rule.when in turn):
+                self._rules_fired.add(index)
+                return rule
+        return None
+
+    def _call_function(self, response: ResponseRecord) -> dict[str, Any]:
+        """The response's function call, after its audio: its events, and the item for response.done."""
+        assert response.tool is not None
+        call_id, item_id = self._new_id("call"), self._new_id("item")
+        response.call_id = call_id
+        self._calls.add(call_id)
+        rule = response.tool
+
+        def item(status: str, arguments: str) -> dict[str, Any]:
+            body: dict[str, Any] = {
+                "id": item_id,
+                "type": "function_call",
+                "status": status,
+                "name": rule.tool,
+                "call_id": call_id,
+                "arguments": arguments,
+            }
+            return ({"object": "realtime.item"} | body) if self.protocol is Protocol.GA else body
+
+        place = {"response_id": response.id, "output_index": 1}
+        self._emit("response.output_item.added", **place, item=item("in_progress", ""))
+        self._emit(
+            "conversation.item.created", previous_item_id=self._last_item_id, item=item("in_progress", "")
+        )
+        self._last_item_id = item_id
+        fields = {**place, "item_id": item_id, "call_id": call_id}
+        self._emit("response.function_call_arguments.delta", **fields, delta=rule.arguments)
+        done = {"name": rule.tool} if self.protocol is Protocol.GA else {}
+        self._emit("response.function_call_arguments.done", **fields, **done, arguments=rule.arguments)
+        final = item("completed", rule.arguments)
+        self._emit("response.output_item.done", **place, item=final)
+        if self.protocol is Protocol.GA:
+            self._emit("conversation.item.done", item=final)
+        return final
 
     def _on_truncate(self, event: dict[str, Any], now_ms: float) -> None:
         item_id = event.get("item_id")
@@ -918,7 +1051,10 @@ class EmulatorSession:
             audio_start_ms=now_ms + self.config.response_delay_ms + jitter,
             audio_format=fmt or self.output_format,
             chunks=self._chunk_plan(),
+            tool=self._tool_for_turn(),
         )
+        if response.tool is not None and not response.tool.speak:
+            response.chunks = []
         self.responses.append(response)
         self._active = response
         item = ItemRecord(response.item_id, "assistant", "audio", response.id, response.audio_format)
@@ -1019,7 +1155,11 @@ class EmulatorSession:
         )
         if self.protocol is Protocol.GA:
             self._emit("conversation.item.done", item=self._item_json(item))
-        self._emit("response.done", response=self._response_json(response, [self._item_json(item)]))
+        output = [self._item_json(item)]
+        if response.tool is not None and status == "completed":
+            output.append(self._call_function(response))
+            response.call_ms = now_ms
+        self._emit("response.done", response=self._response_json(response, output))
         self._after_response()
 
     def _after_response(self) -> None:

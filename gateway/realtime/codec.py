@@ -30,6 +30,8 @@ from gateway.realtime.events import (
     CreateItem,
     CreateResponse,
     ErrorReported,
+    FunctionCallRequested,
+    FunctionOutput,
     IgnoredEvent,
     InputCommitted,
     ItemTruncated,
@@ -174,6 +176,21 @@ def _user_transcript(msg: Mapping[str, Any]) -> UserTranscript:
     return UserTranscript(item_id=_str(msg, "item_id"), transcript=_str(msg, "transcript"))
 
 
+def _output_item_done(msg: Mapping[str, Any]) -> RealtimeEvent:
+    """A finished output item: a completed function call is the gateway's to run; the rest is ignored
+    (an interrupted call comes back `incomplete`, and its arguments may be cut: never run it)."""
+    item = _obj(msg, "item")
+    if item.get("type") != "function_call" or item.get("status", "completed") != "completed":
+        return IgnoredEvent("response.output_item.done")
+    return FunctionCallRequested(
+        response_id=_str(msg, "response_id"),
+        item_id=_opt_str(item, "id") or "",
+        call_id=_str(item, "call_id"),
+        name=_str(item, "name"),
+        arguments=_str(item, "arguments"),
+    )
+
+
 def _item_truncated(msg: Mapping[str, Any]) -> ItemTruncated:
     return ItemTruncated(
         item_id=_str(msg, "item_id"),
@@ -202,6 +219,7 @@ _COMMON: Final[Mapping[str, _Decoder]] = {
     "response.created": _response_created,
     "response.done": _response_done,
     "conversation.item.truncated": _item_truncated,
+    "response.output_item.done": _output_item_done,
     "conversation.item.input_audio_transcription.completed": _user_transcript,
     "error": _error,
 }
@@ -297,6 +315,9 @@ class RealtimeCodec:
             }
         if isinstance(command, CreateItem):
             return {"type": "conversation.item.create", **head, "item": self._message(command)}
+        if isinstance(command, FunctionOutput):
+            item = {"type": "function_call_output", "call_id": command.call_id, "output": command.output}
+            return {"type": "conversation.item.create", **head, "item": item}
         if isinstance(command, AppendAudio):
             raise AssertionError("appends are encoded on the fast path")
         assert_never(command)

@@ -17,6 +17,8 @@ __all__ = [
     "CreateItem",
     "CreateResponse",
     "ErrorReported",
+    "FunctionCallRequested",
+    "FunctionOutput",
     "IgnoredEvent",
     "InputCommitted",
     "ItemTruncated",
@@ -117,6 +119,18 @@ class UserTranscript:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCallRequested:
+    """The model called a function (a completed `function_call` output item): run it, then answer with
+    `FunctionOutput` under the same `call_id`. `arguments` is the model's JSON text, unchecked."""
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseDone:
     """A response ended; `status` is completed, cancelled, failed or incomplete."""
 
@@ -169,6 +183,7 @@ RealtimeEvent = (
     | AudioDone
     | TranscriptDone
     | UserTranscript
+    | FunctionCallRequested
     | ResponseDone
     | ItemTruncated
     | ErrorReported
@@ -220,4 +235,14 @@ class CreateItem:
     text: str
 
 
-RealtimeCommand = UpdateSession | AppendAudio | CreateResponse | CancelResponse | TruncateItem | CreateItem
+@dataclass(frozen=True, slots=True)
+class FunctionOutput:
+    """A function call's result (`function_call_output` item); `output` is what the model reads."""
+
+    call_id: str
+    output: str
+
+
+RealtimeCommand = (
+    UpdateSession | AppendAudio | CreateResponse | CancelResponse | TruncateItem | CreateItem | FunctionOutput
+)

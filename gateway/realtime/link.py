@@ -27,6 +27,7 @@ from gateway.realtime.events import (
     SessionCreated,
     UpdateSession,
 )
+from gateway.realtime.session import SessionSettings
 from gateway.realtime.transcript import Transcript
 from gateway.realtime.upstream import RealtimeConnection, Upstream, UpstreamConnectError
 
@@ -69,8 +70,10 @@ class UpstreamLink:
         max_attempts: int = 3,
         buffer_bytes: int = 96_000,
         renew_margin_s: float = 60.0,
+        session: SessionSettings | None = None,
     ) -> None:
         self.upstream = upstream
+        self.session = upstream.session if session is None else session  # this call's (its bot profile)
         self.metrics = metrics
         self.transcript = transcript
         self.request_id = request_id
@@ -161,9 +164,7 @@ class UpstreamLink:
             detail = f"realtime session closed (code {conn.close_code})"
             self._conn, self._renewing = None, False
             replayed, carried = await self._reconnect(reason, detail)
-            yield SessionReconnected(
-                reason, replayed, carried / self.upstream.session.input_format.bytes_per_ms
-            )
+            yield SessionReconnected(reason, replayed, carried / self.session.input_format.bytes_per_ms)
 
     async def close(self) -> None:
         """Close the session for good (the call is over)."""
@@ -211,7 +212,7 @@ class UpstreamLink:
         """Connect, retrying rate limits and transient failures with backoff within `max_attempts`."""
         for attempt in range(1, self.max_attempts + 1):
             try:
-                conn, elapsed = await self.upstream.connect(self.request_id)
+                conn, elapsed = await self.upstream.connect(self.request_id, self.session)
             except UpstreamConnectError as exc:
                 self.metrics.upstream_errors.labels(code=exc.code).inc()
                 if exc.code not in RETRYABLE_CODES or attempt == self.max_attempts:

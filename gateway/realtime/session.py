@@ -176,6 +176,7 @@ class SessionSettings:
     speed: float | None = None  # GA only
     max_output_tokens: int | None = None  # a reply's longest, 1..4096 (None: "inf", the service's default)
     greeting: str | None = None
+    tools: tuple[dict[str, Any], ...] = ()  # function (and, GA only, mcp) tool definitions, as sent
 
     def __post_init__(self) -> None:
         if not self.voice:
@@ -223,7 +224,15 @@ def session_update_ga(settings: SessionSettings) -> dict[str, Any]:
     session["audio"] = {"input": audio_in, "output": audio_out}
     if settings.max_output_tokens is not None:
         session["max_output_tokens"] = settings.max_output_tokens
+    _add_tools(session, settings)
     return {"type": "session.update", "session": session}
+
+
+def _add_tools(session: dict[str, Any], settings: SessionSettings) -> None:
+    """Both protocols take `tools` and `tool_choice` at the session's top level; none: left out."""
+    if settings.tools:
+        session["tools"] = [dict(tool) for tool in settings.tools]
+        session["tool_choice"] = "auto"
 
 
 def session_update_preview(settings: SessionSettings) -> dict[str, Any]:
@@ -243,6 +252,7 @@ def session_update_preview(settings: SessionSettings) -> dict[str, Any]:
         session["temperature"] = settings.temperature
     if settings.max_output_tokens is not None:
         session["max_response_output_tokens"] = settings.max_output_tokens
+    _add_tools(session, settings)
     return {"type": "session.update", "session": session}
 
 

@@ -124,17 +124,21 @@ class Upstream:
             "embedded_emulator": self.embedded_emulator,
         }
 
-    async def connect(self, request_id: str | None = None) -> tuple[RealtimeConnection, float]:
+    async def connect(
+        self, request_id: str | None = None, session: SessionSettings | None = None
+    ) -> tuple[RealtimeConnection, float]:
         """Dial a session; returns it and the handshake seconds. Raises UpstreamConnectError, AuthError.
 
         `request_id` goes out as `x-ms-client-request-id`, so the service's logs (and the emulator's
         records) can be matched to the call; `client_request_id` derives it from a CallSid. Every outcome
-        is reported to `health`, when set.
+        is reported to `health`, when set. `session` replaces the gateway's settings for this call (its
+        bot profile).
         """
         started = time.perf_counter()
         ws = await self._handshake(request_id, {})
         elapsed = time.perf_counter() - started
-        return RealtimeConnection(ws, RealtimeCodec(self.protocol, self.session)), elapsed
+        codec = RealtimeCodec(self.protocol, self.session if session is None else session)
+        return RealtimeConnection(ws, codec), elapsed
 
     async def probe(self) -> float:
         """Check the backend without placing a call: the upgrade (with its auth) and the service's first

@@ -18,7 +18,7 @@ from gateway.emulator.session import Accepted, EmulatorConfig, EmulatorSession
 from gateway.loadtest.playout import TwilioPlayout
 from gateway.loadtest.scenarios import silence_ulaw, speech_ulaw
 from gateway.realtime.codec import RealtimeCodec
-from gateway.realtime.events import AppendAudio, CreateResponse, UpdateSession
+from gateway.realtime.events import CreateResponse, RealtimeCommand, UpdateSession
 from gateway.realtime.session import AudioFormat, Protocol, SessionSettings
 from gateway.telephony.events import CallStarted, ClearPlayback, PlayAudio, PlayedTo
 from gateway.telephony.twilio import TwilioDialect
@@ -48,13 +48,16 @@ class SimCall:
         default_factory=lambda: EmulatorConfig(reply_ms=2000, realtime_factor=4.0)
     )
     now: float = 0.0
+    tools: tuple[dict[str, object], ...] = ()  # the session's tool definitions
 
     def __post_init__(self) -> None:
         self.dialect = TwilioDialect()
         started = self.dialect.receive_text(_start())
         assert isinstance(started, CallStarted)
         self.phone = TwilioPlayout()
-        session = SessionSettings(instructions="test", voice="alloy", greeting=self.config.greeting)
+        session = SessionSettings(
+            instructions="test", voice="alloy", greeting=self.config.greeting, tools=self.tools
+        )
         self.codec = RealtimeCodec(Protocol.GA, session)
         self.session = EmulatorSession(Accepted(Protocol.GA, "gpt-realtime", "/v1/realtime"), self.emulator)
         self.core = CallCore(self.config, AudioFormat.PCM16)
@@ -65,7 +68,7 @@ class SimCall:
         self.core.start()
         self._flush()
 
-    def _to_session(self, command: AppendAudio | CreateResponse | UpdateSession) -> None:
+    def _to_session(self, command: RealtimeCommand) -> None:
         self._from_session(self.session.receive_text(self.codec.encode(command), self.now).events)
 
     def _from_session(self, events: tuple[dict[str, object], ...]) -> None:
