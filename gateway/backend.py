@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import structlog
 
@@ -15,6 +16,7 @@ from gateway.call.bargein import BargeInMode, CancelPolicy
 from gateway.call.bridge import BridgeSettings
 from gateway.call.core import CallConfig
 from gateway.call.dtmf import DtmfSettings
+from gateway.call.recorder import RecordSettings
 from gateway.call.tools import ToolBox, load_tools_file
 from gateway.config import Settings
 from gateway.errors import AuthError, ConfigError
@@ -59,7 +61,7 @@ def tool_box_from(settings: Settings) -> ToolBox:
         file_tools=load_tools_file(settings.tools_file) if settings.tools_file else (),
         transfer_to=settings.transfer_to,
         webhook_url=settings.tools_webhook_url,
-        webhook_secret=getattr(settings, "webhook_secret", None),
+        webhook_secret=settings.webhook_secret,
         timeout_s=settings.tool_timeout_s,
         filler_ms=settings.tool_filler_ms,
     )
@@ -114,6 +116,14 @@ def bridge_settings_from(settings: Settings, session: SessionSettings) -> Bridge
         max_call_s=settings.max_call_s,
         max_reconnects=settings.upstream_max_reconnects,
         renew_margin_s=settings.upstream_renew_margin_s,
+        record=RecordSettings(
+            transcript_dir=Path(settings.transcript_dir) if settings.transcript_dir else None,
+            recording_dir=Path(settings.recording_dir) if settings.recording_dir else None,
+            keep_entries=settings.call_events_webhook_url is not None,
+        ),
+        call_events_url=settings.call_events_webhook_url,
+        webhook_secret=settings.webhook_secret,
+        webhook_timeout_s=settings.webhook_timeout_s,
     )
 
 

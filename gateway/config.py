@@ -868,6 +868,42 @@ SETTINGS: tuple[Setting, ...] = (
         _float_in(0, 86400),
         "on SIGTERM: how long active calls may go on before they are closed",
     ),
+    Setting(
+        "TRANSCRIPT_DIR",
+        "transcript_dir",
+        "",
+        _opt_str,
+        "existing directory for per-call transcripts (a JSON-lines file per call); empty: none",
+    ),
+    Setting(
+        "RECORDING_DIR",
+        "recording_dir",
+        "",
+        _opt_str,
+        "existing directory for per-call stereo WAV recordings (caller left, bot right); empty: none",
+    ),
+    Setting(
+        "CALL_EVENTS_WEBHOOK_URL",
+        "call_events_webhook_url",
+        "",
+        _http_url,
+        "where the gateway POSTs each ended call: its summary, transcript and recording's path",
+    ),
+    Setting(
+        "WEBHOOK_SECRET",
+        "webhook_secret",
+        "",
+        _opt_str,
+        "signs every webhook POST (tools and call events) with X-Gateway-Signature (HMAC-SHA256)",
+        secret=True,
+    ),
+    Setting(
+        "WEBHOOK_TIMEOUT_S",
+        "webhook_timeout_s",
+        "5",
+        _float_in(0.1, 120),
+        "longest wait for the call-events webhook's answer",
+    ),
     Setting("GATEWAY_WORKERS", "workers", "1", _int_in(1, 256), "worker processes sharing the port"),
     Setting(
         "BOTS_FILE",
@@ -987,6 +1023,11 @@ class Settings:
     vonage_api_base: str | None
     max_calls: int
     drain_timeout_s: float
+    transcript_dir: str | None
+    recording_dir: str | None
+    call_events_webhook_url: str | None
+    webhook_secret: str | None = field(repr=False)
+    webhook_timeout_s: float
     workers: int
     bots_file: str | None
     log_level: str
@@ -1150,6 +1191,7 @@ def _check_combinations(settings: Settings) -> None:
         )
     _check_sip_tls(settings)
     _check_sip_registrar(settings)
+    _check_record_dirs(settings)
     _check_tools(settings)
     if settings.realtime_auth == "key" and not settings.backend_key():
         raise ConfigError("REALTIME_AUTH=key needs REALTIME_API_KEY, AZURE_OPENAI_API_KEY or OPENAI_API_KEY")
@@ -1226,6 +1268,20 @@ def _check_sip_registrar(settings: Settings) -> None:
             f"SIP_USERNAME={settings.sip_username!r} cannot be a SIP user part (registering as it): use "
             "letters, digits and -_.!~*'()&=+$,"
         )
+
+
+def _check_record_dirs(settings: Settings) -> None:
+    """TRANSCRIPT_DIR and RECORDING_DIR are existing directories this process can write in: a typo would
+    otherwise lose every call's files, one warning per call."""
+    import os
+
+    for env, path in (("TRANSCRIPT_DIR", settings.transcript_dir), ("RECORDING_DIR", settings.recording_dir)):
+        if path is None:
+            continue
+        if not os.path.isdir(path):
+            raise ConfigError(f"{env}={path!r} is not an existing directory (create it first)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{env}={path!r} is not writable by this process")
 
 
 def describe_settings() -> str:

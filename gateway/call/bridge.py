@@ -44,6 +44,7 @@ from gateway.call.core import (
     ToolCancelled,
 )
 from gateway.call.outcome import Outcome
+from gateway.call.recorder import CallMeta, CallRecord, RecordSettings, call_events_payload
 from gateway.call.tools import (
     FILLER_INSTRUCTIONS,
     GOODBYE_INSTRUCTIONS,
@@ -86,6 +87,7 @@ from gateway.telephony.events import (
 )
 from gateway.telephony.provider import Dialect
 from gateway.telephony.streamtoken import STREAM_TOKEN_PARAMETER, verify_stream_token
+from gateway.webhook import WebhookFailed, post_json
 
 __all__ = ["BridgeSettings", "CallBridge", "CallPlan", "CallServices", "CallSummary", "Leg"]
 
@@ -109,6 +111,10 @@ class BridgeSettings:
     max_call_s: float = 7200.0
     max_reconnects: int = 3
     renew_margin_s: float = 60.0
+    record: RecordSettings = field(default_factory=RecordSettings)
+    call_events_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +203,7 @@ class CallBridge:
         self.leg = leg
         self.dialect = leg.dialect
         self.core: CallCore | None = None  # once the leg has started and its audio format is known
+        self.record: CallRecord | None = None  # transcript, recording, call events: with the core
         self.summary = CallSummary()
         # Per-frame metrics, bound once: labels() on every frame showed up in profiles.
         self._m_frames_in = metrics.frames_in
@@ -235,6 +242,9 @@ class CallBridge:
             self.metrics.calls.labels(outcome=self.summary.outcome.label).inc()
             self.metrics.call_duration.observe(duration)
             self._log_summary(duration)
+            if self.record is not None:
+                entries = self.record.close(self._summary_fields(), now_ms())
+                await self._post_call_events(entries)
             if self.summary.outcome is Outcome.BOT_HANGUP:
                 await self._hang_up_at_provider()  # after the close, which it must never delay
             structlog.contextvars.unbind_contextvars(
@@ -254,6 +264,8 @@ class CallBridge:
             self.core = CallCore(plan.core, plan.session.input_format, call.format, self.dialect.playout)
         except ValueError as exc:  # a format this gateway's session cannot carry
             raise CallEnded(Outcome.PROTOCOL_ERROR, str(exc)) from None
+        meta = CallMeta.of(self.leg.provider, call)
+        self.record = CallRecord(self.settings.record, meta, self.core, now_ms())
         log.debug("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
         await self._dial_unless_hung_up(call.call_id)
         self._core.start()
@@ -407,6 +419,40 @@ class CallBridge:
             flood_dropped=s.flood_dropped or None,
         )
 
+    def _summary_fields(self) -> dict[str, Any]:
+        """The call summary for the transcript's last line and the call-events webhook (JSON only)."""
+        s = self.summary
+        return {
+            "outcome": s.outcome.label,
+            "detail": s.detail or None,
+            "barge_ins": s.barge_ins,
+            "dtmf": "".join(s.dtmf) or None,
+            "tool_calls": s.tool_calls,
+            "profile": s.profile,
+            "responses": len(s.model_latencies_ms),
+            "response_latency_ms_avg": _mean(s.response_latencies_ms),
+            "reconnects": s.reconnects,
+            "upstream_errors": s.upstream_errors,
+        }
+
+    async def _post_call_events(self, entries: list[dict[str, Any]]) -> None:
+        """POST the ended call to CALL_EVENTS_WEBHOOK_URL, after both sockets closed (bounded by
+        WEBHOOK_TIMEOUT_S; never raises)."""
+        url, http = self.settings.call_events_url, self.services.http
+        if url is None or http is None or self.record is None:
+            return
+        payload = call_events_payload(self._summary_fields(), entries, self.record.recording_path)
+        answer = await post_json(
+            http, url, payload, secret=self.settings.webhook_secret, timeout_s=self.settings.webhook_timeout_s
+        )
+        if isinstance(answer, WebhookFailed):
+            log.warning("call_events_webhook_failed", reason=answer.reason)
+
+    @property
+    def _rec(self) -> CallRecord:
+        assert self.record is not None, "the record exists once the leg has started"
+        return self.record
+
     @property
     def _core(self) -> CallCore:
         assert self.core is not None, "the core exists once the leg has started"
@@ -423,7 +469,9 @@ class CallBridge:
 
     async def _flush_leg(self, received_at: float) -> None:
         first_media = True
-        while (command := self._core.next_leg_command(now_ms())) is not None:
+        while (command := self._core.next_leg_command(now := now_ms())) is not None:
+            if isinstance(command, PlayAudio):  # before the send's await: another loop may pull meanwhile
+                self._rec.bot_audio(command.payload, command.end_position, now)
             await self._send_caller(command)
             if isinstance(command, PlayAudio):
                 if first_media:
@@ -455,6 +503,7 @@ class CallBridge:
                         self.metrics.response_latency.observe(response_ms / 1000)
                         self.summary.response_latencies_ms.append(response_ms)
                 case BargedIn(decision=decision):
+                    self._rec.barge_in(note)
                     self.summary.barge_ins += 1
                     self.metrics.barge_ins.inc()
                     self.metrics.flushed_audio.inc(decision.flushed_ms / 1000)
@@ -469,6 +518,7 @@ class CallBridge:
                     self.summary.flood_dropped += 1
                     self.metrics.dropped_frames.labels(reason="flood").inc()
                 case DtmfPressed(digit=digit):
+                    self._rec.dtmf(digit, now_ms())
                     self.summary.dtmf.append(digit)
                     self.metrics.dtmf.inc()
                     log.debug("dtmf", digit=digit)
@@ -478,6 +528,7 @@ class CallBridge:
                 case CallMustEnd(outcome=outcome, detail=detail):
                     raise CallEnded(outcome, detail)
                 case ToolCalled(call=call):
+                    self._rec.tool_call(call.name, call.arguments, call.call_id, now_ms())
                     self._on_tool_call(call)
                 case Heard(call=call):
                     self._on_heard(call)
@@ -554,6 +605,7 @@ class CallBridge:
         level = log.info if result == "ok" else log.warning
         level("tool_result", tool=call.name, result=result, tool_call_id=call.call_id)
         self._core.tool_result(call.call_id, output, now_ms())
+        self._rec.tool_result(call.call_id, output, now_ms())
 
     async def _run_webhook_tool(self, call: FunctionCallRequested) -> None:
         """The operator's tool over the webhook; a filler response meanwhile when it is slow."""
@@ -642,13 +694,16 @@ class CallBridge:
                 started = time.perf_counter()
                 self._core.receive_caller_audio(payload, now)
                 self._m_codec_caller.observe(time.perf_counter() - started)
+                self._rec.caller_audio(payload, now)
                 if self._core.clear_pending:  # the local detector barged in: the clear goes out first
                     await self._flush_leg(started)  # timed from the frame reaching the detector
                 if self._core.realtime_pending():
                     await self._flush_upstream()
                     self._m_added_caller.observe(time.perf_counter() - self._caller_msg_at)
             case PlayedTo(position=position):
-                self._core.receive_played_to(position, now_ms())
+                now = now_ms()
+                self._rec.tick(now)  # the recording samples playback before the tracker re-anchors
+                self._core.receive_played_to(position, now)
             case DtmfReceived(digit=digit):
                 self._core.receive_dtmf(digit, now_ms())
             case CallStopped():
@@ -711,6 +766,7 @@ class CallBridge:
                 self._m_codec_bot.observe(time.perf_counter() - started)
             case _:
                 self._core.receive_realtime(event, now_ms())
+        self._rec.realtime(event, now_ms())
 
     async def _send_caller(self, command: TelephonyCommand) -> None:
         await self.channel.send(command)

@@ -12,6 +12,7 @@ import pytest
 import telcodec
 
 CORES = [
+    "gateway.call.record",
     "gateway.telephony.twilio",
     "gateway.telephony.twilio_wire",
     "gateway.telephony.signature",
