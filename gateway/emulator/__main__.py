@@ -1,5 +1,8 @@
 """Run the realtime-API emulator standalone: `python -m gateway.emulator --host 127.0.0.1 --port 8765`.
 
+`--tool-rule 'pressed 9=end_call'` (repeatable) scripts the bot's function calls: the first response to
+a user turn containing WHEN calls the tool after its spoken reply (`EmulatorConfig.tool_rules`).
+
 Logs go to stderr as the gateway's do: at info the start-up line (`emulator.listening`, with its URLs)
 and problems; `--log-level debug` (or LOG_LEVEL=debug) adds every connection and session.
 """
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 import structlog
 
 from gateway.emulator.server import EmulatorServer
-from gateway.emulator.session import EmulatorConfig
+from gateway.emulator.session import EmulatorConfig, ToolRule
 from gateway.logging import configure_logging
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -61,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--refuse-status", type=int, default=None, help="fault: refuse every handshake (401/403/429)"
     )
     parser.add_argument(
+        "--tool-rule",
+        action="append",
+        default=[],
+        type=_tool_rule,
+        metavar="WHEN=TOOL[:ARGS-JSON][!]",
+        help="call TOOL (with ARGS; after the spoken reply, or without one with a trailing !) in the first "
+        "response to a user turn containing WHEN, once per session, e.g. 'pressed 9=end_call' (a key "
+        "entry reads 'The caller pressed 9'; WHEN '*': any turn); repeatable",
+    )
+    parser.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=os.environ.get("LOG_LEVEL", "info").lower(),
@@ -73,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: $LOG_FORMAT, else json",
     )
     return parser
+
+
+def _tool_rule(spec: str) -> ToolRule:
+    try:
+        return ToolRule.parse(spec)
+    except ValueError as exc:  # argparse shows an ArgumentTypeError's message as it is
+        message = str(exc)
+        if not message.startswith("tool rule"):  # the arguments' JSON error says not whose it is
+            message = f"tool rule {spec!r}: the arguments are not JSON: {message}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -90,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         drop_after_responses=args.drop_after_responses,
         error_after_responses=args.error_after_responses,
         refuse_status=args.refuse_status,
+        tool_rules=tuple(args.tool_rule),
     )
 
 

@@ -3,11 +3,20 @@
 Replays recorded calls against a gateway as a provider would (`--provider`: Twilio by default, or any
 provider the gateway serves, on its `/P/media` route), or as a SIP trunk would (`--sip HOST:PORT`, or
 `--sip` with `--embedded`: INVITE, RTP, BYE; `gateway.loadtest.sip_call`), and reports what callers
-experienced. Each run
-writes into its own folder, `--output`/<UTC start>-<run id>/ (summary.txt, results.json, report.html),
-and points `--output`/latest at it. Exit status: 0 when every call completed, 1 when some failed, 2 on
-bad usage (options, scenario files, recordings) or when the `loadtest` extra (rich, matplotlib) is not
-installed.
+experienced. Each run writes into its own folder, `--output`/<UTC start>-<run id>/ (summary.txt,
+results.json, report.html), and points `--output`/latest at it. Exit status: 0 when every call
+completed, 1 when some failed, 2 on bad usage (options, scenario files, recordings) or when the
+`loadtest` extra (rich, matplotlib) is not installed.
+
+The bot's tools (`--embedded`): the emulator calls a tool when a user turn matches one of its
+`--tool-rule`s (`WHEN=TOOL[:ARGUMENTS-JSON][!]`, e.g. `pressed 9=end_call`), and the gateway offers the
+tools named by `--bot-tools` (BOT_TOOLS), transferring to `--transfer-to` (TRANSFER_TO). When a scenario
+of the mix ends with `expect_end` (tool_hangup, tool_transfer) and no rule is given, the rules are
+DEFAULT_TOOL_RULES (key 9 ends the call, key 0 transfers it to DEFAULT_TRANSFER_TO). With rules, the
+gateway offers the built-in tools they name and takes each key as an entry of its own
+(DTMF_MAX_DIGITS=1), unless the options or `--gateway-env` say otherwise. A transfer over a provider's
+stream goes through the provider's REST API, which an embedded gateway has not: a scenario expecting a
+transfer runs embedded over SIP only (`--sip`), where the gateway REFERs the simulated phone.
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from gateway.call.tools import BUILTIN_TOOLS, TRANSFER_CALL
+from gateway.config import load_settings
 from gateway.emulator import EmulatorConfig
+from gateway.emulator.session import ToolRule
 from gateway.loadtest.recordings import Recording, RecordingError
 from gateway.loadtest.report import new_run_folder, point_latest, render_text, write_outputs
 from gateway.loadtest.runner import (
@@ -37,7 +49,17 @@ from gateway.loadtest.script import DEFAULT_SCENARIO_DIR, Scenario, ScenarioErro
 from gateway.loadtest.sip_call import parse_target
 from gateway.loadtest.wires import PROVIDERS, parse_format
 
-__all__ = ["EXTRA_MODULES", "FAULTS", "build_parser", "main", "missing_extra"]
+__all__ = [
+    "DEFAULT_TOOL_RULES",
+    "DEFAULT_TRANSFER_TO",
+    "EXTRA_MODULES",
+    "FAULTS",
+    "build_parser",
+    "gateway_env",
+    "main",
+    "missing_extra",
+    "tool_rules",
+]
 
 FAULTS = (
     "drop_after_ms",
@@ -49,6 +71,12 @@ FAULTS = (
 )
 EXIT_OK, EXIT_FAILED_CALLS, EXIT_USAGE = 0, 1, 2
 EXTRA_MODULES = ("rich", "matplotlib")  # the `loadtest` extra: live progress, the report's plots
+DEFAULT_TRANSFER_TO = "+15550100"
+DEFAULT_TOOL_RULES = (
+    "pressed 9=end_call",
+    f'pressed 0=transfer_call:{{"destination": "{DEFAULT_TRANSFER_TO}"}}',
+)
+TOOL_OPTIONS = ("tool_rule", "bot_tools", "transfer_to")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument(
         "--gateway-env", action="append", default=[], metavar="KEY=VALUE", help="gateway setting"
     )
+    emb.add_argument(
+        "--tool-rule",
+        action="append",
+        default=[],
+        metavar="WHEN=TOOL[:ARGS-JSON][!]",
+        help="the emulator calls TOOL (with ARGS, after its spoken reply; none with !) in its first response "
+        "to a user turn containing WHEN, e.g. 'pressed 9=end_call' (a key is 'The caller pressed 9'); "
+        "repeatable. Default, when a scenario ends with expect_end (tool_hangup, tool_transfer): "
+        + " and ".join(repr(rule) for rule in DEFAULT_TOOL_RULES),
+    )
+    emb.add_argument(
+        "--bot-tools",
+        metavar="NAMES",
+        help="BOT_TOOLS of the embedded gateway (default with rules: the built-in tools they name); with "
+        "rules, DTMF_MAX_DIGITS=1 too, so that a single key is a turn",
+    )
+    emb.add_argument(
+        "--transfer-to",
+        metavar="NUMBERS",
+        help=f"TRANSFER_TO of the embedded gateway (default {DEFAULT_TRANSFER_TO} when transfer_call is "
+        "offered). A transfer needs --sip: over a provider's stream it goes through the provider's REST "
+        "API, which an embedded run has not",
+    )
     return parser
 
 
@@ -146,8 +197,58 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
-def emulator_config(args: argparse.Namespace) -> EmulatorConfig:
-    """The embedded emulator's configuration from the options."""
+def tool_rules(args: argparse.Namespace, mix: Sequence[tuple[Scenario, float]]) -> tuple[ToolRule, ...]:
+    """The embedded emulator's scripted tool calls: `--tool-rule`, else DEFAULT_TOOL_RULES when a
+    scenario of the mix waits for the gateway to end the call (ValueError for a malformed rule)."""
+    specs = args.tool_rule or (DEFAULT_TOOL_RULES if any(s.expected_end for s, _ in mix) else ())
+    rules = []
+    for spec in specs:
+        try:
+            rules.append(ToolRule.parse(spec))
+        except ValueError as exc:  # the arguments' JSON error says not whose it is
+            raise ValueError(f"--tool-rule {spec!r}: {exc}") from None
+    return tuple(rules)
+
+
+def gateway_env(args: argparse.Namespace, rules: Sequence[ToolRule]) -> dict[str, str]:
+    """The embedded gateway's settings: `--gateway-env`, then the tools: `--bot-tools` and
+    `--transfer-to` where given, else what the rules need (see the module docstring)."""
+    env = _pairs(args.gateway_env, "--gateway-env")
+    env.setdefault("LOG_LEVEL", args.log_level)
+    if args.greeting:
+        env["BOT_GREETING"] = args.greeting
+    if args.twilio_auth_token:
+        env["TWILIO_AUTH_TOKEN"] = args.twilio_auth_token
+    named = ",".join(dict.fromkeys(rule.tool for rule in rules if rule.tool in BUILTIN_TOOLS))
+    if args.bot_tools:
+        env["BOT_TOOLS"] = args.bot_tools
+    elif named:
+        env.setdefault("BOT_TOOLS", named)
+    if args.transfer_to:
+        env["TRANSFER_TO"] = args.transfer_to
+    elif TRANSFER_CALL in env.get("BOT_TOOLS", "").replace(" ", "").split(","):
+        env.setdefault("TRANSFER_TO", DEFAULT_TRANSFER_TO)
+    if rules:
+        env.setdefault("DTMF_MAX_DIGITS", "1")
+    return env
+
+
+def _check_transfers(args: argparse.Namespace, mix: Sequence[tuple[Scenario, float]]) -> None:
+    """An embedded run over a provider's stream cannot transfer (no REST API): refuse such a scenario."""
+    if not args.embedded or args.sip:
+        return
+    for scenario, _ in mix:
+        end = scenario.expected_end
+        if end is not None and end.outcome == "transferred":
+            raise ValueError(
+                f"scenario {scenario.name} expects a transfer: over a provider's media stream the gateway "
+                "transfers through the provider's REST API, which an embedded run has not; run it over "
+                "SIP (--embedded --sip), where the gateway REFERs the simulated phone"
+            )
+
+
+def emulator_config(args: argparse.Namespace, rules: Sequence[ToolRule] = ()) -> EmulatorConfig:
+    """The embedded emulator's configuration from the options (and its tool rules)."""
     faults: dict[str, int] = {}
     for key, value in _pairs(args.fault, "--fault").items():
         if key not in FAULTS:
@@ -163,6 +264,7 @@ def emulator_config(args: argparse.Namespace) -> EmulatorConfig:
         response_delay_ms=args.response_delay_ms,
         response_jitter_ms=args.response_jitter_ms,
         seed=args.seed,
+        tool_rules=tuple(rules),
         **faults,  # type: ignore[arg-type]
     )
 
@@ -246,13 +348,9 @@ async def _progress(live: LiveStats, enabled: bool) -> AsyncIterator[None]:
 async def _run(args: argparse.Namespace, show_progress: bool) -> RunResult:
     live = LiveStats()
     if args.embedded:
-        env = _pairs(args.gateway_env, "--gateway-env")
-        env.setdefault("LOG_LEVEL", args.log_level)
-        if args.greeting:
-            env["BOT_GREETING"] = args.greeting
-        if args.twilio_auth_token:
-            env["TWILIO_AUTH_TOKEN"] = args.twilio_auth_token
-        config_emulator = emulator_config(args)
+        rules = tool_rules(args, _mix(args))
+        env = gateway_env(args, rules)
+        config_emulator = emulator_config(args, rules)
         async with embedded_target(config_emulator, env, sip=bool(args.sip)) as target:
             config = _run_config(args, target.base, target.append_ms, target.sip)
             async with _progress(live, show_progress):
@@ -274,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sip needs HOST:PORT, or --embedded")
     if args.sip and (args.url or args.provider != "twilio" or args.format or args.twilio_auth_token):
         parser.error("--sip places SIP calls: no --url, --provider, --format or --twilio-auth-token")
+    if not args.embedded and any(getattr(args, name) for name in TOOL_OPTIONS):
+        parser.error("--tool-rule, --bot-tools and --transfer-to set up the embedded emulator and gateway")
     if missing := missing_extra():
         print(
             f"{parser.prog}: error: {' and '.join(missing)} not installed; "
@@ -289,8 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # every usage problem is found before anything starts
         _run_config(args, args.url or "ws://127.0.0.1/media", 20, _sip_target(args))
         if args.embedded:
-            emulator_config(args)
-            _pairs(args.gateway_env, "--gateway-env")
+            mix = _mix(args)
+            _check_transfers(args, mix)
+            rules = tool_rules(args, mix)
+            emulator_config(args, rules)
+            load_settings({**gateway_env(args, rules), "REALTIME_URL": "ws://127.0.0.1/"})
     except (ScenarioError, RecordingError, ValueError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

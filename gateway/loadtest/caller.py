@@ -5,7 +5,9 @@ schedule). The answer is a `Frame` (a pre-encoded payload, flags saying what the
 measurements, and maybe a DTMF key to press) or None when the caller hangs up. Listening steps read
 the simulated phone (`PhoneView`: what has been played, what is queued, when bot audio last arrived),
 so "interrupt after 800 ms of the bot" is exact on the phone's own playback clock. A step that waits
-too long raises `StepTimeout`.
+too long raises `StepTimeout` (`EndMissing` for an `expect_end` step). When the gateway ends the call,
+the I/O layer asks `gateway_ended(outcome)` whether the script was waiting for that end; an end the
+script did not expect raises `WrongEnd`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,51 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.loadtest.recordings import FRAME_MS, SILENCE_PAYLOAD, Recording
-from gateway.loadtest.script import Dtmf, HangUp, Interrupt, Say, Scenario, Silence, Step, WaitForBot
+from gateway.loadtest.script import (
+    Dtmf,
+    ExpectEnd,
+    HangUp,
+    Interrupt,
+    Say,
+    Scenario,
+    Silence,
+    Step,
+    WaitForBot,
+)
 
-__all__ = ["DTMF_INTERVAL_FRAMES", "CallerCore", "Frame", "PhoneView", "StepTimeout"]
+__all__ = [
+    "DTMF_INTERVAL_FRAMES",
+    "CallerCore",
+    "EndMissing",
+    "Frame",
+    "PhoneView",
+    "StepTimeout",
+    "WrongEnd",
+]
 
 DTMF_INTERVAL_FRAMES = 5  # one key every 100 ms
 
 
 class StepTimeout(Exception):  # noqa: N818 - a scenario outcome, reported as the error kind "timeout"
-    """A listening step (or the whole call) waited longer than its timeout."""
+    """A listening step (or the whole call) waited longer than its timeout; `kind` is the report's error
+    kind."""
+
+    kind = "timeout"
+
+
+class EndMissing(StepTimeout):
+    """An `expect_end` step timed out: the gateway had not ended the call."""
+
+    kind = "end_missing"
+
+
+class WrongEnd(Exception):  # noqa: N818 - a scenario outcome, reported as the error kind "wrong_end:..."
+    """The gateway ended the call as `outcome` where the script's `expect_end` wanted another end."""
+
+    def __init__(self, outcome: str, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+        self.kind = f"wrong_end:{outcome}"
 
 
 class PhoneView(Protocol):
@@ -122,10 +160,30 @@ class CallerCore:
                     return SILENT
                 self.step_index = len(self.scenario.steps)  # nothing may follow a hang-up
                 return None
+            case ExpectEnd(outcome=outcome, timeout_s=timeout_s):
+                if now_ms - self._step_started_ms > timeout_s * 1000:
+                    raise EndMissing(
+                        f"step {self.step_index} (expect_end {outcome}): the call was still up after "
+                        f"{timeout_s:g} s"
+                    )
+                return SILENT  # only the gateway ends this step
             case WaitForBot():
                 return self._wait_for_bot(step, now_ms, phone)
             case Interrupt():
                 return self._interrupt(step, now_ms, phone)
+
+    def gateway_ended(self, outcome: str) -> bool:
+        """The gateway ended the call as `outcome` (its label: bot_hangup, transferred, ...). True: the
+        script was at its `expect_end` step and that is the end it expects (the call passed); False: the
+        script was elsewhere (the gateway cut it short). Raises `WrongEnd` for another end than expected."""
+        step = self.step
+        if not isinstance(step, ExpectEnd):
+            return False
+        if not step.accepts(outcome):
+            wanted = "bot_hangup or transferred" if step.outcome == "any" else step.outcome
+            raise WrongEnd(outcome, f"expected the call to end {wanted}; the gateway ended it: {outcome}")
+        self.finished = True
+        return True
 
     def _check_step_timeout(self, timeout_s: float, now_ms: float, what: str) -> None:
         if now_ms - self._step_started_ms > timeout_s * 1000:

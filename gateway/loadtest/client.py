@@ -184,7 +184,10 @@ class PhoneCall:
     first_media_ms: float | None = None
     hung_up_ms: float | None = None
     close_code: int | None = None
+    close_reason: str = ""  # the gateway's close reason: the call's outcome label (bot_hangup, ...)
     closed_by_gateway: bool = False
+    gateway_ended_ms: float | None = None  # the gateway's close arrived
+    last_dtmf_ms: float | None = None  # the last key press went out
     wire: ProviderWire = field(init=False)  # built from the fields above in __post_init__
     _ws: ClientConnection | None = None
     _ticker: SharedTicker | None = None
@@ -242,6 +245,14 @@ class PhoneCall:
     def closed(self) -> bool:
         """Whether the socket is closed (by either side)."""
         return self._closed.is_set()
+
+    @property
+    def end_outcome(self) -> str | None:
+        """How the gateway ended the call: its close reason, which is the outcome label (bot_hangup,
+        transferred, ...), or `closed:CODE` without one; None while the call is up or when we hung up."""
+        if not self.closed_by_gateway:
+            return None
+        return self.close_reason or f"closed:{self.close_code}"
 
     # -- connecting ----------------------------------------------------------------------------------
 
@@ -310,9 +321,13 @@ class PhoneCall:
             self._voice_end_ms = now if voice_end else None
             if interrupt_start:
                 self._interrupt_ms = now
-            if not self.playout.queued_ms_at(now):  # the caller spoke while the bot was silent: a new turn
-                self._turn_open = False
-                self.playout.new_turn()
+            self._caller_turn(now)
+
+    def _caller_turn(self, now: float) -> None:
+        """The caller spoke or pressed a key: while the bot is silent, its next audio is a new turn."""
+        if not self.playout.queued_ms_at(now):
+            self._turn_open = False
+            self.playout.new_turn()
 
     async def send_frame(self, frame: bytes) -> None:
         """Send one frame of caller audio (normally 20 ms: 160 bytes of mu-law)."""
@@ -332,6 +347,8 @@ class PhoneCall:
     async def send_dtmf(self, digit: str) -> None:
         """Press a key."""
         self.dtmf_sent += digit
+        self.last_dtmf_ms = monotonic_ms()
+        self._caller_turn(self.last_dtmf_ms)
         await self.send_text(self.wire.dtmf(digit))
 
     # -- bot audio -----------------------------------------------------------------------------------
@@ -346,6 +363,9 @@ class PhoneCall:
         finally:
             self.close_code = self._ws.close_code
             self.closed_by_gateway = not self._hanging_up
+            if self.closed_by_gateway:
+                self.gateway_ended_ms = monotonic_ms()
+                self.close_reason = self._ws.close_reason or ""
             self._closed.set()
             if self._ticker is not None:
                 self._ticker.unregister(self)

@@ -19,7 +19,10 @@ Definitions (all times on the load generator's monotonic clock, in ms):
 - `underruns`: gaps while a bot turn was playing: the phone's queue ran dry and more audio of the same
   turn arrived later (a turn ends when the caller speaks while nothing is queued, or on a clear).
 - `caller_frames_lost` (embedded): 20 ms frames sent that the emulator never received, beyond what the
-  gateway holds back by design (its append size plus the resampler's 2.5 ms delay).
+  gateway holds back by design (its append size plus the resampler's 2.5 ms delay). When the gateway
+  ended the call, the last `END_GRACE_MS` of caller audio are not counted either: the gateway stops
+  reading the caller when it decides to end the call, and closes the realtime session before the
+  caller's leg, so the frames the phone sent meanwhile were never meant to reach the model.
 - `bot_audio_lost_ms` (embedded): audio of the emulator's completed, uninterrupted items that did not
   reach the phone byte for byte (the expected bytes are the items' audio through the gateway's codec).
 - SIP calls (`--sip`, `gateway.loadtest.sip_call` says precisely how each is taken): `connect_ms` is the
@@ -28,6 +31,15 @@ Definitions (all times on the load generator's monotonic clock, in ms):
   phone playing each talkspurt SIP_JITTER_MS after its first packet had played then;
   `rtp_gap_deviation_ms` is |gap - 20 ms| between consecutive RTP packets of the gateway (its pacing
   jitter), `rtp_lost` / `rtp_reordered` its packets lost and reordered by sequence number.
+- `outcome`: how the call ended. `caller_hangup`: the caller hung up (its script's end, or a failure);
+  `bot_hangup` / `transferred`: the gateway ended it so (a provider stream's close reason; on SIP, the
+  gateway's BYE, after the REFER the phone accepted for a transfer); any other close reason the gateway
+  gave (`completed`, `upstream_failed`, ..., `closed:CODE` without one); `not_connected`. The summary's
+  `outcomes` counts the calls that passed by how they ended, and the failed ones as `failed`.
+- `key_to_end_ms`: for a call the bot ended (`bot_hangup`, `transferred`), the caller's last key press
+  sent -> the gateway's end received (its close, or its BYE). It spans the key's way to the model, the
+  model's reply (its goodbye, or the words before the transfer) played out at the phone, and, for a
+  transfer, the REFER and its NOTIFYs.
 - `marks_early`: marks echoed before the audio in front of them had finished playing (must be 0);
   `marks_unanswered`: marks whose audio had played that were never echoed (must be 0); a mark still
   queued when the caller hung up is neither (Twilio never echoes those).
@@ -43,10 +55,12 @@ from typing import Any, Protocol
 
 from gateway.loadtest.client import MarkRecord, ReceivedClear
 from gateway.loadtest.playout import PlayedSpan, Underrun
+from gateway.loadtest.script import TOOL_ENDS
 from gateway.stats import percentile
 
 __all__ = [
     "METRICS",
+    "OUTCOMES",
     "CallResult",
     "EmulatorFigures",
     "MeasuredCall",
@@ -55,6 +69,7 @@ __all__ = [
     "active_calls_timeline",
     "aggregate",
     "check_marks",
+    "count_outcomes",
     "measure_call",
     "stats",
 ]
@@ -62,6 +77,7 @@ __all__ = [
 FRAME_MS = 20
 RESAMPLER_DELAY_MS = 2.5
 EPSILON_MS = 1e-6
+END_GRACE_MS = 200  # a call the gateway ended: caller audio it did not read while ending it (see above)
 # Per-call lists aggregated into percentiles; the key is the CallResult field.
 METRICS: Mapping[str, str] = {
     "connect_ms": "connect",
@@ -71,7 +87,10 @@ METRICS: Mapping[str, str] = {
     "truncation_error_ms": "truncation error",
     "underrun_gap_ms": "underrun gap",
     "rtp_gap_deviation_ms": "RTP gap deviation",
+    "key_to_end_ms": "key press to end",
 }
+CALLER_HANGUP, NOT_CONNECTED, FAILED = "caller_hangup", "not_connected", "failed"
+OUTCOMES = (*TOOL_ENDS, CALLER_HANGUP, FAILED)  # the summary's outcome counts, always all four
 
 
 class _Playback(Protocol):
@@ -114,6 +133,12 @@ class MeasuredCall(Protocol):
     def frames_sent(self) -> int: ...
     @property
     def dtmf_sent(self) -> str: ...
+    @property
+    def last_dtmf_ms(self) -> float | None: ...
+    @property
+    def end_outcome(self) -> str | None: ...
+    @property
+    def gateway_ended_ms(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +165,7 @@ class CallResult:
         None  # kind: handshake_refused:403, closed_by_gateway:1011, timeout, protocol_error, ...
     )
     error_detail: str = ""
+    outcome: str = CALLER_HANGUP  # how the call ended (see the module docstring)
     twiml_ms: float | None = None
     connect_ms: tuple[float, ...] = ()
     setup_ms: tuple[float, ...] = ()
@@ -150,6 +176,7 @@ class CallResult:
     truncation_error_ms: tuple[float, ...] = ()
     underrun_gap_ms: tuple[float, ...] = ()
     rtp_gap_deviation_ms: tuple[float, ...] = ()  # SIP
+    key_to_end_ms: tuple[float, ...] = ()  # the bot ended the call: last key sent -> the end received
     rtp_lost: int | None = None  # SIP
     rtp_reordered: int | None = None  # SIP
     frames_sent: int = 0
@@ -293,6 +320,11 @@ def measure_call(
         return round((t - run_started_ms) / 1000, 4)
 
     connect = () if call.opened_ms is None else (round(call.opened_ms - started, 3),)
+    outcome = call.end_outcome or (NOT_CONNECTED if call.opened_ms is None else CALLER_HANGUP)
+    key_to_end: tuple[float, ...] = ()
+    pressed, ended = call.last_dtmf_ms, call.gateway_ended_ms
+    if outcome in TOOL_ENDS and pressed is not None and ended is not None and ended >= pressed:
+        key_to_end = (round(ended - pressed, 3),)
     setup: tuple[float, ...] = ()
     if bot_speaks_first and call.opened_ms is not None and call.first_media_ms is not None:
         setup = (round(call.first_media_ms - call.opened_ms, 3),)
@@ -302,8 +334,9 @@ def measure_call(
     if emulator is not None:
         pairs = zip(emulator.truncations_ms, call.clears, strict=False)
         truncation = tuple(round(end - clear.turn_played_ms, 3) for end, clear in pairs)
+        grace = END_GRACE_MS if call.end_outcome is not None else 0
         lost_frames = caller_frames_lost(
-            call.caller_audio_sent_ms, emulator.caller_audio_received_ms, append_ms
+            call.caller_audio_sent_ms, emulator.caller_audio_received_ms, append_ms + grace
         )
     return CallResult(
         index=index,
@@ -314,6 +347,7 @@ def measure_call(
         ok=error is None,
         error=error,
         error_detail=error_detail,
+        outcome=outcome,
         twiml_ms=None if twiml_ms is None else round(twiml_ms, 3),
         connect_ms=connect,
         setup_ms=setup,
@@ -326,6 +360,7 @@ def measure_call(
         rtp_gap_deviation_ms=() if rtp is None else tuple(round(v, 3) for v in rtp[0]),
         rtp_lost=None if rtp is None else rtp[1],
         rtp_reordered=None if rtp is None else rtp[2],
+        key_to_end_ms=key_to_end,
         frames_sent=call.frames_sent,
         caller_audio_sent_ms=call.caller_audio_sent_ms,
         bot_audio_received_ms=call.playout.received_ms,
@@ -405,6 +440,7 @@ class Summary:
     scenarios: dict[str, int] = field(default_factory=dict)
     rtp_lost: int | None = None  # SIP runs
     rtp_reordered: int | None = None
+    outcomes: dict[str, int] = field(default_factory=dict)  # how calls ended (OUTCOMES, then any other)
 
 
 def aggregate(results: Sequence[CallResult], duration_s: float, loop_lag_ms: Iterable[float] = ()) -> Summary:
@@ -431,7 +467,15 @@ def aggregate(results: Sequence[CallResult], duration_s: float, loop_lag_ms: Ite
         scenarios=dict(Counter(r.scenario for r in results)),
         rtp_lost=sum(r.rtp_lost or 0 for r in sip) if sip else None,
         rtp_reordered=sum(r.rtp_reordered or 0 for r in sip) if sip else None,
+        outcomes=count_outcomes(results),
     )
+
+
+def count_outcomes(results: Iterable[CallResult]) -> dict[str, int]:
+    """How the calls ended: bot hang-ups, transfers and caller hang-ups among the calls that passed,
+    and the failed ones (whatever ended them); every key of OUTCOMES, then any other end that passed."""
+    counts = Counter(r.outcome if r.ok else FAILED for r in results)
+    return {key: counts.pop(key, 0) for key in OUTCOMES} | dict(sorted(counts.items()))
 
 
 def active_calls_timeline(results: Iterable[CallResult]) -> list[tuple[float, int]]:

@@ -72,6 +72,7 @@ class TwilioPlayout:
         self._clock_ms: float | None = None  # time up to which playback has been simulated
         self._played_bytes = 0
         self._dry_at: float | None = None  # when the queue ran dry mid-turn (None: no turn playing)
+        self._turn_over = False  # the caller took the turn: what is queued ends the bot's turn
         self.keep_audio = keep_audio
         self.played = bytearray()  # every byte the caller heard, in order (when keep_audio)
         self.spans: list[PlayedSpan] = []  # split where playback paused or was cleared
@@ -125,8 +126,10 @@ class TwilioPlayout:
         return self._clock_ms + ahead / BYTES_PER_MS
 
     def new_turn(self) -> None:
-        """The caller spoke: a gap before the next bot audio is a turn boundary, not an underrun."""
+        """The caller spoke (or pressed a key): a gap before the next bot audio is a turn boundary, not an
+        underrun, even when the model has yet to play what was queued up to now."""
         self._dry_at = None
+        self._turn_over = True
 
     def media(self, audio: bytes, now_ms: float) -> list[str]:
         """Queue audio; returns marks that became due before it (none normally)."""
@@ -138,6 +141,7 @@ class TwilioPlayout:
             self._queue.append(audio)
             self._queued_bytes += len(audio)
             self.received_bytes += len(audio)
+            self._turn_over = False
         return echoes
 
     def mark(self, name: str, now_ms: float) -> list[str]:
@@ -183,7 +187,7 @@ class TwilioPlayout:
                 self._queue.popleft()
                 self._head_offset = 0
         if not self._queued_bytes:
-            if played_any:
+            if played_any and not self._turn_over:
                 self._dry_at = self._clock_ms  # the exact time the last sample finished
             # Nothing to play: playback idles until new audio arrives.
             self._clock_ms = max(self._clock_ms, now_ms)

@@ -3,11 +3,12 @@ results.json and a self-contained report.html.
 
 Each of them starts with what was run: the run id (the prefix of every CallSid of the run), the UTC
 date, the target URL and the mode (embedded: an in-process gateway and emulator; or an external
-gateway). `new_run_folder()` gives every run a fresh folder, so a run never overwrites another;
-`point_latest()` points `latest` beside it at the newest. The HTML page carries its plots (matplotlib,
-Agg backend) as base64 PNG `<img>`s that fill the page's width: latency histograms and CDFs, active
-calls over time, latency over time. It can be mailed or attached to a ticket as one file. `rich` draws
-the terminal table when installed; otherwise a plain-text table is printed.
+gateway); and each counts how the calls ended (bot hang-ups, transfers, caller hang-ups, failures;
+results.json has each call's `outcome` too). `new_run_folder()` gives every run a fresh folder, so a run
+never overwrites another; `point_latest()` points `latest` beside it at the newest. The HTML page
+carries its plots (matplotlib, Agg backend) as base64 PNG `<img>`s that fill the page's width: latency
+histograms and CDFs, active calls over time, latency over time. It can be mailed or attached to a ticket
+as one file. `rich` draws the terminal table when installed; otherwise a plain-text table is printed.
 """
 
 from __future__ import annotations
@@ -100,9 +101,27 @@ def _rows(summary: Summary) -> list[tuple[str, Stats]]:
     return rows
 
 
+OUTCOME_NAMES = {
+    "bot_hangup": ("bot hang-up", "bot hang-ups"),
+    "transferred": ("transfer", "transfers"),
+    "caller_hangup": ("caller hang-up", "caller hang-ups"),
+    "failed": ("failed", "failed"),
+}
+
+
+def _outcomes(outcomes: dict[str, int]) -> str:
+    """`2 bot hang-ups, 1 transfer, 0 caller hang-ups, 0 failed` (other ends by their label)."""
+    parts = []
+    for key, n in outcomes.items():
+        one, many = OUTCOME_NAMES.get(key, (key, key))
+        parts.append(f"{n} {one if n == 1 else many}")
+    return ", ".join(parts) or "-"
+
+
 def _facts(summary: Summary) -> list[tuple[str, str]]:
     facts = [
         ("calls", f"{summary.calls} ({summary.completed} completed, {summary.failed} failed)"),
+        ("ended", _outcomes(summary.outcomes)),
         ("duration", f"{summary.duration_s:.1f} s, at most {summary.max_active} calls at once"),
         ("scenarios", ", ".join(f"{name} x{n}" for name, n in summary.scenarios.items()) or "-"),
         ("errors", ", ".join(f"{kind} x{n}" for kind, n in summary.errors.items()) or "none"),
@@ -241,7 +260,7 @@ def write_html(result: RunResult, path: Path) -> Path:
         for label, s in _rows(summary)
     ]
     failed = [
-        (str(c.index), c.scenario, c.call_sid, c.error or "", c.error_detail)
+        (str(c.index), c.scenario, c.call_sid, c.outcome, c.error or "", c.error_detail)
         for c in result.results
         if not c.ok
     ]
@@ -280,7 +299,7 @@ img {{ display: block; width: 100%; height: auto; }}
 <h2>Plots</h2>
 {images}
 <h2>Failed calls</h2>
-{_table(("#", "scenario", "CallSid", "error", "detail"), failed) if failed else "<p>none</p>"}
+{_table(("#", "scenario", "CallSid", "ended", "error", "detail"), failed) if failed else "<p>none</p>"}
 <h2>Configuration</h2>
 <pre>{config}</pre>
 </body></html>

@@ -9,8 +9,9 @@ found in the gateway's logs by the prefix `CA<run id>`.
 `run_load(config)` starts calls until `config.calls` have started or `config.duration_s` has passed,
 never more than `config.concurrency` at once, the first wave spread over `config.ramp_up_s`. Each
 call is one task: (optionally) the signed /twiml webhook, the WebSocket, then its scenario played on
-an absolute 20 ms schedule, then hang-up and its `CallResult`. A call's failure is recorded as an
-error kind, never raised. `embedded_target()` starts an in-process emulator and gateway on loopback;
+an absolute 20 ms schedule, then hang-up (or the gateway's end that the scenario's `expect_end` waits
+for: the bot's hang-up or transfer) and its `CallResult`. A call's failure is recorded as an error
+kind, never raised. `embedded_target()` starts an in-process emulator and gateway on loopback;
 with it, each call is also matched to its emulator session (by the `x-ms-client-request-id` the
 gateway derives from the CallSid) for truncation and lost-audio figures.
 
@@ -39,7 +40,7 @@ import aiohttp
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from gateway.emulator import EmulatorConfig, EmulatorServer, EmulatorSession
-from gateway.loadtest.caller import CallerCore, PhoneView, StepTimeout
+from gateway.loadtest.caller import CallerCore, PhoneView, StepTimeout, WrongEnd
 from gateway.loadtest.client import FRAME_MS, PhoneCall, SharedTicker, monotonic_ms
 from gateway.loadtest.measure import (
     CallResult,
@@ -85,6 +86,7 @@ SESSION_CLOSE_WAIT_S = 3.0  # after hang-up, how long to wait for the emulator t
 SID_HEX_DIGITS = 32  # a Twilio SID is two letters and 32 hex digits
 RUN_ID_HEX_DIGITS = 12  # 48 random bits: runs started at the same moment on many machines still differ
 SIP = "sip"  # the `provider` of SIP calls
+CLOSE_SETTLE_S = 0.5  # a send failed on a closed socket: how long the reader may take to see the close
 
 
 def new_run_id() -> str:
@@ -507,17 +509,22 @@ class ScenarioPhone(PhoneView, Protocol):
     @property
     def close_code(self) -> int | None: ...
     @property
+    def end_outcome(self) -> str | None: ...
+    @property
     def format(self) -> WireFormat: ...
     async def send_caller_frame(
         self, frame: WireFrame, *, voiced: bool = ..., voice_end: bool = ..., interrupt_start: bool = ...
     ) -> None: ...
     async def send_dtmf(self, digit: str) -> None: ...
+    async def wait_closed(self, timeout_s: float = ...) -> int | None: ...
 
 
 async def play_scenario(call: ScenarioPhone, scenario: Scenario) -> None:
     """Play the scenario on an open call: one frame every 20 ms on an absolute schedule (no drift).
 
-    Raises `_CallError` for a timeout or a socket the gateway closed before the script ended.
+    Returns when the script hung up, or when the gateway ended the call as its `expect_end` step expects.
+    Raises `_CallError` for a timeout, an end the script did not expect, or a socket the gateway closed
+    before the script ended.
     """
     core = CallerCore(scenario, monotonic_ms())
     start = time.monotonic()
@@ -525,13 +532,12 @@ async def play_scenario(call: ScenarioPhone, scenario: Scenario) -> None:
     while True:
         await asyncio.sleep(max(0.0, start + slot * FRAME_MS / 1000 - time.monotonic()))
         if call.closed:
-            raise _CallError(
-                f"closed_by_gateway:{call.close_code}", "the gateway closed the stream mid-script"
-            )
+            _judge_end(core, call)
+            return
         try:
             frame = core.next_frame(monotonic_ms(), call)
         except StepTimeout as exc:
-            raise _CallError("timeout", str(exc)) from None
+            raise _CallError(exc.kind, str(exc)) from None
         if frame is None:
             return
         if frame.recording is None:
@@ -548,11 +554,25 @@ async def play_scenario(call: ScenarioPhone, scenario: Scenario) -> None:
             if frame.dtmf is not None:
                 await call.send_dtmf(frame.dtmf)
         except ConnectionClosed:
-            code = call.close_code if call.close_code is not None else "none"
-            raise _CallError(
-                f"closed_by_gateway:{code}", "the gateway closed the stream mid-script"
-            ) from None
+            with contextlib.suppress(TimeoutError):  # the reader may have yet to see the close
+                await call.wait_closed(CLOSE_SETTLE_S)
+            _judge_end(core, call)
+            return
         slot += 1
+
+
+def _judge_end(core: CallerCore, call: ScenarioPhone) -> None:
+    """The gateway ended the call: return when the script was waiting for that end, else raise."""
+    outcome = call.end_outcome or "closed"
+    try:
+        if core.gateway_ended(outcome):
+            return
+    except WrongEnd as exc:
+        raise _CallError(exc.kind, str(exc)) from None
+    code = call.close_code if call.close_code is not None else "none"
+    raise _CallError(
+        f"closed_by_gateway:{code}", f"the gateway ended the call mid-script (outcome {outcome})"
+    )
 
 
 def _expected(audio: bytes, session_format: AudioFormat | None, wire: WireFormat) -> bytes:

@@ -24,6 +24,12 @@ Steps (one action each; the caller streams 20 ms frames continuously, silence wh
 - `{"silence_ms": 500}`: stay silent.
 - `{"hang_up_after_s": 2}`: stay silent that long, then hang up; steps may not follow it. The end of the
   script hangs up too (`stop`, then close).
+- `{"expect_end": {"outcome": "bot_hangup", "timeout_s": 10}}`: stay silent until the gateway ends the
+  call; the call passes when it ended that way: `bot_hangup` (the bot's end_call), `transferred` (its
+  transfer_call), or `any` of the two. It fails (`end_missing`) when the call is still up after
+  `timeout_s`, and (`wrong_end:OUTCOME`) when it ended otherwise. Steps may not follow it. A provider's
+  stream tells the outcome by the gateway's close reason; a SIP call by the gateway's BYE, which follows
+  the REFER the phone accepted when the call was transferred (`gateway.loadtest.sip_uac`).
 
 Recording paths are relative to the scenario file, or to a `recordings/` folder beside it or beside
 its folder, or name one of the shipped recordings (`SHIPPED_RECORDINGS`). The shipped scenarios and
@@ -47,8 +53,11 @@ from gateway.loadtest.recordings import Recording, RecordingError, load_recordin
 __all__ = [
     "DEFAULT_SCENARIO_DIR",
     "DTMF_DIGITS",
+    "END_OUTCOMES",
     "SHIPPED_RECORDINGS",
+    "TOOL_ENDS",
     "Dtmf",
+    "ExpectEnd",
     "HangUp",
     "Interrupt",
     "Say",
@@ -70,7 +79,18 @@ DTMF_DIGITS = frozenset("0123456789*#ABCD")
 DEFAULT_CALL_TIMEOUT_S = 60.0
 DEFAULT_STEP_TIMEOUT_S = 10.0
 DEFAULT_QUIET_MS = 300
-STEP_KEYS = ("say", "wait_for_bot", "interrupt_after_ms", "dtmf", "silence_ms", "hang_up_after_s")
+STEP_KEYS = (
+    "say",
+    "wait_for_bot",
+    "interrupt_after_ms",
+    "dtmf",
+    "silence_ms",
+    "hang_up_after_s",
+    "expect_end",
+)
+TOOL_ENDS = ("bot_hangup", "transferred")  # how the bot's tools end a call (the gateway's outcome labels)
+ANY_END = "any"
+END_OUTCOMES = (*TOOL_ENDS, ANY_END)
 
 
 class ScenarioError(ValueError):
@@ -122,7 +142,20 @@ class HangUp:
     after_s: float
 
 
-Step = Say | WaitForBot | Interrupt | Dtmf | Silence | HangUp
+@dataclass(frozen=True, slots=True)
+class ExpectEnd:
+    """Stay silent until the gateway ends the call, within `timeout_s`; it should end as `outcome`
+    (`bot_hangup`, `transferred`, or `any` of the two)."""
+
+    outcome: str = ANY_END
+    timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+
+    def accepts(self, outcome: str) -> bool:
+        """Whether the call ending as `outcome` (the gateway's label) is the end this step expects."""
+        return outcome == self.outcome or (self.outcome == ANY_END and outcome in TOOL_ENDS)
+
+
+Step = Say | WaitForBot | Interrupt | Dtmf | Silence | HangUp | ExpectEnd
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +172,12 @@ class Scenario:
     def bot_speaks_first(self) -> bool:
         """Whether the script starts by listening for the bot (a greeting)."""
         return isinstance(self.steps[0], WaitForBot)
+
+    @property
+    def expected_end(self) -> ExpectEnd | None:
+        """The end the script waits for (its last step), or None: the caller hangs up."""
+        last = self.steps[-1]
+        return last if isinstance(last, ExpectEnd) else None
 
 
 class _Parser:
@@ -191,7 +230,9 @@ class _Parser:
         if "interrupt_after_ms" in raw:
             return self.interrupt(raw, at)
         if "timeout_s" in raw:
-            raise self.fail(at, "timeout_s goes in an interrupt_after_ms step or inside wait_for_bot")
+            raise self.fail(
+                at, "timeout_s goes in an interrupt_after_ms step, or inside wait_for_bot or expect_end"
+            )
         actions = [key for key in STEP_KEYS if key in raw]
         if len(actions) != 1:
             raise self.fail(at, f"a step has exactly one action, got {', '.join(sorted(raw))}")
@@ -210,7 +251,17 @@ class _Parser:
             return Dtmf(value)
         if key == "silence_ms":
             return Silence(int(self.number(value, here)))
+        if key == "expect_end":
+            return self.expect_end(value, here)
         return HangUp(self.number(value, here, positive=False))
+
+    def expect_end(self, value: object, at: str) -> ExpectEnd:
+        options = self.options({} if value is True else value, at, {"outcome", "timeout_s"})
+        outcome = options.get("outcome", ANY_END)
+        if outcome not in END_OUTCOMES:
+            raise self.fail(f"{at}.outcome", f"must be one of {', '.join(END_OUTCOMES)}, got {outcome!r}")
+        timeout = self.number(options.get("timeout_s", DEFAULT_STEP_TIMEOUT_S), f"{at}.timeout_s")
+        return ExpectEnd(str(outcome), timeout)
 
     def interrupt(self, raw: Mapping[str, object], at: str) -> Interrupt:
         extra = sorted(set(raw) - {"interrupt_after_ms", "say", "timeout_s"})
@@ -233,8 +284,9 @@ class _Parser:
             raise ScenarioError(f"{self.where}: 'steps' must be a non-empty list")
         steps = tuple(self.step(raw, f"steps[{i}]") for i, raw in enumerate(raw_steps))
         for i, step in enumerate(steps[:-1]):
-            if isinstance(step, HangUp):
-                raise self.fail(f"steps[{i}]", "hang_up_after_s ends the call: no step may follow it")
+            if isinstance(step, HangUp | ExpectEnd):
+                key = "hang_up_after_s" if isinstance(step, HangUp) else "expect_end"
+                raise self.fail(f"steps[{i}]", f"{key} ends the call: no step may follow it")
         name = doc.get("name", default_name)
         if not isinstance(name, str) or not name:
             raise ScenarioError(f"{self.where}: 'name' must be a non-empty string")

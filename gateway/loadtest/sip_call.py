@@ -3,9 +3,11 @@
 `SipPhone` drives the sans-I/O `UacCall` (`gateway.loadtest.sip_uac`) and an RTP stream on ONE UDP socket
 (SIP and RTP share it: a datagram whose first byte has RTP's version bits is RTP, anything else SIP).
 It offers PCMU and telephone-event, sends the caller's frames as RTP at the scenario's 20 ms absolute
-schedule (`gateway.loadtest.runner.play_scenario`), keys as RFC 4733 events, and answers the gateway's
-BYE. It records what `gateway.loadtest.measure` needs, with the same names as the provider client
-(`PhoneCall`), so a SIP run reports like a provider run:
+schedule (`gateway.loadtest.runner.play_scenario`), keys as RFC 4733 events, answers the gateway's
+BYE, and takes the gateway's REFER (the bot's transfer_call) as a phone whose transfer target answers at
+once (`UacCall`): the BYE that follows ends the call `transferred`, any other BYE `bot_hangup`. It
+records what `gateway.loadtest.measure` needs, with the same names as the provider client (`PhoneCall`),
+so a SIP run reports like a provider run:
 
 - answer time: INVITE sent (`connect_started_ms`) -> 200 OK received (`opened_ms`);
 - bot audio: a talkspurt starts with a packet carrying the marker bit (the gateway sets it when audio
@@ -39,7 +41,7 @@ from typing import Final
 
 from gateway.loadtest.client import MarkRecord, ReceivedClear, monotonic_ms
 from gateway.loadtest.rtp_watch import RtpPlayout, SequenceWatch, gap_deviations_ms
-from gateway.loadtest.sip_uac import Answered, CallGone, HungUp, Refused, UacCall, UacState
+from gateway.loadtest.sip_uac import Answered, CallGone, HungUp, Referred, Refused, UacCall, UacState
 from gateway.loadtest.wires import ULAW_8K, WireFrame
 from gateway.sip.rtp import RtpError, RtpSender, parse_rtp
 from gateway.sip.sdp import SdpError, accept_answer, build_offer, parse_sdp
@@ -144,6 +146,10 @@ class SipPhone:
         self.hung_up_ms: float | None = None
         self.close_code: int | None = None  # the SIP status that ended the call, if any
         self.closed_by_gateway = False
+        self.gateway_ended_ms: float | None = None  # the gateway's BYE arrived
+        self.last_dtmf_ms: float | None = None  # the last key press was asked for
+        self.refer_target: str | None = None  # the gateway's REFER asked to transfer us there
+        self.transferred = False  # the gateway's BYE came after we reported the transfer target answering
         self.cut_by_hang_up = (
             False  # the bot was still talking when the caller hung up (its pacer held the rest)
         )
@@ -194,6 +200,19 @@ class SipPhone:
         """Whether the call is over (either side hung up)."""
         return self._ended.is_set()
 
+    @property
+    def end_outcome(self) -> str | None:
+        """How the gateway ended the call: `transferred` (its BYE after the REFER we accepted), else
+        `bot_hangup` (a BYE says no more); None while the call is up or when we hung up."""
+        if not self.closed_by_gateway:
+            return None
+        return "transferred" if self.transferred else "bot_hangup"
+
+    async def wait_closed(self, timeout_s: float = 10) -> int | None:
+        """Wait until the call is over (TimeoutError after `timeout_s`); the SIP status that ended it."""
+        await asyncio.wait_for(self._ended.wait(), timeout_s)
+        return self.close_code
+
     def gap_deviations_ms(self) -> list[float]:
         """|gap - 20 ms| of every two consecutive packets from the gateway."""
         return gap_deviations_ms(self.media_arrivals, self.media_sequences)
@@ -241,9 +260,13 @@ class SipPhone:
                 case Refused(status=status, reason=reason):
                     self.close_code = status
                     self._fail(SipCallError(f"sip_refused:{status}", reason))
-                case CallGone():
+                case CallGone(at=at, transferred=transferred):
                     self.closed_by_gateway = self.hung_up_ms is None
+                    self.gateway_ended_ms = at * 1000
+                    self.transferred = transferred
                     self._ended.set()
+                case Referred(target=target):
+                    self.refer_target = target
                 case HungUp(status=status):
                     self.close_code = status
                     self._ended.set()
@@ -309,7 +332,11 @@ class SipPhone:
         self._voice_end_ms = now if voice_end else None
         if interrupt_start:
             self._interrupt_ms = now
-        if self._spurt is None and not self.playout.queued_ms_at(now):  # spoke while the bot was silent
+        self._caller_turn(now)
+
+    def _caller_turn(self, now: float) -> None:
+        """The caller spoke or pressed a key: while the bot is silent, its next audio is a new turn."""
+        if self._spurt is None and not self.playout.queued_ms_at(now):
             self._turn_open = False
             self.playout.new_turn()
 
@@ -317,6 +344,8 @@ class SipPhone:
         """Press a key: RFC 4733 packets in the next three frame slots (the end packet three times)."""
         assert self._sender is not None, "open() first"
         self.dtmf_sent += digit
+        self.last_dtmf_ms = monotonic_ms()
+        self._caller_turn(self.last_dtmf_ms)
         packets = self._sender.dtmf(digit, duration_ms=DTMF_MS)
         *updates, end1, end2, end3 = packets
         self._dtmf += [[packet] for packet in updates] + [[end1, end2, end3]]

@@ -7,6 +7,12 @@ every retransmitted 2xx) or the error, answers the gateway's BYE with 200, and s
 `hang_up`, retransmitted (Timer E) until its answer or Timer F. Everything goes to the one address the
 call was placed to (the gateway; no proxies, no Route sets): a load generator talks to one gateway.
 
+A REFER in the dialog (the bot's transfer_call, RFC 3515) is taken as a phone that places the call to
+the target, and the target answers at once: 202 Accepted (`Referred`), then a NOTIFY (Event: refer)
+with the sipfrag "SIP/2.0 100 Trying", and once that is answered, the final one, "SIP/2.0 200 OK" with
+Subscription-State terminated. The gateway then ends the call with its BYE: `CallGone(transferred=True)`.
+A retransmitted REFER gets its 202 again, nothing more.
+
 Time comes in as `now` (seconds, any monotonic origin); datagrams come in with `receive_data` and go out
 through `data_to_send()`; what happened comes out of `events_received()`. `next_deadline()` says when
 to call `tick(now)`. Peer garbage is counted in `malformed`, never raised.
@@ -37,6 +43,7 @@ __all__ = [
     "CallGone",
     "HungUp",
     "Provisional",
+    "Referred",
     "Refused",
     "UacCall",
     "UacEvent",
@@ -46,7 +53,10 @@ __all__ = [
 T1: Final = 0.5  # RFC 3261 17.1.1.1: the round-trip estimate retransmissions start from
 T2: Final = 4.0  # the longest retransmission interval of a non-INVITE request
 TIMEOUT_S: Final = 64 * T1  # Timers B and F: a transaction with no answer fails
-ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS"
+ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY"
+SIPFRAG: Final = "message/sipfrag;version=2.0"
+TRYING_FRAG: Final = b"SIP/2.0 100 Trying\r\n"
+ANSWERED_FRAG: Final = b"SIP/2.0 200 OK\r\n"
 USER_AGENT: Final = "voice-gateway-loadtest"
 
 
@@ -86,10 +96,21 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class Referred:
+    """The gateway asked us to transfer the call to `target` (its REFER's Refer-To), `at` when; we
+    accepted (202) and report the target answering."""
+
+    target: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class CallGone:
-    """The gateway ended the call (its BYE, already answered with 200)."""
+    """The gateway ended the call (its BYE, already answered with 200); `transferred`: after we had
+    reported the transfer target answering (the final NOTIFY of its REFER went out)."""
 
     at: float
+    transferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +120,7 @@ class HungUp:
     status: int
 
 
-UacEvent = Provisional | Answered | Refused | CallGone | HungUp
+UacEvent = Provisional | Answered | Refused | Referred | CallGone | HungUp
 
 
 class UacCall:
@@ -139,6 +160,10 @@ class UacCall:
         self._resend_at: float | None = None
         self._give_up_at: float | None = None
         self._ack: bytes | None = None  # the ACK of the 2xx, sent again for each retransmitted 2xx
+        self._refer_cseq: int | None = None  # the REFER we accepted (a retransmission gets its 202 again)
+        self._notify_cseq: int | None = None  # the NOTIFY out, waiting for its answer
+        self._notify_final = False  # ... and it is the final one (the target answered)
+        self.transferred = False  # the final NOTIFY went out: the call is the target's now
 
     # -- the sans-I/O surface ---------------------------------------------------------------------------
 
@@ -187,17 +212,20 @@ class UacCall:
     def tick(self, now: float) -> None:
         """Retransmit or give up, as the timers say."""
         if self._give_up_at is not None and now >= self._give_up_at:
+            method = self._request_method
             self._stop_timers()
-            if self._request_method == "INVITE":
+            if method == "NOTIFY":  # the gateway never answered our report: the BYE will come, or not
+                self._notify_cseq = None
+            elif method == "INVITE":
                 self.state = UacState.ENDED
                 self._events.append(Refused(408, "no answer to the INVITE"))
-            elif self._request_method == "BYE":
+            elif method == "BYE":
                 self.state = UacState.ENDED
                 self._events.append(HungUp(408))
             return
         if self._resend_at is not None and now >= self._resend_at and self._request is not None:
             self._outgoing.append(self._request)
-            cap = T2 if self._request_method == "BYE" else self._interval * 2
+            cap = self._interval * 2 if self._request_method == "INVITE" else T2
             self._interval = min(self._interval * 2, cap)
             self._resend_at = now + self._interval
 
@@ -254,6 +282,12 @@ class UacCall:
             self._stop_timers()
             self.state = UacState.ENDED
             self._events.append(HungUp(response.status))
+        elif method == "NOTIFY" and number == self._notify_cseq and response.status >= 200:
+            self._notify_cseq = None
+            if self._request_method == "NOTIFY":  # not replaced by our BYE meanwhile
+                self._stop_timers()
+            if not self._notify_final and response.status < 300 and self.state is UacState.CONFIRMED:
+                self._notify(now, final=True)
 
     def _on_invite_response(self, response: SipResponse, now: float) -> None:
         status = response.status
@@ -290,12 +324,49 @@ class UacCall:
     def _on_request(self, request: SipRequest, now: float) -> None:
         if request.method == "ACK":
             return
+        if request.method == "REFER":
+            self._on_refer(request, now)
+            return
         status, reason = (200, "OK") if request.method != "INVITE" else (488, "Not Acceptable Here")
         self._outgoing.append(self._response(request, status, reason))
         if request.method == "BYE" and self.state not in (UacState.IDLE, UacState.ENDED):
             self._stop_timers()
             self.state = UacState.ENDED
-            self._events.append(CallGone(now))
+            self._events.append(CallGone(now, self.transferred))
+
+    def _on_refer(self, request: SipRequest, now: float) -> None:
+        """Accept the transfer (once per REFER) and start reporting the target's answer."""
+        if self.state is not UacState.CONFIRMED:
+            self._outgoing.append(self._response(request, 481, "Call/Transaction Does Not Exist"))
+            return
+        target = request.headers.get("Refer-To")
+        if not target:
+            self._outgoing.append(self._response(request, 400, "Missing Refer-To"))
+            return
+        try:
+            number = request.cseq[0]
+        except SipParseError:
+            self.malformed += 1
+            return
+        self._outgoing.append(self._response(request, 202, "Accepted"))
+        if number == self._refer_cseq:  # a retransmission: our 202 was lost
+            return
+        self._refer_cseq = number
+        self._events.append(Referred(target.strip().removeprefix("<").removesuffix(">"), now))
+        self._notify(now, final=False)
+
+    def _notify(self, now: float, *, final: bool) -> None:
+        """A NOTIFY of the REFER's implicit subscription: the target is being called, or it answered."""
+        headers = self._headers("NOTIFY", new_branch(self._rng), self._to)
+        headers.add("Contact", self._contact)
+        headers.add("Event", "refer")
+        state = "terminated;reason=noresource" if final else "active;expires=60"
+        headers.add("Subscription-State", state)
+        headers.add("Content-Type", SIPFRAG)
+        body = ANSWERED_FRAG if final else TRYING_FRAG
+        self._start(SipRequest("NOTIFY", self._remote_target, headers, body).serialize(), "NOTIFY", now)
+        self._notify_cseq, self._notify_final = self._cseq, final
+        self.transferred = self.transferred or final
 
     def _response(self, request: SipRequest, status: int, reason: str) -> bytes:
         headers = Headers()

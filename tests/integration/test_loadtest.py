@@ -147,12 +147,14 @@ def test_no_frames_lost_in_either_direction(run: RunResult) -> None:
 
 
 def test_cli_embedded_run_writes_outputs(tmp_path: Path) -> None:
-    """`python -m gateway.loadtest --embedded --calls 2 --no-progress` exits 0 and writes the summary,
-    results.json and report.html into the run's own folder, which `latest` points at."""
+    """`python -m gateway.loadtest --embedded --calls 3 --no-progress` exits 0 and writes the summary,
+    results.json and report.html into the run's own folder, which `latest` points at. Two of the calls
+    are tool_hangup's: with the default rule the bot ends each after key 9, and the report counts two bot
+    hang-ups (the third call, question_answer, the caller hangs up)."""
     out = tmp_path / "out"
     command = [
-        sys.executable, "-m", "gateway.loadtest", "--embedded", "--calls", "2", "--no-progress",
-        "--scenario", "question_answer", "--scenario", "dtmf_hangup", "--reply-ms", "1000",
+        sys.executable, "-m", "gateway.loadtest", "--embedded", "--calls", "3", "--no-progress",
+        "--scenario", "tool_hangup:2", "--scenario", "question_answer", "--reply-ms", "1000",
         "--output", str(out),
     ]  # fmt: skip
     done = subprocess.run(
@@ -163,11 +165,22 @@ def test_cli_embedded_run_writes_outputs(tmp_path: Path) -> None:
     assert (out / "latest").resolve() == folder.resolve()
     assert {p.name for p in folder.iterdir()} == {"summary.txt", "results.json", "report.html"}
     document = json.loads((folder / "results.json").read_text())
-    assert document["summary"]["completed"] == 2
+    assert document["summary"]["completed"] == 3
+    assert document["summary"]["outcomes"] == {
+        "bot_hangup": 2,
+        "transferred": 0,
+        "caller_hangup": 1,
+        "failed": 0,
+    }
+    hangups = [call for call in document["calls"] if call["scenario"] == "tool_hangup"]
+    assert [(call["outcome"], call["dtmf_sent"]) for call in hangups] == [("bot_hangup", "9")] * 2
+    # The key's way to the model and its 1 s goodbye, played out at the phone in real time.
+    assert all(1000 <= call["key_to_end_ms"][0] < scaled(3000) for call in hangups)
     assert document["run"]["mode"] == "embedded"
     assert folder.name.endswith("-" + document["run"]["id"])
     assert "data:image/png;base64," in (folder / "report.html").read_text()
-    assert "calls: 2 (2 completed, 0 failed)" in done.stdout
+    assert "calls: 3 (3 completed, 0 failed)" in done.stdout
+    assert "ended: 2 bot hang-ups, 0 transfers, 1 caller hang-up, 0 failed" in done.stdout
     assert f"wrote {folder / 'summary.txt'}" in done.stdout
 
 

@@ -1,7 +1,11 @@
 """The load generator and the capacity bench over SIP/RTP: the shipped scenarios through an in-process
 gateway with a SIP listener (embedded mode), and the capacity bench's SIP leg at tiny scale.
 
-One run of the four shipped scenarios over SIP feeds the load-generator tests; each pins one property.
+One run of the shipped scenarios over SIP feeds the load-generator tests; each pins one property. The
+bot's tools are on in that run (the emulator ends the call after key 9, transfers it after key 0), so
+tool_hangup and tool_transfer run beside the others, which press no such key. Their keys wait for the
+gateway's 2 s entry pause (DTMF_MAX_DIGITS stays 0, as the other scenarios want): they still end before
+multi_turn does.
 """
 
 from __future__ import annotations
@@ -13,12 +17,18 @@ import pytest
 from bench.capacity import BOUND_MS, SIP, run_providers, summarise
 from bench.lean_realtime import StubConfig
 from gateway.emulator import EmulatorConfig
+from gateway.emulator.session import ToolRule
 from gateway.loadtest.measure import CallResult
 from gateway.loadtest.runner import RunConfig, RunResult, embedded_target, run_load
 from gateway.loadtest.script import resolve_scenario
 from tests.conftest import scaled
 
-SCENARIOS = ("question_answer", "multi_turn", "barge_in", "dtmf_hangup")
+SCENARIOS = ("question_answer", "multi_turn", "barge_in", "dtmf_hangup", "tool_hangup", "tool_transfer")
+TOOL_RULES = (
+    ToolRule("pressed 9", "end_call"),
+    ToolRule("pressed 0", "transfer_call", '{"destination": "+15550100"}'),
+)
+TOOLS_ENV = {"LOG_LEVEL": "warning", "BOT_TOOLS": "end_call,transfer_call", "TRANSFER_TO": "+15550100"}
 # What the caller had heard is taken at the packet after the flush, which lies in the 20 ms before it;
 # the gateway's figure is what it sent minus SIP_JITTER_MS: one packet either way, plus scheduling noise.
 TRUNCATE_TOLERANCE_MS = 40
@@ -27,7 +37,8 @@ TURNS = StubConfig(cycle_appends=50, speech_start_append=5, speech_stop_append=1
 
 async def _run() -> RunResult:
     mix = tuple((resolve_scenario(name), 1.0) for name in SCENARIOS)
-    async with embedded_target(EmulatorConfig(reply_ms=1500), {"LOG_LEVEL": "warning"}, sip=True) as target:
+    emulator = EmulatorConfig(reply_ms=1500, tool_rules=TOOL_RULES)
+    async with embedded_target(emulator, TOOLS_ENV, sip=True) as target:
         config = RunConfig(
             target.base,
             mix,
@@ -44,7 +55,7 @@ async def _run() -> RunResult:
 
 @pytest.fixture(scope="module")
 def run() -> RunResult:
-    """Four SIP calls, one per shipped scenario (run once for the module)."""
+    """Six SIP calls, one per shipped scenario (run once for the module)."""
     return asyncio.run(_run())
 
 
@@ -58,6 +69,19 @@ def test_every_sip_call_is_answered_and_completes(run: RunResult) -> None:
     assert all(len(r.connect_ms) == 1 and r.connect_ms[0] > 0 for r in run.results)
     assert run.config["provider"] == "sip"
     assert run.config["url"].startswith("sip:")
+
+
+def test_the_bot_hangs_up_and_transfers_over_sip(run: RunResult) -> None:
+    """Key 9 ends tool_hangup with the gateway's BYE (bot_hangup); key 0 ends tool_transfer with a REFER
+    our phone accepts (202, NOTIFY 100 then 200) and the BYE after it (transferred); the others the caller
+    hangs up. Each tool end is timed from its key, past the gateway's 2 s entry pause and the 1.5 s reply."""
+    assert run.summary.outcomes == {"bot_hangup": 1, "transferred": 1, "caller_hangup": 4, "failed": 0}
+    for name, outcome, key in (("tool_hangup", "bot_hangup", "9"), ("tool_transfer", "transferred", "0")):
+        result = by_scenario(run, name)
+        assert (result.outcome, result.dtmf_sent) == (outcome, key)
+        assert len(result.key_to_end_ms) == 1
+        assert 3500 <= result.key_to_end_ms[0] < scaled(6000)
+    assert run.summary.metrics["key_to_end_ms"].count == 2
 
 
 def test_no_frame_or_packet_is_lost(run: RunResult) -> None:

@@ -1,18 +1,24 @@
-"""Per-call figures and their aggregation: percentiles, lost audio, mark timing, error counts."""
+"""Per-call figures and their aggregation: percentiles, lost audio, mark timing, error counts, how
+calls ended."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 from gateway.loadtest.client import MarkRecord
 from gateway.loadtest.measure import (
     CallResult,
+    EmulatorFigures,
     active_calls_timeline,
     aggregate,
     bot_audio_lost_ms,
     caller_frames_lost,
     check_marks,
+    count_outcomes,
+    measure_call,
     stats,
 )
-from gateway.loadtest.playout import PlayedSpan
+from gateway.loadtest.playout import PlayedSpan, TwilioPlayout
 
 
 def test_stats_of_values_and_of_nothing() -> None:
@@ -103,3 +109,79 @@ def test_bot_audio_lost_skips_the_silence_a_provider_needs_at_a_replys_end() -> 
     assert bot_audio_lost_ms(a + pad + b[:80], items, 16, silence=b"\x00", max_padding=100) == 160 / 16
     # Without padding allowed, the same received audio loses the whole second reply.
     assert bot_audio_lost_ms(a + pad + b, items, 16) == 240 / 16
+
+
+def test_outcomes_count_how_calls_ended() -> None:
+    """Calls that passed count by how they ended, failed ones as failed whatever ended them; all four
+    counts are always there, in order, and an unusual end that passed comes after them."""
+    results = [
+        result(0, outcome="bot_hangup"),
+        result(1, outcome="bot_hangup"),
+        result(2, outcome="transferred"),
+        result(3),  # caller_hangup, the default
+        result(4, ok=False, error="wrong_end:transferred", outcome="transferred"),
+        result(5, ok=False, error="end_missing"),
+    ]
+    summary = aggregate(results, 10.0)
+    assert summary.outcomes == {"bot_hangup": 2, "transferred": 1, "caller_hangup": 1, "failed": 2}
+    assert list(summary.outcomes) == ["bot_hangup", "transferred", "caller_hangup", "failed"]
+    assert count_outcomes([]) == {"bot_hangup": 0, "transferred": 0, "caller_hangup": 0, "failed": 0}
+    assert list(count_outcomes([result(0, outcome="completed")]))[-1] == "completed"
+
+
+def _finished(**kwargs: object) -> SimpleNamespace:
+    fields: dict[str, object] = {
+        "call_sid": "CA1",
+        "connect_started_ms": 1000.0,
+        "opened_ms": 1005.0,
+        "first_media_ms": None,
+        "marks": [],
+        "clears": [],
+        "playout": TwilioPlayout(),
+        "response_latencies": [],
+        "barge_in_latencies": [],
+        "caller_audio_sent_ms": 0.0,
+        "frames_sent": 0,
+        "dtmf_sent": "",
+        "last_dtmf_ms": None,
+        "end_outcome": None,
+        "gateway_ended_ms": None,
+    }
+    return SimpleNamespace(**(fields | kwargs))
+
+
+def test_a_calls_outcome_and_key_press_to_end() -> None:
+    """A call the bot ended carries its outcome and the time from the last key to the end; one the caller
+    hung up is caller_hangup (no key-to-end figure), one never answered not_connected."""
+
+    def measured(call: SimpleNamespace) -> CallResult:
+        return measure_call(call, index=0, scenario="s", run_started_ms=0, ended_ms=9000, error=None)
+
+    ended = measured(
+        _finished(dtmf_sent="9", last_dtmf_ms=3000.0, end_outcome="bot_hangup", gateway_ended_ms=4250.5)
+    )
+    assert (ended.outcome, ended.key_to_end_ms) == ("bot_hangup", (1250.5,))
+    assert ended.as_dict()["outcome"] == "bot_hangup"
+    hung_up = measured(_finished(dtmf_sent="9", last_dtmf_ms=3000.0))
+    assert (hung_up.outcome, hung_up.key_to_end_ms) == ("caller_hangup", ())
+    closed = measured(_finished(last_dtmf_ms=3000.0, end_outcome="upstream_failed", gateway_ended_ms=3500.0))
+    assert (closed.outcome, closed.key_to_end_ms) == ("upstream_failed", ())
+    assert measured(_finished(opened_ms=None)).outcome == "not_connected"
+
+
+def test_caller_audio_the_gateway_did_not_read_while_ending_the_call_is_not_lost() -> None:
+    """60 ms of caller audio missing at the emulator are 2 lost frames in a call the caller hung up, but
+    none in one the gateway ended: it stops reading the caller when it decides to end the call."""
+    figures = EmulatorFigures(caller_audio_received_ms=6880, bot_audio_sent_ms=0, bot_audio_lost_ms=0,
+                              truncations_ms=())  # fmt: skip
+
+    def lost(call: SimpleNamespace) -> int | None:
+        measured = measure_call(
+            call, index=0, scenario="s", run_started_ms=0, ended_ms=9000, error=None, emulator=figures
+        )
+        return measured.caller_frames_lost
+
+    assert lost(_finished(caller_audio_sent_ms=6940.0)) == 2
+    assert (
+        lost(_finished(caller_audio_sent_ms=6940.0, end_outcome="bot_hangup", gateway_ended_ms=8000.0)) == 0
+    )

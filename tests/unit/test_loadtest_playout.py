@@ -6,10 +6,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.loadtest.caller import CallerCore, StepTimeout
+from gateway.loadtest.caller import CallerCore, EndMissing, StepTimeout, WrongEnd
 from gateway.loadtest.playout import PlayoutTicker, TwilioPlayout, Underrun
 from gateway.loadtest.recordings import SILENCE_PAYLOAD, Recording
-from gateway.loadtest.script import Dtmf, HangUp, Interrupt, Say, Scenario, Silence, WaitForBot
+from gateway.loadtest.script import (
+    Dtmf,
+    ExpectEnd,
+    HangUp,
+    Interrupt,
+    Say,
+    Scenario,
+    Silence,
+    WaitForBot,
+)
 
 
 def test_ticker_advances_only_playouts_with_a_mark_due() -> None:
@@ -74,7 +83,8 @@ def test_ticks_never_echo_a_mark_before_its_audio_played() -> None:
 
 
 def test_underrun_recorded_within_a_turn_but_not_across_turns() -> None:
-    """A dry queue refilled in the same turn is an underrun; after new_turn() (caller spoke) it is not."""
+    """A dry queue refilled in the same turn is an underrun; after new_turn() (caller spoke) it is not,
+    also when the model had not yet played the turn's end when the caller spoke."""
     playout = TwilioPlayout(keep_audio=False)
     playout.media(b"\x00" * 160, 0)
     playout.advance(30)  # ran dry at 20
@@ -86,6 +96,9 @@ def test_underrun_recorded_within_a_turn_but_not_across_turns() -> None:
     assert len(playout.underruns) == 1
     assert playout.played == bytearray()  # keep_audio=False keeps lengths only
     assert playout.received_ms == 60
+    playout.new_turn()  # the caller's key at 150, after the audio played out (at 140), not yet advanced
+    playout.media(b"\x00" * 160, 170)
+    assert len(playout.underruns) == 1
 
 
 def test_spans_locate_played_audio_in_time() -> None:
@@ -183,3 +196,33 @@ def test_timeouts_raise() -> None:
     core = CallerCore(scenario(Silence(10_000), timeout_s=0.05), 0)
     with pytest.raises(StepTimeout, match=r"0\.05 s timeout"):
         play(core, Phone(), 10)
+
+
+def test_expect_end_listens_until_the_gateway_ends_the_call_as_expected() -> None:
+    """expect_end sends silence and never ends by itself; the gateway's end passes when it is the one
+    expected, and an end before the step is reached is not judged by it (the gateway cut the script)."""
+    core = CallerCore(scenario(Dtmf("9"), ExpectEnd("bot_hangup", timeout_s=5)), 0)
+    frames = play(core, Phone(), 100)
+    assert frames[0].dtmf == "9"  # type: ignore[attr-defined]
+    assert all(f is not None and f.payload == SILENCE_PAYLOAD for f in frames)  # type: ignore[attr-defined]
+    assert core.step == ExpectEnd("bot_hangup", 5)
+    assert core.gateway_ended("bot_hangup")
+    assert core.finished
+    early = CallerCore(scenario(Silence(1000), ExpectEnd("bot_hangup")), 0)
+    assert not early.gateway_ended("bot_hangup")
+
+
+def test_expect_end_fails_on_another_end_or_none() -> None:
+    """Another end than expected raises WrongEnd (kind wrong_end:OUTCOME); no end within timeout_s raises
+    EndMissing (kind end_missing), a StepTimeout saying which step and what it waited for."""
+    core = CallerCore(scenario(ExpectEnd("transferred")), 0)
+    with pytest.raises(WrongEnd, match=r"expected the call to end transferred; .*: bot_hangup") as wrong:
+        core.gateway_ended("bot_hangup")
+    assert wrong.value.kind == "wrong_end:bot_hangup"
+    with pytest.raises(WrongEnd, match="bot_hangup or transferred"):
+        CallerCore(scenario(ExpectEnd("any")), 0).gateway_ended("upstream_failed")
+    core = CallerCore(scenario(ExpectEnd("any", timeout_s=0.1)), 0)
+    with pytest.raises(EndMissing, match=r"step 0 \(expect_end any\): the call was still up after 0\.1 s"):
+        play(core, Phone(), 10)
+    assert EndMissing.kind == "end_missing"
+    assert issubclass(EndMissing, StepTimeout)

@@ -35,6 +35,8 @@ def run_result() -> RunResult:
             ended_s=i * 0.5 + 4,
             ok=i != 3,
             error="timeout" if i == 3 else None,
+            outcome=("caller_hangup", "bot_hangup", "transferred")[i % 3],
+            key_to_end_ms=(1200.0 + i,) if i % 3 else (),
             connect_ms=(3.0 + i,),
             response_ms=(510.0 + i, 530.0 + i),
             response_at_s=(i + 1.0, i + 3.0),
@@ -64,15 +66,24 @@ def test_outputs_written_with_schema_and_images(tmp_path: Path) -> None:
         "truncation_error_ms",
         "underrun_gap_ms",
         "rtp_gap_deviation_ms",
+        "key_to_end_ms",
     }
     assert set(summary["metrics"]["response_ms"]) == {"count", "mean", "p50", "p95", "p99", "max", "min"}
     assert summary["errors"] == {"timeout": 1}
     assert len(document["calls"]) == 6
     assert document["calls"][1]["barge_in_ms"] == [21.0]
+    assert summary["outcomes"] == {"bot_hangup": 2, "transferred": 2, "caller_hangup": 1, "failed": 1}
+    assert [call["outcome"] for call in document["calls"][:3]] == [
+        "caller_hangup",
+        "bot_hangup",
+        "transferred",
+    ]
     page = paths["html"].read_text()
     assert page.count('src="data:image/png;base64,iVBORw0KGgo') >= 5  # 4 histograms/CDFs, active, over time
     assert "CA3" in page
     assert "timeout" in page
+    assert "<td>2 bot hang-ups, 2 transfers, 1 caller hang-up, 1 failed</td>" in page
+    assert "<th>ended</th>" in page  # the failed calls' table says how each ended
 
 
 def test_text_table_lists_percentiles() -> None:
@@ -83,6 +94,8 @@ def test_text_table_lists_percentiles() -> None:
     assert re.search(r"^response latency +12 +522\.5 +534\.5", text, re.MULTILINE)
     assert "calls: 6 (5 completed, 1 failed)" in text
     assert "errors: timeout x1" in text
+    assert "ended: 2 bot hang-ups, 2 transfers, 1 caller hang-up, 1 failed" in text
+    assert re.search(r"^key press to end +4 +1,20[0-9]\.[0-9]", text, re.MULTILINE)
 
 
 def test_every_output_starts_with_what_was_run(tmp_path: Path) -> None:

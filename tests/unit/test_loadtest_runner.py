@@ -1,4 +1,5 @@
-"""CallSids of a load run: Twilio's shape, unique within a run, and never shared between two runs."""
+"""CallSids of a load run: Twilio's shape, unique within a run, and never shared between two runs; the
+embedded run's tool settings."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import re
 
 import pytest
 
+from gateway.emulator.session import ToolRule
+from gateway.loadtest.__main__ import build_parser, gateway_env, tool_rules
 from gateway.loadtest.runner import RunConfig, call_sid, media_url, new_run_id
 from gateway.loadtest.script import resolve_scenario
 from gateway.realtime.upstream import client_request_id
@@ -57,3 +60,35 @@ def test_run_config_refuses_what_a_provider_cannot_do() -> None:
         RunConfig("ws://gw/telnyx/media", mix, provider="telnyx", media_format=WireFormat.of("l16", 16000))
     with pytest.raises(ValueError, match="Twilio's"):
         RunConfig("ws://gw/plivo/media", mix, provider="plivo", auth_token="secret")
+
+
+def test_embedded_tool_defaults_follow_the_scenarios() -> None:
+    """A mix with a scenario expecting the bot to end the call gets the default rules (9 hangs up, 0
+    transfers), the built-in tools they name, a transfer destination and single-key entries; explicit
+    options win, and a mix without expect_end gets no rules and no tools."""
+    args = build_parser().parse_args(["--embedded", "--scenario", "tool_hangup"])
+    mix = ((resolve_scenario("tool_hangup"), 1.0),)
+    rules = tool_rules(args, mix)
+    assert rules == (
+        ToolRule("pressed 9", "end_call"),
+        ToolRule("pressed 0", "transfer_call", '{"destination": "+15550100"}'),
+    )
+    env = gateway_env(args, rules)
+    assert (env["BOT_TOOLS"], env["TRANSFER_TO"], env["DTMF_MAX_DIGITS"]) == (
+        "end_call,transfer_call",
+        "+15550100",
+        "1",
+    )
+    mine = build_parser().parse_args(
+        ["--embedded", "--tool-rule", "pressed 5=end_call!", "--bot-tools", "end_call",
+         "--gateway-env", "DTMF_MAX_DIGITS=2"]
+    )  # fmt: skip
+    rules = tool_rules(mine, mix)
+    assert rules == (ToolRule("pressed 5", "end_call", speak=False),)
+    env = gateway_env(mine, rules)
+    assert (env["BOT_TOOLS"], env["DTMF_MAX_DIGITS"], "TRANSFER_TO" in env) == ("end_call", "2", False)
+    plain = ((resolve_scenario("question_answer"), 1.0),)
+    assert tool_rules(args, plain) == ()
+    assert {"BOT_TOOLS", "TRANSFER_TO", "DTMF_MAX_DIGITS"}.isdisjoint(gateway_env(args, ()))
+    with pytest.raises(ValueError, match="--tool-rule 'nope'"):
+        tool_rules(build_parser().parse_args(["--tool-rule", "nope"]), mix)

@@ -12,11 +12,13 @@ from gateway.loadtest.script import (
     DEFAULT_SCENARIO_DIR,
     SHIPPED_RECORDINGS,
     Dtmf,
+    ExpectEnd,
     HangUp,
     Interrupt,
     Say,
     Scenario,
     ScenarioError,
+    Silence,
     WaitForBot,
     load_scenario,
     parse_mix,
@@ -43,6 +45,14 @@ def test_shipped_scenarios_load() -> None:
     assert [type(step) for step in dtmf.steps] == [Say, Dtmf, HangUp]
     assert dtmf.steps[1] == Dtmf("123")
     assert resolve_scenario("question_answer").timeout_s == 30
+    assert resolve_scenario("question_answer").expected_end is None
+    hangup = resolve_scenario("tool_hangup")
+    assert [type(step) for step in hangup.steps] == [Say, WaitForBot, Dtmf, ExpectEnd]
+    assert hangup.expected_end == ExpectEnd("bot_hangup", 15)
+    transfer = resolve_scenario("tool_transfer")  # TOML
+    assert [type(step) for step in transfer.steps] == [Silence, Dtmf, ExpectEnd]
+    assert transfer.steps[1] == Dtmf("0")
+    assert transfer.expected_end == ExpectEnd("transferred", 15)
     assert {p.stem for p in DEFAULT_SCENARIO_DIR.iterdir()} >= {"question_answer", "multi_turn"}
 
 
@@ -82,6 +92,23 @@ def test_wait_for_bot_options_and_bot_first() -> None:
     assert scenario.bot_speaks_first
 
 
+def test_expect_end_options_in_json_and_toml(tmp_path: Path) -> None:
+    """expect_end takes an outcome (bot_hangup, transferred, any) and timeout_s; `true` or `{}` expects any
+    end by the bot's tools within 10 s; `any` accepts either tool's end, never another."""
+    scenario = parse('{"steps": [{"dtmf": "9"}, {"expect_end": {"outcome": "bot_hangup", "timeout_s": 4}}]}')
+    assert scenario.steps[-1] == ExpectEnd("bot_hangup", 4.0)
+    assert scenario.expected_end == ExpectEnd("bot_hangup", 4.0)
+    assert parse('{"steps": [{"expect_end": true}]}').steps == (ExpectEnd("any", 10.0),)
+    path = tmp_path / "t.toml"
+    path.write_text('[[steps]]\ndtmf = "0"\n[[steps]]\nexpect_end = { outcome = "transferred" }\n')
+    assert load_scenario(path).expected_end == ExpectEnd("transferred", 10.0)
+    anything = ExpectEnd()
+    assert anything.accepts("bot_hangup")
+    assert anything.accepts("transferred")
+    assert not anything.accepts("completed")
+    assert not ExpectEnd("bot_hangup").accepts("transferred")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -91,6 +118,13 @@ def test_wait_for_bot_options_and_bot_first() -> None:
         ('{"steps": [{"silence_ms": -5}]}', "steps[0].silence_ms: must be a positive number, got -5"),
         ('{"steps": [{"say": "hello.wav", "dtmf": "1"}]}', "steps[0]: a step has exactly one action"),
         ('{"steps": [{"hang_up_after_s": 1}, {"dtmf": "1"}]}', "steps[0]: hang_up_after_s ends the call"),
+        ('{"steps": [{"expect_end": {}}, {"dtmf": "1"}]}', "steps[0]: expect_end ends the call: no step"),
+        (
+            '{"steps": [{"expect_end": {"outcome": "hangup"}}]}',
+            "steps[0].expect_end.outcome: must be one of bot_hangup, transferred, any, got 'hangup'",
+        ),
+        ('{"steps": [{"expect_end": {"timeout_s": 0}}]}', "expect_end.timeout_s: must be a positive number"),
+        ('{"steps": [{"expect_end": "bot_hangup"}]}', "steps[0].expect_end: must be an object like"),
         ('{"steps": [{"interrupt_after_ms": 500}]}', "steps[0]: interrupt_after_ms takes exactly: say"),
         ('{"steps": [{"wait_for_bot": {"timout_s": 1}}]}', "unknown option 'timout_s'"),
         ('{"steps": []}', "t.json: 'steps' must be a non-empty list"),

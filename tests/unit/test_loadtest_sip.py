@@ -6,7 +6,17 @@ import random
 
 from bench.latency import paced_latencies
 from gateway.loadtest.rtp_watch import RtpPlayout, SequenceWatch, gap_deviations_ms
-from gateway.loadtest.sip_uac import T1, Answered, CallGone, HungUp, Provisional, Refused, UacCall, UacState
+from gateway.loadtest.sip_uac import (
+    T1,
+    Answered,
+    CallGone,
+    HungUp,
+    Provisional,
+    Referred,
+    Refused,
+    UacCall,
+    UacState,
+)
 from gateway.sip.message import Headers, SipRequest, SipResponse, parse
 
 OFFER = b"v=0\r\no=- 1 0 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
@@ -92,6 +102,65 @@ def test_gateway_bye_is_answered_and_an_error_is_acked() -> None:
     refused.receive_data(_answer(invite, 503), 0.2)
     assert [m.method for m in _sent(refused)] == ["ACK"]
     assert [type(e) for e in refused.events_received()] == [Refused]
+
+
+def _in_dialog(invite: SipRequest, method: str, cseq: int, **extra: str) -> bytes:
+    """A request of the gateway's in the dialog `invite` opened (its From/To swapped, its tag "gw")."""
+    headers = Headers(
+        [
+            ("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-gw" + str(cseq)),
+            ("From", f"{invite.headers.get('To')};tag=gw"),
+            ("To", invite.headers.get("From") or ""),
+            ("Call-ID", "c1"),
+            ("CSeq", f"{cseq} {method}"),
+        ]
+    )
+    for name, value in extra.items():
+        headers.add(name.replace("_", "-"), value)
+    return SipRequest(method, "sip:loadtest@127.0.0.1:4000", headers).serialize()
+
+
+def _responses(call: UacCall) -> list[SipResponse]:
+    out = [parse(data) for data in call.data_to_send()]
+    assert all(isinstance(m, SipResponse) for m in out)
+    return [m for m in out if isinstance(m, SipResponse)]
+
+
+def test_refer_is_accepted_and_the_target_reported_answering() -> None:
+    """The gateway's REFER gets 202 (again, alone, when retransmitted), then a NOTIFY (Event: refer) with
+    the sipfrag 100 Trying, and once that is answered the final 200 OK one, terminating the subscription
+    (retransmitted until answered); the BYE that follows ends the call as transferred."""
+    call = _call()
+    call.invite(0.0)
+    (invite,) = _sent(call)
+    call.receive_data(_answer(invite, 200), 0.1)
+    call.data_to_send()
+    refer = _in_dialog(invite, "REFER", 1, Refer_To="<tel:+15550100>", Referred_By="<sip:gw@127.0.0.1>")
+    call.receive_data(refer, 1.0)
+    accepted, trying = (parse(d) for d in call.data_to_send())
+    assert isinstance(accepted, SipResponse)
+    assert (accepted.status, accepted.cseq) == (202, (1, "REFER"))
+    assert isinstance(trying, SipRequest)
+    assert (trying.method, trying.cseq, trying.body) == ("NOTIFY", (2, "NOTIFY"), b"SIP/2.0 100 Trying\r\n")
+    assert trying.headers.get("Event") == "refer"
+    assert (trying.uri, trying.to.tag) == ("sip:gw@127.0.0.1:5060", "gw")
+    assert trying.headers.get("Subscription-State", "").startswith("active")
+    assert call.events_received() == [Answered(b"", 0.1), Referred("tel:+15550100", 1.0)]
+    call.receive_data(refer, 1.1)  # our 202 was lost
+    assert [r.status for r in _responses(call)] == [202]
+    assert call.events_received() == []
+    call.receive_data(_answer(trying, 200), 1.2)
+    (final,) = _sent(call)
+    assert (final.method, final.cseq, final.body) == ("NOTIFY", (3, "NOTIFY"), b"SIP/2.0 200 OK\r\n")
+    assert final.headers.get("Subscription-State") == "terminated;reason=noresource"
+    assert final.headers.get("Content-Type") == "message/sipfrag;version=2.0"
+    call.tick(1.2 + T1)
+    assert [m.method for m in _sent(call)] == ["NOTIFY"]  # unanswered yet: sent again
+    call.receive_data(_answer(final, 200), 1.8)
+    assert call.next_deadline() is None
+    call.receive_data(_in_dialog(invite, "BYE", 2), 2.0)
+    assert [r.status for r in _responses(call)] == [200]
+    assert call.events_received() == [CallGone(2.0, transferred=True)]
 
 
 def test_gap_deviations_skip_pairs_across_a_loss() -> None:

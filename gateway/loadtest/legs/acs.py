@@ -127,6 +127,7 @@ class AcsMediaCall:
     stops: list[StopRecord] = field(default_factory=list)
     protocol_errors: list[str] = field(default_factory=list)
     close_code: int | None = None
+    close_reason: str = ""  # the gateway's: the call's outcome label (bot_hangup, transferred, ...)
 
     def __post_init__(self) -> None:
         fmt = WireFormat(Encoding.L16, self.rate)
@@ -242,6 +243,7 @@ class AcsMediaCall:
         finally:
             ticker.cancel()
             self.close_code = self._ws.close_code
+            self.close_reason = self._ws.close_reason or ""
             self._closed.set()
 
     async def _tick(self) -> None:

@@ -101,6 +101,7 @@ class FakePhone:
         self.confirmed: list[str] = []  # the ones this phone confirmed, in order
         self.protocol_errors: list[str] = []
         self.close_code: int | None = None
+        self.close_reason = ""  # the gateway's: the call's outcome label (bot_hangup, transferred, ...)
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
@@ -236,6 +237,7 @@ class FakePhone:
             pass
         finally:
             self.close_code = self._ws.close_code
+            self.close_reason = self._ws.close_reason or ""
             self._closed.set()
 
     async def _play_loop(self) -> None:

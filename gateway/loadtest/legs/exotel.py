@@ -60,6 +60,7 @@ class ExotelCall:
     clears: list[Clear] = field(default_factory=list)
     protocol_errors: list[str] = field(default_factory=list)
     close_code: int | None = None
+    close_reason: str = ""  # the gateway's: the call's outcome label (bot_hangup, transferred, ...)
     playout: TwilioPlayout = field(default_factory=lambda: TwilioPlayout(keep_audio=False))
     wire: ProviderWire = field(init=False)  # built from the fields above in __post_init__
     _ws: ClientConnection | None = None
@@ -163,6 +164,7 @@ class ExotelCall:
             pass
         finally:
             self.close_code = self._ws.close_code
+            self.close_reason = self._ws.close_reason or ""
             self._closed.set()
 
     async def _on_message(self, message: str | bytes, now: float) -> None:
