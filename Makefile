@@ -32,9 +32,10 @@ lint: install  ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff format --check .
 	cd typings && ../$(VENV)/bin/mypy --config-file ../pyproject.toml
 
-bench: install  ## benchmarks (printed tables): codec cost and quality, barge-in speed and truncate accuracy
+bench: install  ## benchmarks (printed tables): codec cost and quality, barge-in speed and truncate accuracy, tool round trip
 	$(PY) -m bench.codec
 	$(PY) -m bench.bargein
+	$(PY) -m bench.tools
 
 loadtest: install  ## replay recorded calls against `make run`'s gateway (python -m gateway.loadtest --help)
 	$(PY) -m gateway.loadtest --url ws://127.0.0.1:8080/media $(ARGS)

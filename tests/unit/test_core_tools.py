@@ -13,7 +13,8 @@ from gateway.emulator.session import EmulatorConfig, ToolRule
 from gateway.loadtest.scenarios import silence_ulaw, speech_ulaw
 from tests.unit.test_core import FRAME_MS, SimCall
 
-TOOLS = ToolBox(enabled=("end_call",)).definitions() + (
+TOOLS = (
+    *ToolBox(enabled=("end_call",)).definitions(),
     {"type": "function", "name": "lookup", "description": "", "parameters": {"type": "object"}},
 )
 ONE_KEY = CallConfig(dtmf=DtmfSettings(max_keys=1))
