@@ -151,10 +151,7 @@ class CallerCore:
             case Silence(ms=ms):
                 return SILENT if self._frame * FRAME_MS < ms else None
             case Dtmf(digits=digits):
-                if self._frame >= len(digits) * DTMF_INTERVAL_FRAMES:
-                    return None
-                key, slot = divmod(self._frame, DTMF_INTERVAL_FRAMES)
-                return Frame(SILENCE_PAYLOAD, dtmf=digits[key]) if slot == 0 else SILENT
+                return _key_frame(digits, self._frame)
             case HangUp(after_s=after_s):
                 if self._frame * FRAME_MS < after_s * 1000:
                     return SILENT
@@ -206,10 +203,20 @@ class CallerCore:
                 )
                 return SILENT
             self._talking, self._frame = True, 0
+        if step.recording is None:  # keys over the bot
+            return _key_frame(step.digits, self._frame)
         frame = _recording_frame(step.recording, self._frame)
         if frame is not None and self._frame == 0:
             return replace(frame, interrupt_start=True)
         return frame
+
+
+def _key_frame(digits: str, index: int) -> Frame | None:
+    """The `index`-th frame of pressing `digits`, one every 100 ms; None once they are all pressed."""
+    if index >= len(digits) * DTMF_INTERVAL_FRAMES:
+        return None
+    key, slot = divmod(index, DTMF_INTERVAL_FRAMES)
+    return Frame(SILENCE_PAYLOAD, dtmf=digits[key]) if slot == 0 else SILENT
 
 
 def _recording_frame(recording: Recording, index: int) -> Frame | None:

@@ -21,6 +21,8 @@ Steps (one action each; the caller streams 20 ms frames continuously, silence wh
 - `{"interrupt_after_ms": N, "say": "FILE.wav", "timeout_s": 10}`: listen until N ms of the bot have
   been heard (on the simulated phone's playback clock), then talk over it.
 - `{"dtmf": "123"}`: press keys, one digit every 100 ms (silence keeps streaming).
+- `{"interrupt_after_ms": N, "dtmf": "123"}`: listen until N ms of the bot have been heard, then press
+  the keys over it.
 - `{"silence_ms": 500}`: stay silent.
 - `{"hang_up_after_s": 2}`: stay silent that long, then hang up; steps may not follow it. The end of the
   script hangs up too (`stop`, then close).
@@ -114,11 +116,13 @@ class WaitForBot:
 
 @dataclass(frozen=True, slots=True)
 class Interrupt:
-    """Listen until `after_ms` of the bot has been heard, then say the recording over it."""
+    """Listen until `after_ms` of the bot has been heard, then say the recording over it (or, with
+    `digits`, press those keys over it, one every 100 ms)."""
 
     after_ms: float
-    recording: Recording
+    recording: Recording | None
     timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+    digits: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,14 +250,17 @@ class _Parser:
             quiet = self.number(options.get("quiet_ms", DEFAULT_QUIET_MS), f"{here}.quiet_ms")
             return WaitForBot(timeout, int(quiet))
         if key == "dtmf":
-            if not isinstance(value, str) or not value or not set(value) <= DTMF_DIGITS:
-                raise self.fail(here, f"must be a string of keys 0-9 * # A-D, got {value!r}")
-            return Dtmf(value)
+            return Dtmf(self.digits(value, here))
         if key == "silence_ms":
             return Silence(int(self.number(value, here)))
         if key == "expect_end":
             return self.expect_end(value, here)
         return HangUp(self.number(value, here, positive=False))
+
+    def digits(self, value: object, at: str) -> str:
+        if not isinstance(value, str) or not value or not set(value) <= DTMF_DIGITS:
+            raise self.fail(at, f"must be a string of keys 0-9 * # A-D, got {value!r}")
+        return value
 
     def expect_end(self, value: object, at: str) -> ExpectEnd:
         options = self.options({} if value is True else value, at, {"outcome", "timeout_s"})
@@ -264,13 +271,17 @@ class _Parser:
         return ExpectEnd(str(outcome), timeout)
 
     def interrupt(self, raw: Mapping[str, object], at: str) -> Interrupt:
-        extra = sorted(set(raw) - {"interrupt_after_ms", "say", "timeout_s"})
-        if extra or "say" not in raw:
+        extra = sorted(set(raw) - {"interrupt_after_ms", "say", "dtmf", "timeout_s"})
+        if extra or ("say" in raw) == ("dtmf" in raw):
             raise self.fail(
-                at, "interrupt_after_ms takes exactly: say (the recording) and optional timeout_s"
+                at,
+                "interrupt_after_ms takes exactly: say (the recording) or dtmf (keys), and optional "
+                "timeout_s",
             )
         after = self.number(raw["interrupt_after_ms"], f"{at}.interrupt_after_ms", positive=False)
         timeout = self.number(raw.get("timeout_s", DEFAULT_STEP_TIMEOUT_S), f"{at}.timeout_s")
+        if "dtmf" in raw:
+            return Interrupt(after, None, timeout, self.digits(raw["dtmf"], f"{at}.dtmf"))
         return Interrupt(after, self.recording(raw["say"], f"{at}.say"), timeout)
 
     def scenario(self, doc: object, default_name: str) -> Scenario:

@@ -42,8 +42,8 @@ def test_shipped_scenarios_load() -> None:
     assert interrupt.after_ms == 800
     assert interrupt.recording.name == "stop.wav"
     dtmf = resolve_scenario("dtmf_hangup")  # TOML
-    assert [type(step) for step in dtmf.steps] == [Say, Dtmf, HangUp]
-    assert dtmf.steps[1] == Dtmf("123")
+    assert [type(step) for step in dtmf.steps] == [Say, Interrupt, HangUp]
+    assert dtmf.steps[1] == Interrupt(300, None, digits="123")  # keys over the answer
     assert resolve_scenario("question_answer").timeout_s == 30
     assert resolve_scenario("question_answer").expected_end is None
     hangup = resolve_scenario("tool_hangup")
@@ -126,6 +126,11 @@ def test_expect_end_options_in_json_and_toml(tmp_path: Path) -> None:
         ('{"steps": [{"expect_end": {"timeout_s": 0}}]}', "expect_end.timeout_s: must be a positive number"),
         ('{"steps": [{"expect_end": "bot_hangup"}]}', "steps[0].expect_end: must be an object like"),
         ('{"steps": [{"interrupt_after_ms": 500}]}', "steps[0]: interrupt_after_ms takes exactly: say"),
+        (
+            '{"steps": [{"interrupt_after_ms": 5, "say": "hello.wav", "dtmf": "1"}]}',
+            "steps[0]: interrupt_after_ms takes exactly: say (the recording) or dtmf",
+        ),
+        ('{"steps": [{"interrupt_after_ms": 5, "dtmf": "x"}]}', "steps[0].dtmf: must be a string of keys"),
         ('{"steps": [{"wait_for_bot": {"timout_s": 1}}]}', "unknown option 'timout_s'"),
         ('{"steps": []}', "t.json: 'steps' must be a non-empty list"),
         ('{"steps": [{"say": "hello.wav"}], "extra": 1}', "unknown top-level key 'extra'"),
