@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.call.tools import FILLER_INSTRUCTIONS
 from gateway.emulator import EmulatorConfig, EmulatorServer
 from gateway.emulator.session import ToolRule
 from gateway.loadtest.client import TwilioCall
@@ -260,3 +261,40 @@ async def test_end_call_closes_the_stream_before_the_rest_hang_up() -> None:
         [request] = fake.requests
         assert request.form() == {"Status": "completed"}
     assert _outcomes(gateway, "bot_hangup") == 1
+
+
+async def test_a_slow_tool_has_the_bot_say_it_is_looking(tmp_path: Path) -> None:
+    """TOOL_FILLER_MS=200 and a webhook that takes 1 s: a short spoken response is asked for meanwhile
+    (the filler's instructions), then the output, then the answer's response."""
+    seen: list[tuple[dict[str, Any], str | None, bytes]] = []
+    hook = await _webhook("slow", seen)
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([LOOKUP]))
+    env = {
+        "BOT_TOOLS": "lookup_balance",
+        "TOOLS_FILE": str(tools),
+        "TOOLS_WEBHOOK_URL": f"http://127.0.0.1:{hook.addresses[0][1]}/tools",
+        "TOOL_TIMEOUT_S": "1",
+        "TOOL_FILLER_MS": "200",
+    }
+    rule = ToolRule("pressed 1", "lookup_balance", speak=False)
+    try:
+        async with _call_with((rule,), env, reply_ms=300) as (_gateway, emulator, call):
+            await call.send_dtmf("1")
+            await wait_for(lambda: bool(emulator.sessions and len(emulator.sessions[0].responses) == 3), 8)
+    finally:
+        await hook.cleanup()
+    session = emulator.sessions[0]
+    creates = [
+        e for e in session.client_events if e["type"] in ("response.create", "conversation.item.create")
+    ]
+    kinds = [e["type"] if e["type"] == "response.create" else e["item"]["type"] for e in creates]
+    assert kinds == [
+        "message",
+        "response.create",
+        "response.create",
+        "function_call_output",
+        "response.create",
+    ]
+    assert creates[2]["response"]["instructions"] == FILLER_INSTRUCTIONS
+    assert session.errors == []
