@@ -114,6 +114,18 @@ async def _webhook(mode: str, seen: list[tuple[dict[str, Any], str | None, bytes
     return runner
 
 
+def _lookup_env(tmp_path: Path, hook: web.AppRunner, **extra: str) -> dict[str, str]:
+    """A gateway offering the tools file's lookup_balance, run by `hook`."""
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([LOOKUP]))
+    return {
+        "BOT_TOOLS": "lookup_balance",
+        "TOOLS_FILE": str(tools),
+        "TOOLS_WEBHOOK_URL": f"http://127.0.0.1:{hook.addresses[0][1]}/tools",
+        **extra,
+    }
+
+
 @pytest.mark.parametrize(
     ("mode", "expected"),
     [
@@ -128,16 +140,7 @@ async def test_the_operators_tool_runs_on_the_webhook(tmp_path: Path, mode: str,
     it, and the call goes on either way."""
     seen: list[tuple[dict[str, Any], str | None, bytes]] = []
     hook = await _webhook(mode, seen)
-    port = hook.addresses[0][1]
-    tools = tmp_path / "tools.json"
-    tools.write_text(json.dumps([LOOKUP]))
-    env = {
-        "BOT_TOOLS": "lookup_balance",
-        "TOOLS_FILE": str(tools),
-        "TOOLS_WEBHOOK_URL": f"http://127.0.0.1:{port}/tools",
-        "TOOL_TIMEOUT_S": "0.5",
-        "WEBHOOK_SECRET": SECRET,
-    }
+    env = _lookup_env(tmp_path, hook, TOOL_TIMEOUT_S="0.5", WEBHOOK_SECRET=SECRET)
     rule = ToolRule("pressed 1", "lookup_balance", '{"account": "A-17"}')
     try:
         async with _call_with((rule,), env) as (gateway, emulator, call):
@@ -268,15 +271,7 @@ async def test_a_slow_tool_has_the_bot_say_it_is_looking(tmp_path: Path) -> None
     (the filler's instructions), then the output, then the answer's response."""
     seen: list[tuple[dict[str, Any], str | None, bytes]] = []
     hook = await _webhook("slow", seen)
-    tools = tmp_path / "tools.json"
-    tools.write_text(json.dumps([LOOKUP]))
-    env = {
-        "BOT_TOOLS": "lookup_balance",
-        "TOOLS_FILE": str(tools),
-        "TOOLS_WEBHOOK_URL": f"http://127.0.0.1:{hook.addresses[0][1]}/tools",
-        "TOOL_TIMEOUT_S": "1",
-        "TOOL_FILLER_MS": "200",
-    }
+    env = _lookup_env(tmp_path, hook, TOOL_TIMEOUT_S="1", TOOL_FILLER_MS="200")
     rule = ToolRule("pressed 1", "lookup_balance", speak=False)
     try:
         async with _call_with((rule,), env, reply_ms=300) as (_gateway, emulator, call):
