@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 __all__ = ["main"]
@@ -22,6 +23,9 @@ def _serve(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.parse_args(argv)
+    # SIGHUP only ever reloads BOTS_FILE (the app takes it over once it runs with one): before that, and
+    # without one, it is ignored rather than ending the process (a worker the supervisor forwards it to).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         settings = load_settings(os.environ)
     except ConfigError as exc:

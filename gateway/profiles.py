@@ -572,5 +572,6 @@ class ProfileStore:
 
     @staticmethod
     def remove_sighup(loop: asyncio.AbstractEventLoop) -> None:
-        """Stop reloading on SIGHUP."""
+        """Stop reloading on SIGHUP (from then on it is ignored, not fatal)."""
         loop.remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -139,7 +139,7 @@ async def test_drain_timeout_closes_remaining_calls() -> None:
 
 async def test_workers_share_the_port_and_their_metrics() -> None:
     """With GATEWAY_WORKERS=2 calls are served on one port, and every scrape (whichever worker answers)
-    reports the calls of all workers; SIGTERM stops them all with exit code 0."""
+    reports the calls of all workers; a SIGHUP ends none of them; SIGTERM stops them all with exit code 0."""
     async with gateway_process(GATEWAY_WORKERS="2") as (proc, port):
         for _ in range(6):
             async with TwilioCall(f"ws://127.0.0.1:{port}/media") as call:
@@ -150,6 +150,11 @@ async def test_workers_share_the_port_and_their_metrics() -> None:
             await asyncio.sleep(0.05)
         scrapes = [await calls_completed(port) for _ in range(8)]
         assert scrapes == [6.0] * 8
+        # SIGHUP (BOTS_FILE's reload) goes to every worker; without a bots file it changes nothing.
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        assert proc.returncode is None
+        assert [await calls_completed(port) for _ in range(4)] == [6.0] * 4
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), scaled(20)) == 0
 
