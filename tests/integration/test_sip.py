@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import re
@@ -568,7 +569,10 @@ async def test_baresip_barge_in_stops_the_bot_within_a_packet_and_the_jitter_est
     _write_wav(source, pcm_tone(TONE_HZ, 800, 8000) + silence + pcm_tone(TONE_HZ, 1000, 8000) + silence * 2)
     # Faster than real time, as the service sends: the gateway paces, so the reply never runs dry.
     config = EmulatorConfig(realtime_factor=2.0, reply_ms=4000)
-    async with sip_gateway(config) as (gateway, emulator, port):
+    records = tmp_path / "records"
+    records.mkdir()
+    env = {"RECORDING_DIR": str(records), "TRANSCRIPT_DIR": str(records)}
+    async with sip_gateway(config, **env) as (gateway, emulator, port):
         log = await baresip_call(tmp_path, source, port, seconds=9)
         await wait_for(lambda: bool(emulator.sessions) and emulator.sessions[0].closed, timeout_s=10)
         session = emulator.sessions[0]
@@ -583,6 +587,26 @@ async def test_baresip_barge_in_stops_the_bot_within_a_packet_and_the_jitter_est
         assert lower - truncated.audio_end_ms <= slack + 10, (lower, upper, truncated.audio_end_ms)
         assert upper - truncated.audio_end_ms >= -10, (lower, upper, truncated.audio_end_ms)
         await no_calls_left(gateway)
+    _check_the_record_stops_at_the_truncation(records, truncated.item_id, truncated.audio_end_ms)
+
+
+def _check_the_record_stops_at_the_truncation(folder: Path, item_id: str, truncated_ms: int) -> None:
+    """The SIP call's transcript says the bot was heard up to the truncation, and its recording's bot
+    channel (right) plays up to that moment and is silent from a packet (20 ms) after it on, while the
+    caller talks on. (Within the packet: the RTP clock moves the playhead in 20 ms steps, and audio it moves
+    over faster than the clock is laid right after, never dropped, which runs the channel a few ms late.)"""
+    [transcript] = folder.glob("*.jsonl")
+    [bot] = [e for e in map(json.loads, transcript.read_text().splitlines()) if e.get("item_id") == item_id]
+    assert bot["interrupted"] is True
+    assert bot["heard_ms"] == truncated_ms
+    [recording] = folder.glob("*.wav")
+    with wave.open(str(recording)) as wav:
+        rate = wav.getframerate()
+        frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
+    cut = (bot["t_ms"] + truncated_ms) * rate // 1000
+    before, after = frames[cut - rate // 10 : cut, 1], frames[cut + rate // 50 : cut + rate * 3 // 10, 1]
+    assert np.abs(before).max() > 1000  # the bot's voice up to the cut
+    assert not after.any()  # and nothing of it after
 
 
 # -- G.722 and RTCP against baresip --------------------------------------------------------------------------
