@@ -10,9 +10,10 @@ leg's sample rate:
   sender whose clock runs fast) may run at most `caller_max_lead_ms` ahead; beyond that it is dropped.
 - The bot's audio goes where the playback tracker says it played. The mixer keeps what was sent (the
   leg's queue, in the tracker's positions) and lays it on the channel as it is told the playhead:
-  `bot_played(position, now_ms)`. Between two such samples, audio that did not fill the interval sits at
-  its start when the queue ran dry, at its end when playback was waiting (a queue that had run dry and
-  was refilled, a late confirmation). On a clear, `cleared(heard_position, now_ms)` lays the queue up to
+  `bot_played(position, now_ms)`. Within a talkspurt the audio is laid without gaps (the playhead's
+  steps and its waits for a confirmation are not silence the caller heard); a talkspurt starts where the
+  playhead says its first audio played, and a queue that ran dry (or a clear) ends it, leaving silence
+  until the next. On a clear, `cleared(heard_position, now_ms)` lays the queue up to
   the heard point so that it ends at the clear, and throws the rest away: the recording shows the bot
   stopping exactly where the caller stopped hearing it.
 - Output is released only up to times that are final: the bot channel up to its last sample (audio sent
@@ -149,6 +150,7 @@ class StereoMixer:
         self._queue_end = 0
         self._played = 0
         self._bot_end = 0
+        self._spurt = False  # bot audio is being laid contiguously (its queue has not run dry)
         self._caller_dropped = self._bot_flushed = self._bot_skipped = 0
 
     @property
@@ -227,6 +229,7 @@ class StereoMixer:
         self._bot_flushed += end - heard
         self._queue.drop(end)
         self._played = end
+        self._spurt = False  # what comes next starts a talkspurt of its own
 
     def _lay(self, target: int, until: int, *, drained: bool) -> None:
         """Lay the queue up to `target` on the bot channel, up to recording position `until`."""
@@ -235,13 +238,18 @@ class StereoMixer:
             # The playhead moved further than the clock (a confirmation re-anchored it a little ahead):
             # no sample is lost, the excess goes right after, delaying the channel by as much.
             self._bot_skipped += count - span
-            until = self._bot_end + count
+        at = self._bot_end
         if count > 0:
-            at = self._bot_end if drained else until - count
+            if not self._spurt and not drained:  # a talkspurt starts: it played up to now
+                at = max(at, until - count)
             self._right.write(at, self._queue.read(self._played, target))
         self._queue.drop(target)
         self._played = target
-        self._bot_end = until
+        # Within a talkspurt the audio is laid without gaps: the playhead's steps and its waits for a
+        # confirmation are not silence the caller heard. A queue that ran dry (or a clear) ends the
+        # talkspurt, and the clock moves the channel on.
+        self._spurt = not drained and (count > 0 or self._spurt)
+        self._bot_end = until if drained else at + max(count, 0)
 
     # -- output --------------------------------------------------------------------------------------
 

@@ -593,8 +593,7 @@ async def test_baresip_barge_in_stops_the_bot_within_a_packet_and_the_jitter_est
 def _check_the_record_stops_at_the_truncation(folder: Path, item_id: str, truncated_ms: int) -> None:
     """The SIP call's transcript says the bot was heard up to the truncation, and its recording's bot
     channel (right) plays up to that moment and is silent from a packet (20 ms) after it on, while the
-    caller talks on. (Within the packet: the RTP clock moves the playhead in 20 ms steps, and audio it moves
-    over faster than the clock is laid right after, never dropped, which runs the channel a few ms late.)"""
+    caller talks on (within a packet: the RTP clock moves the playhead in 20 ms steps)."""
     [transcript] = folder.glob("*.jsonl")
     [bot] = [e for e in map(json.loads, transcript.read_text().splitlines()) if e.get("item_id") == item_id]
     assert bot["interrupted"] is True
