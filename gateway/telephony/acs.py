@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any, Final, assert_never
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 
@@ -286,12 +287,15 @@ class AcsDialect(BaseDialect[StreamState]):
     stream's start once `AudioMetadata` has arrived; ACS ends a stream by closing the socket.
     """
 
-    __slots__ = ("_call_connection_id", "_chunks", "_correlation_id", "_meta", "_samples")
+    __slots__ = ("_call_connection_id", "_chunks", "_correlation_id", "_meta", "_parties", "_samples")
 
-    def __init__(self, call_connection_id: str = "", correlation_id: str = "") -> None:
+    def __init__(
+        self, call_connection_id: str = "", correlation_id: str = "", parties: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(StreamState.AWAITING_METADATA, StreamState.STREAMING)
         self._call_connection_id = call_connection_id
         self._correlation_id = correlation_id
+        self._parties = dict(parties or {})  # From/To, as the answer put them in the stream's URL
         self._meta: _Metadata | None = None
         self._samples = 0  # caller samples received so far: the MediaReceived clock
         self._chunks = 0
@@ -356,7 +360,10 @@ class AcsDialect(BaseDialect[StreamState]):
             call_id=self._call_connection_id,
             account_id="",
             tracks=("inbound",),
-            custom_parameters={"correlationId": self._correlation_id} if self._correlation_id else {},
+            custom_parameters={
+                **self._parties,
+                **({"correlationId": self._correlation_id} if self._correlation_id else {}),
+            },
             encoding=meta.encoding,
             sample_rate=meta.format.rate,
             channels=1,
@@ -388,11 +395,20 @@ class AcsDialect(BaseDialect[StreamState]):
 
 
 def dialect_for(request: HttpRequest) -> AcsDialect:
-    """A dialect for the stream this upgrade request opens: ACS names the call in its headers."""
+    """A dialect for the stream this upgrade request opens: ACS names the call in its headers, and the
+    caller and the dialed number come back in the query our answer put on the stream's URL."""
+    query = parse_qs(urlsplit(request.url).query)
+    parties = {name: query[key][0] for key, name in (("from", "From"), ("to", "To")) if query.get(key)}
     return AcsDialect(
         call_connection_id=request.header(CALL_CONNECTION_HEADER) or "",
         correlation_id=request.header(CORRELATION_HEADER) or "",
+        parties=parties,
     )
+
+
+def _party(raw_id: str) -> str:
+    """A phone number's rawId ("4:+14255550123") as the number; any other identifier as it is."""
+    return raw_id[2:] if raw_id.startswith("4:") else raw_id
 
 
 # -- Event Grid: the incoming call ---------------------------------------------------------------------
@@ -513,12 +529,16 @@ class AnswerPlan:
 
 def answer_plan(call: IncomingCall, public_base: str) -> AnswerPlan:
     """Answer with callbacks to `public_base` + /acs/callbacks and the media stream to wss://<public
-    host>/acs/media (ACS connects to nothing but wss)."""
+    host>/acs/media (ACS connects to nothing but wss), whose query names the dialed number and the
+    caller (`?to=...&from=...`: the stream's upgrade carries only call ids, and a bot profile is picked
+    by number)."""
     host = public_base.split("://", 1)[-1].rstrip("/")
+    parties = {key: _party(raw) for key, raw in (("to", call.callee), ("from", call.caller)) if raw}
+    query = f"?{urlencode(parties)}" if parties else ""
     return AnswerPlan(
         incoming_call_context=call.context,
         callback_url=public_base.rstrip("/") + CALLBACKS_PATH,
-        media_streaming=MediaStreaming(transport_url=f"wss://{host}{MEDIA_PATH}"),
+        media_streaming=MediaStreaming(transport_url=f"wss://{host}{MEDIA_PATH}{query}"),
         operation_context=call.correlation_id or "gateway",
     )
 

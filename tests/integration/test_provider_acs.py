@@ -131,7 +131,7 @@ async def test_incoming_call_is_answered_with_a_bidirectional_pcm24k_stream(
     assert body["incomingCallContext"] == "ctx-123"
     assert body["callbackUri"] == f"http://{host}/acs/callbacks"
     assert body["mediaStreamingOptions"] == {
-        "transportUrl": f"wss://{host}/acs/media",
+        "transportUrl": f"wss://{host}/acs/media?to=%2B14255550100&from=%2B14255550123",
         "transportType": "websocket",
         "contentType": "audio",
         "audioChannelType": "mixed",

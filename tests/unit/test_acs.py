@@ -153,6 +153,16 @@ def test_dialect_for_reads_the_call_from_the_upgrade_headers() -> None:
     assert call.custom_parameters == {"correlationId": "9f2c-corr"}
 
 
+def test_dialect_for_reads_the_numbers_our_answer_put_in_the_stream_url() -> None:
+    """answer_plan's `?to=&from=` comes back on the upgrade: To and From, as the other providers name
+    them, so BOTS_FILE picks the dialed number's bot for ACS calls too."""
+    plan = answer_plan(IncomingCall("ctx", "corr", "s", "4:+14255550123", "4:+14255550100"), "https://gw")
+    request = HttpRequest("GET", plan.media_streaming.transport_url, {"x-ms-call-connection-id": "c1"})
+    call = dialect_for(request).receive_text(metadata())
+    assert isinstance(call, CallStarted)
+    assert call.custom_parameters == {"From": "+14255550123", "To": "+14255550100"}
+
+
 @pytest.mark.parametrize(
     ("rate", "overrides"),
     [
@@ -448,7 +458,7 @@ def test_answer_plan_streams_pcm24k_both_ways_to_the_public_host() -> None:
     assert plan.incoming_call_context == "ctx"
     assert plan.callback_url == "https://gw.example.com/acs/callbacks"
     assert asdict(plan.media_streaming) == {
-        "transport_url": "wss://gw.example.com/acs/media",
+        "transport_url": "wss://gw.example.com/acs/media?to=%2B2&from=%2B1",
         "transport_type": "websocket",
         "content_type": "audio",
         "audio_channel_type": "mixed",
@@ -458,7 +468,11 @@ def test_answer_plan_streams_pcm24k_both_ways_to_the_public_host() -> None:
         "enable_dtmf_tones": True,
     }
     assert answer_plan(call, "http://127.0.0.1:8080").media_streaming.transport_url == (
-        "wss://127.0.0.1:8080/acs/media"
+        "wss://127.0.0.1:8080/acs/media?to=%2B2&from=%2B1"
+    )
+    unnamed = IncomingCall("ctx", "corr", "server", "", "8:acs:user")  # an ACS user, no caller
+    assert answer_plan(unnamed, "https://gw.example.com").media_streaming.transport_url == (
+        "wss://gw.example.com/acs/media?to=8%3Aacs%3Auser"
     )
 
 
