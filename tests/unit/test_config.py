@@ -220,3 +220,11 @@ def test_session_settings_for_the_preview_protocol() -> None:
         }
     )
     assert (settings.temperature, settings.vad_eagerness, settings.max_output_tokens) == (0.7, "high", None)
+
+
+def test_readme_settings_table_names_every_variable() -> None:
+    """Every setting has a row (alone or with its kin) in the README's settings table."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    missing = [s.env for s in SETTINGS if not any(f"`{s.env}`" in row.split(" | ")[0] for row in rows)]
+    assert missing == []
