@@ -18,8 +18,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.call.tools import FILLER_INSTRUCTIONS
 from gateway.emulator import EmulatorConfig, EmulatorServer
@@ -55,7 +58,7 @@ async def _keep_talking(call: TwilioCall) -> None:
 
 @asynccontextmanager
 async def _call_with(
-    rules: tuple[ToolRule, ...], env: dict[str, str], reply_ms: int = 1000
+    rules: tuple[ToolRule, ...], env: dict[str, str], reply_ms: int = 1000, provider: str = "twilio"
 ) -> AsyncIterator[tuple[RunningGateway, EmulatorServer, TwilioCall]]:
     async with EmulatorServer(
         EmulatorConfig(realtime_factor=10.0, reply_ms=reply_ms, tool_rules=rules)
@@ -63,7 +66,9 @@ async def _call_with(
         gateway = await start_gateway({"REALTIME_URL": emu.ga_url(), "DTMF_MAX_DIGITS": "1", **env})
         try:
             async with TwilioCall(
-                gateway.media_url, custom_parameters={"From": "+15550001", "To": "+15550002"}
+                f"ws://127.0.0.1:{gateway.port}/{provider}/media",
+                custom_parameters={"From": "+15550001", "To": "+15550002"},
+                provider=provider,
             ) as call:
                 talking = asyncio.create_task(_keep_talking(call))
                 try:
@@ -293,3 +298,36 @@ async def test_a_slow_tool_has_the_bot_say_it_is_looking(tmp_path: Path) -> None
     ]
     assert creates[2]["response"]["instructions"] == FILLER_INSTRUCTIONS
     assert session.errors == []
+
+
+async def test_vonage_transfer_puts_an_ncco_on_the_callers_leg(tmp_path: Path) -> None:
+    """The same tool on a Vonage call: once the bot's words have played, Vonage's Voice API gets
+    PUT /v1/calls/{uuid} with an NCCO connecting the number, signed with the application's RS256 JWT;
+    the call ends `transferred`."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "private.key"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    arguments = json.dumps({"destination": "+15557654321"})
+    rules = (ToolRule("pressed 0", "transfer_call", arguments),)
+    async with FakeRest(status=204) as fake:
+        env = {
+            "VONAGE_APPLICATION_ID": "app-0123",
+            "VONAGE_PRIVATE_KEY": str(pem),
+            "VONAGE_API_BASE": fake.base_url,
+            "BOT_TOOLS": "transfer_call",
+            "TRANSFER_TO": "+15557654321",
+        }
+        async with _call_with(rules, env, reply_ms=500, provider="vonage") as (gateway, _emulator, call):
+            await call.send_dtmf("0")
+            assert await call.wait_closed(10) == 1000
+    [request] = fake.requests
+    assert (request.method, request.path) == ("PUT", f"/v1/calls/{call.call_sid}")
+    ncco = request.json()["destination"]["ncco"]
+    assert ncco == [{"action": "connect", "endpoint": [{"type": "phone", "number": "15557654321"}]}]
+    claims = jwt.decode(request.bearer(), key.public_key(), algorithms=["RS256"])
+    assert claims["application_id"] == "app-0123"
+    assert _outcomes(gateway, "transferred") == 1
