@@ -223,14 +223,15 @@ def _plan_for(state: GatewayState) -> Callable[[CallStarted], CallPlan]:
         assert state.upstream is not None
         assert state.bridge_settings is not None
         profile = state.profiles.select(call.custom_parameters)
-        offered = tools.enabled if profile.tools is None else profile.tools
-        transfer_to = tools.transfer_to if profile.transfer_to is None else profile.transfer_to
-        session = profile.session_settings(state.upstream.session)
-        if offered:
-            session = dataclasses.replace(session, tools=tools.definitions(offered, transfer_to))
-        core = profile.call_config(state.bridge_settings.core)
         structlog.contextvars.bind_contextvars(bot=profile.name)
-        return CallPlan(session, core, offered, transfer_to, profile.name)
+        return CallPlan.offering(
+            tools,
+            profile.session_settings(state.upstream.session),
+            profile.call_config(state.bridge_settings.core),
+            profile.tools,
+            profile.transfer_to,
+            profile.name,
+        )
 
     return plan_for
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +46,11 @@ from gateway.call.core import (
 from gateway.call.outcome import Outcome
 from gateway.call.recorder import CallMeta, CallRecord, RecordSettings, call_events_payload
 from gateway.call.tools import (
+    END_CALL,
     FILLER_INSTRUCTIONS,
     GOODBYE_INSTRUCTIONS,
     GOODBYE_OUTPUT,
+    TRANSFER_CALL,
     ToolBox,
     ToolKind,
     error_output,
@@ -128,6 +130,24 @@ class CallPlan:
     tools: tuple[str, ...] = ()
     transfer_to: tuple[str, ...] = ()
     profile: str = "default"
+
+    @classmethod
+    def offering(
+        cls,
+        box: ToolBox,
+        session: SessionSettings,
+        core: CallConfig,
+        tools: Sequence[str] | None = None,
+        transfer_to: Sequence[str] | None = None,
+        profile: str = "default",
+    ) -> CallPlan:
+        """A plan offering `tools` (None: the box's enabled ones) with `transfer_to` (None: the box's),
+        their definitions put in the session."""
+        offered = box.enabled if tools is None else tuple(tools)
+        targets = box.transfer_to if transfer_to is None else tuple(transfer_to)
+        if offered:
+            session = dataclasses.replace(session, tools=box.definitions(offered, targets))
+        return cls(session, core, offered, targets, profile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +284,7 @@ class CallBridge:
             self.core = CallCore(plan.core, plan.session.input_format, call.format, self.dialect.playout)
         except ValueError as exc:  # a format this gateway's session cannot carry
             raise CallEnded(Outcome.PROTOCOL_ERROR, str(exc)) from None
-        meta = CallMeta.of(self.leg.provider, call)
+        meta = CallMeta.of(self.leg.provider, call)  # also the tools' webhook's call, from and to
         self.record = CallRecord(self.settings.record, meta, self.core, now_ms())
         log.debug("call_started", tracks=list(call.tracks), parameters=sorted(call.custom_parameters))
         await self._dial_unless_hung_up(call.call_id)
@@ -292,11 +312,7 @@ class CallBridge:
         """This call's plan: its bot profile's, or the settings' own with the enabled tools."""
         if self.services.plan_for is not None:
             return self.services.plan_for(call)
-        box = self.services.tools
-        session = self.upstream.session
-        if box.enabled:
-            session = dataclasses.replace(session, tools=box.definitions())
-        return CallPlan(session, self.settings.core, box.enabled, box.transfer_to)
+        return CallPlan.offering(self.services.tools, self.upstream.session, self.settings.core)
 
     def _end(self, outcome: Outcome, detail: str = "") -> None:
         """Record the first reason the call ended; later ones (the other side closing) do not overwrite it."""
@@ -590,8 +606,8 @@ class CallBridge:
 
     def _on_heard(self, call: FunctionCallRequested) -> None:
         """The caller heard the bot's last words before a deferred action: hang up, or transfer."""
-        if call.name == "end_call":
-            self.metrics.tool_calls.labels(tool="end_call", result="ok").inc()
+        if call.name == END_CALL:
+            self.metrics.tool_calls.labels(tool=END_CALL, result="ok").inc()
             raise CallEnded(Outcome.BOT_HANGUP, "the bot ended the call")
         self._spawn(self._transfer(call))
 
@@ -619,22 +635,21 @@ class CallBridge:
                 done, _ = await asyncio.wait((running,), timeout=box.filler_ms / 1000)
                 if not done and self._core.tool_filler(call.call_id, FILLER_INSTRUCTIONS):
                     await self._flush(time.perf_counter())
-            output = await running
+            output, answered = await running
             self.metrics.tool_latency.observe(time.perf_counter() - started)
-            result = "error" if output.startswith('{"error"') else "ok"
+            result = "ok" if answered else "error"
         self._tool_done(call, output, result)
         await self._flush(time.perf_counter())
 
     def _tool_context(self) -> dict[str, Any]:
         """What the webhook is told of the call besides the tool and its arguments."""
-        assert self._call is not None
         assert self._plan is not None
-        parameters = self._call.custom_parameters
+        meta = self._rec.meta
         return {
-            "call_id": self._call.call_id,
-            "provider": self._call.provider,
-            "from": parameters.get("From") or parameters.get("from"),
-            "to": parameters.get("To") or parameters.get("to"),
+            "call_id": meta.call_id,
+            "provider": meta.provider,
+            "from": meta.caller,
+            "to": meta.callee,
             "profile": self._plan.profile,
         }
 
@@ -652,7 +667,7 @@ class CallBridge:
             self._tool_done(call, error_output(f"the transfer failed: {exc}"), "error")
             await self._flush(time.perf_counter())
             return
-        self.metrics.tool_calls.labels(tool="transfer_call", result="ok").inc()
+        self.metrics.tool_calls.labels(tool=TRANSFER_CALL, result="ok").inc()
         raise CallEnded(Outcome.TRANSFERRED, f"transferred to {destination}")
 
     async def _hang_up_at_provider(self) -> None:

@@ -232,17 +232,18 @@ class ToolBox:
 
     async def run_webhook(
         self, http: aiohttp.ClientSession, call: FunctionCallRequested, context: Mapping[str, Any]
-    ) -> str:
-        """Run an operator's tool: POST it to the webhook; its JSON answer is the output. Never raises
-        for the webhook's faults: they become an error output."""
+    ) -> tuple[str, bool]:
+        """Run an operator's tool: POST it to the webhook; its JSON answer is the output. Returns the
+        output and whether the webhook answered. Never raises for the webhook's faults: they become an
+        error output."""
         assert self.webhook_url is not None  # checked at start-up for every function in the file
         arguments = parse_arguments(call.arguments)
         if isinstance(arguments, str):
-            return error_output(arguments)
+            return error_output(arguments), False
         payload = {"tool": call.name, "arguments": arguments, "tool_call_id": call.call_id, **context}
         answer = await post_json(
             http, self.webhook_url, payload, secret=self.webhook_secret, timeout_s=self.timeout_s
         )
         if isinstance(answer, WebhookAnswer):
-            return json.dumps(answer.body, ensure_ascii=False)
-        return error_output(f"the tool {call.name} failed: {answer.reason}")
+            return json.dumps(answer.body, ensure_ascii=False), True
+        return error_output(f"the tool {call.name} failed: {answer.reason}"), False
