@@ -315,8 +315,7 @@ class CallCore:
         self.timeline.on_audio(self.leg_format.duration_ms(len(payload)), now_ms)
         if (keys := self._keys.poll(now_ms)) is not None:  # the caller paused after some keys
             self._tell_keys(keys)
-        if self._deferred or self._respond_owed is not None:
-            self._tools_due(now_ms)
+        self.poll_tools(now_ms)
         # Appends are whole multiples of APPEND_MS; the resampler's held-back delay waits for the next.
         ready = len(self._append_buffer) - len(self._append_buffer) % self._append_bytes
         if ready:
@@ -369,8 +368,7 @@ class CallCore:
                 if status == "failed":
                     self._notes.append(ResponseFailed(response_id, reason))
                     self._requested = False  # a response.create the service could not run
-                if self._deferred or self._respond_owed is not None:
-                    self._tools_due(now_ms)
+                self.poll_tools(now_ms)
             case FunctionCallRequested(call_id=call_id):
                 self._tool_calls[call_id] = event
                 self._notes.append(ToolCalled(event))
@@ -410,7 +408,7 @@ class CallCore:
         self._to_realtime.append(FunctionOutput(call_id, output))
         if respond is not None and self._respond_owed is None:
             self._respond_owed = respond
-        self._tools_due(now_ms)
+        self.poll_tools(now_ms)
         return True
 
     def act_when_heard(self, call_id: str, now_ms: int, *, goodbye: tuple[str, str] | None = None) -> bool:
@@ -428,7 +426,7 @@ class CallCore:
             del self._tool_calls[call_id]
             self._unanswered.add(call_id)  # answered if the action fails or is cancelled
         self._deferred.append(call)
-        self._tools_due(now_ms)
+        self.poll_tools(now_ms)
         return True
 
     def tool_filler(self, call_id: str, instructions: str) -> bool:
@@ -439,9 +437,18 @@ class CallCore:
         self._request(instructions)
         return True
 
-    def _tools_due(self, now_ms: int) -> None:
+    @property
+    def acting_when_heard(self) -> bool:
+        """A deferred tool action waits for the caller to hear the bot out (poll with `poll_tools`)."""
+        return bool(self._deferred)
+
+    def poll_tools(self, now_ms: int) -> None:
         """Ask for the owed response once the outputs are in and the service is free; then note the
-        deferred actions once the caller has heard the bot out."""
+        deferred actions once the caller has heard the bot out. Called at every caller frame and
+        response.done, and by the I/O layer while an action waits (a leg that sends no audio, such as a
+        SIP phone on hold, gives the core no other moment to notice playback ending)."""
+        if self._respond_owed is None and not self._deferred:
+            return
         if self.bargein.responding or self._requested:
             return
         if self._respond_owed is not None:
@@ -449,25 +456,15 @@ class CallCore:
                 instructions, self._respond_owed = self._respond_owed, None
                 self._request(instructions or None)
             return
-        if self._deferred and self._heard_out(now_ms):
+        if self._heard_out(now_ms):
             calls, self._deferred = self._deferred, []
             self._notes.extend(Heard(call) for call in calls)
-
-    @property
-    def acting_when_heard(self) -> bool:
-        """A deferred tool action waits for the caller to hear the bot out (poll with `poll_tools`)."""
-        return bool(self._deferred)
-
-    def poll_tools(self, now_ms: int) -> None:
-        """Check the deferred actions and the owed response at `now_ms` (a leg that sends no audio, such
-        as a SIP phone on hold, gives the core no other moment to notice playback ending)."""
-        self._tools_due(now_ms)
 
     def response_refused(self, now_ms: int) -> None:
         """The service refused a response.create of ours (one was running already): the tools' owed
         response is asked for again once that one is done."""
         self._requested = False
-        self._tools_due(now_ms)
+        self.poll_tools(now_ms)
 
     def _heard_out(self, now_ms: int) -> bool:
         return not self._bot_queue and not self._bot_held and not self.tracker.is_audible(now_ms)
