@@ -47,6 +47,7 @@ from gateway.realtime.events import (
     UserTranscript,
 )
 from gateway.realtime.link import SessionReconnected
+from gateway.realtime.transcript import heard_share
 from gateway.telephony.events import CallStarted
 
 __all__ = [
@@ -205,8 +206,7 @@ def _iso(moment: datetime) -> str:
 
 def heard_text(text: str, heard_ms: int, total_ms: int) -> str:
     """The part of a bot item's `text` the caller heard: cut at the heard share of its audio."""
-    fraction = min(1.0, max(0.0, heard_ms / total_ms)) if total_ms > 0 else 0.0
-    return text[: int(len(text) * fraction)].rstrip()
+    return heard_share(text, heard_ms / total_ms if total_ms > 0 else 0.0)
 
 
 def _clip(text: str) -> str:

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MAX_REPLAY_CHARS", "Transcript", "Turn"]
+__all__ = ["MAX_REPLAY_CHARS", "Transcript", "Turn", "heard_share"]
 
 MAX_REPLAY_CHARS = 6000  # roughly 1,500 tokens: enough context, cheap to replay
+
+
+def heard_share(text: str, fraction: float) -> str:
+    """The part of `text` the caller heard when they heard `fraction` of its audio (cut by characters)."""
+    return text[: int(len(text) * min(1.0, max(0.0, fraction)))].rstrip()
 
 
 @dataclass(slots=True)
@@ -28,8 +33,7 @@ class Turn:
         """The text as the caller experienced it: cut at the heard fraction, marked when cut."""
         if self.heard_fraction >= 1.0:
             return self.text
-        kept = self.text[: int(len(self.text) * max(0.0, self.heard_fraction))].rstrip()
-        return f"{kept}... (interrupted by the caller)"
+        return f"{heard_share(self.text, self.heard_fraction)}... (interrupted by the caller)"
 
 
 class Transcript:
