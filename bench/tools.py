@@ -39,14 +39,15 @@ LOOKUP = {
 }
 
 
-async def _webhook(spans: list[tuple[float, float]]) -> tuple[web.AppRunner, int]:
+async def _webhook(spans: dict[str, tuple[float, float]]) -> tuple[web.AppRunner, int]:
+    """A webhook that answers at once, noting when each tool call came and went (by its tool_call_id)."""
     loop = asyncio.get_running_loop()
 
     async def handle(request: web.Request) -> web.Response:
         received = loop.time()
-        await request.read()
+        call_id = json.loads(await request.read())["tool_call_id"]
         response = web.json_response({"value": 42})
-        spans.append((received, loop.time()))
+        spans[call_id] = (received, loop.time())
         return response
 
     app = web.Application()
@@ -73,7 +74,7 @@ async def _one_call(url: str, emulator: EmulatorServer) -> None:
 
 async def run(calls: int, concurrency: int) -> dict[str, float]:
     """Place `calls` calls, `concurrency` at a time; the gateway's share of each tool round trip (ms)."""
-    spans: list[tuple[float, float]] = []
+    spans: dict[str, tuple[float, float]] = {}
     hook, port = await _webhook(spans)
     rule = ToolRule("pressed 1", "lookup", '{"key": "balance"}', speak=False)
     config = EmulatorConfig(realtime_factor=10.0, reply_ms=400, tool_rules=(rule,), record_audio=False)
@@ -102,26 +103,22 @@ async def run(calls: int, concurrency: int) -> dict[str, float]:
                 await asyncio.gather(*(bounded() for _ in range(calls)))
             finally:
                 await gateway.stop()
-            origin = emulator.clock_origin_s
     await hook.cleanup()
-    round_trips = []
+    overheads, webhook_ms = [], []
     for session in emulator.sessions:
         for response in session.responses:
-            if response.call_ms is None:
+            if response.call_ms is None or response.call_id is None:
                 continue
             [output] = [o for o in session.tool_outputs if o.call_id == response.call_id]
-            round_trips.append((response.call_ms, output.at_ms))
-    hook_ms = sorted(((a - origin) * 1000, (b - origin) * 1000) for a, b in spans)
-    overheads = []
-    for sent, back in round_trips:
-        inside = [b - a for a, b in hook_ms if sent <= a and b <= back]
-        overheads.append((back - sent) - (inside[0] if inside else 0.0))
+            received, answered = spans[response.call_id]  # the webhook's own time for this call
+            webhook_ms.append((answered - received) * 1000)
+            overheads.append(output.at_ms - response.call_ms - webhook_ms[-1])
     return {
         "calls": len(overheads),
         "overhead_p50_ms": percentile(overheads, 50),
         "overhead_p99_ms": percentile(overheads, 99),
         "overhead_max_ms": max(overheads),
-        "webhook_p50_ms": percentile([b - a for a, b in hook_ms], 50),
+        "webhook_p50_ms": percentile(webhook_ms, 50),
     }
 
 
