@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 from gateway.realtime.endpoint import RealtimeEndpoint, is_loopback_host, resolve_endpoint
+from gateway.telephony.control import DEFAULT_API_BASES
 
 __all__ = [
     "BACKENDS",
@@ -770,7 +771,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "TWILIO_API_BASE",
         "twilio_api_base",
-        "https://api.twilio.com",
+        DEFAULT_API_BASES["twilio"],
         _http_url,
         "Twilio's REST API base URL",
     ),
@@ -814,7 +815,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "TELNYX_API_BASE",
         "telnyx_api_base",
-        "https://api.telnyx.com",
+        DEFAULT_API_BASES["telnyx"],
         _http_url,
         "Telnyx's REST API base URL",
     ),
@@ -828,7 +829,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "PLIVO_API_BASE",
         "plivo_api_base",
-        "https://api.plivo.com",
+        DEFAULT_API_BASES["plivo"],
         _http_url,
         "Plivo's REST API base URL",
     ),
@@ -850,7 +851,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "VONAGE_API_BASE",
         "vonage_api_base",
-        "https://api.nexmo.com",
+        DEFAULT_API_BASES["vonage"],
         _http_url,
         "Vonage's Voice API base URL",
     ),

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
-__all__ = ["CallControl", "CallRef", "ControlError"]
+__all__ = ["DEFAULT_API_BASES", "CallControl", "CallRef", "ControlError"]
+
+# Each provider's REST API, the default of its *_API_BASE setting (a test points it at a local fake).
+DEFAULT_API_BASES: Final = {
+    "twilio": "https://api.twilio.com",
+    "telnyx": "https://api.telnyx.com",
+    "plivo": "https://api.plivo.com",
+    "vonage": "https://api.nexmo.com",
+}
 
 
 class ControlError(Exception):

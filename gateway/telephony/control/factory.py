@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
-from gateway.telephony.control import CallControl, ControlError
+from gateway.telephony.control import DEFAULT_API_BASES, CallControl, ControlError
 from gateway.telephony.control.exotel import ExotelControl
 from gateway.telephony.control.plivo import PlivoControl
 from gateway.telephony.control.telnyx import TelnyxControl
@@ -38,14 +38,8 @@ from gateway.telephony.control.vonage import VonageControl, load_private_key
 if TYPE_CHECKING:
     from azure.communication.callautomation.aio import CallAutomationClient
 
-__all__ = ["DEFAULT_API_BASES", "NEEDS", "ControlSettings", "build_controls", "control_for"]
+__all__ = ["NEEDS", "ControlSettings", "build_controls", "control_for"]
 
-DEFAULT_API_BASES = {
-    "twilio": "https://api.twilio.com",
-    "telnyx": "https://api.telnyx.com",
-    "plivo": "https://api.plivo.com",
-    "vonage": "https://api.nexmo.com",
-}
 # What each provider's control needs, for the error a tool call gets when it has none.
 NEEDS = {
     "twilio": "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET)",
