@@ -92,10 +92,7 @@ def _tool_rule(spec: str) -> ToolRule:
     try:
         return ToolRule.parse(spec)
     except ValueError as exc:  # argparse shows an ArgumentTypeError's message as it is
-        message = str(exc)
-        if not message.startswith("tool rule"):  # the arguments' JSON error says not whose it is
-            message = f"tool rule {spec!r}: the arguments are not JSON: {message}"
-        raise argparse.ArgumentTypeError(message) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:

@@ -115,7 +115,11 @@ class ToolRule:
         rest = rest.removesuffix("!")
         tool, _, arguments = rest.partition(":")
         arguments = arguments or "{}"
-        if not isinstance(json.loads(arguments), dict):
+        try:
+            parsed = json.loads(arguments)
+        except ValueError as exc:
+            raise ValueError(f"tool rule {spec!r}: the arguments are not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
             raise ValueError(f"tool rule {spec!r}: arguments must be a JSON object")
         return cls(when, tool, arguments, speak)
 

@@ -205,7 +205,7 @@ def tool_rules(args: argparse.Namespace, mix: Sequence[tuple[Scenario, float]]) 
     for spec in specs:
         try:
             rules.append(ToolRule.parse(spec))
-        except ValueError as exc:  # the arguments' JSON error says not whose it is
+        except ValueError as exc:  # says which option held the rule
             raise ValueError(f"--tool-rule {spec!r}: {exc}") from None
     return tuple(rules)
 
