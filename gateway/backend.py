@@ -64,6 +64,7 @@ def tool_box_from(settings: Settings) -> ToolBox:
         webhook_secret=settings.webhook_secret,
         timeout_s=settings.tool_timeout_s,
         filler_ms=settings.tool_filler_ms,
+        mcp=settings.speaks_ga,
     )
 
 

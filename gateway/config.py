@@ -1139,6 +1139,12 @@ class Settings:
         return None
 
     @property
+    def speaks_ga(self) -> bool:
+        """The realtime backend speaks the GA protocol (the embedded emulator does, by default)."""
+        endpoint = self.endpoint()
+        return endpoint is None or endpoint.protocol.value == "ga"
+
+    @property
     def uses_emulator(self) -> bool:
         """True when calls go to the embedded emulator (asked for, or nothing configured on a private
         gateway)."""
@@ -1205,9 +1211,7 @@ def _check_session(settings: Settings) -> None:
             f"VAD_EAGERNESS={settings.vad_eagerness} applies to VAD_TYPE=semantic_vad only "
             f"(VAD_TYPE={settings.vad_type} ends turns on silence: tune VAD_SILENCE_DURATION_MS)"
         )
-    endpoint = settings.endpoint()
-    ga = endpoint is None or endpoint.protocol.value == "ga"  # the embedded emulator speaks GA by default
-    if settings.temperature is not None and ga:
+    if settings.temperature is not None and settings.speaks_ga:
         raise ConfigError(
             "TEMPERATURE applies to the preview protocol only: the GA protocol has no temperature "
             "(unset it, or use a preview endpoint / REALTIME_PROTOCOL=preview)"
@@ -1223,12 +1227,15 @@ def _check_tools(settings: Settings) -> None:
     except ValueError as exc:
         raise ConfigError(f"TOOLS_FILE is invalid: {exc}") from None
     try:
-        box = ToolBox(settings.bot_tools, file_tools, settings.transfer_to, settings.tools_webhook_url)
+        box = ToolBox(
+            settings.bot_tools,
+            file_tools,
+            settings.transfer_to,
+            settings.tools_webhook_url,
+            mcp=settings.speaks_ga,
+        )
     except ValueError as exc:
         raise ConfigError(f"BOT_TOOLS={','.join(settings.bot_tools)} is invalid: {exc}") from None
-    endpoint = settings.endpoint()
-    if box.has_mcp and endpoint is not None and endpoint.protocol.value != "ga":
-        raise ConfigError("mcp tools need the GA protocol: the preview protocol has no remote MCP tools")
     if settings.bots_file:  # read again by the app; checked here so that a bad file stops start-up early
         from gateway.profiles import ProfileBook
 

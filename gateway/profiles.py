@@ -359,8 +359,7 @@ class _Reader:
         self.source = source
         self.settings = settings
         self.check_tools = check_tools
-        endpoint = settings.endpoint()
-        self.ga = endpoint is None or endpoint.protocol.value == "ga"  # the embedded emulator speaks GA
+        self.ga = settings.speaks_ga
 
     def book(self, doc: Mapping[str, Any]) -> ProfileBook:
         unknown = sorted(set(doc) - {"default", "bot"})

@@ -175,6 +175,7 @@ class ToolBox:
     webhook_secret: str | None = field(default=None, repr=False)
     timeout_s: float = 8.0
     filler_ms: int = 0  # 0: the bot says nothing while a webhook tool runs
+    mcp: bool = True  # the realtime protocol takes remote MCP tools (GA does; preview has none)
 
     def __post_init__(self) -> None:
         self.check(self.enabled, self.transfer_to)
@@ -193,6 +194,9 @@ class ToolBox:
         functions = {t["name"] for t in self.file_tools if t["type"] == "function"}
         if functions & set(names) and not self.webhook_url:
             raise ValueError("the tools file's functions need TOOLS_WEBHOOK_URL to run them")
+        servers = {_tool_name(t) for t in self.file_tools if t["type"] == "mcp"}
+        if servers & set(names) and not self.mcp:
+            raise ValueError("mcp tools need the GA protocol: the preview protocol has no remote MCP tools")
 
     def check_profile(self, tools: Sequence[str] | None, transfer_to: Sequence[str] | None) -> None:
         """A bot profile's tools (None: the gateway's) can be offered; ValueError says why not."""
@@ -200,11 +204,6 @@ class ToolBox:
             self.enabled if tools is None else tools,
             self.transfer_to if transfer_to is None else transfer_to,
         )
-
-    @property
-    def has_mcp(self) -> bool:
-        """An mcp tool is offered by default (the GA protocol only)."""
-        return any(t["type"] == "mcp" and _tool_name(t) in self.enabled for t in self.file_tools)
 
     def definitions(
         self, names: Sequence[str] | None = None, transfer_to: Sequence[str] | None = None

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from gateway.call.tools import ToolBox, ToolKind, load_tools_file, parse_arguments
+from gateway.config import load_settings
+from gateway.errors import ConfigError
 from gateway.realtime.codec import RealtimeCodec
 from gateway.realtime.events import FunctionCallRequested, FunctionOutput, IgnoredEvent, UpdateSession
 from gateway.realtime.session import Protocol, SessionSettings
@@ -71,6 +73,27 @@ def test_the_box_refuses_tools_that_cannot_run() -> None:
         ToolBox(enabled=("transfer_call",))
     with pytest.raises(ValueError, match="TOOLS_WEBHOOK_URL"):
         ToolBox(enabled=("lookup_order",), file_tools=(LOOKUP,))
+    with pytest.raises(ValueError, match="mcp tools need the GA protocol"):
+        ToolBox(enabled=("crm",), file_tools=(MCP,), mcp=False)
+
+
+def test_mcp_tools_are_refused_on_a_preview_backend(tmp_path: Path) -> None:
+    """At start-up, whether BOT_TOOLS offers the mcp server or a bot profile does; on GA both are taken."""
+    tools = _write(tmp_path, [MCP])
+    preview = {
+        "REALTIME_URL": "wss://r.openai.azure.com/openai/realtime?api-version=2024-10-01-preview&deployment=d",
+        "REALTIME_API_KEY": "k",
+        "TOOLS_FILE": tools,
+    }
+    with pytest.raises(ConfigError, match="BOT_TOOLS=crm is invalid: mcp tools need the GA protocol"):
+        load_settings({**preview, "BOT_TOOLS": "crm"})
+    bots = tmp_path / "bots.toml"
+    bots.write_text('[[bot]]\nname = "sales"\nnumbers = ["100"]\ntools = ["crm"]\n')
+    with pytest.raises(ConfigError, match="bot 'sales': tools: mcp tools need the GA protocol"):
+        load_settings({**preview, "BOTS_FILE": str(bots)})
+    assert load_settings({"TOOLS_FILE": tools, "BOT_TOOLS": "crm", "BOTS_FILE": str(bots)}).bot_tools == (
+        "crm",
+    )
 
 
 def test_definitions_and_kinds() -> None:
