@@ -145,9 +145,7 @@ def session_settings_from(settings: Settings) -> SessionSettings:
             interrupt_response=settings.vad_interrupt_response,
         ),
         transcription_model=settings.transcription_model,
-        noise_reduction=(
-            None if settings.noise_reduction == "off" else NoiseReduction(settings.noise_reduction)
-        ),
+        noise_reduction=NoiseReduction.from_setting(settings.noise_reduction),
         temperature=settings.temperature,
         max_output_tokens=settings.max_output_tokens,
         greeting=settings.bot_greeting,

@@ -228,7 +228,7 @@ class BotProfile:
             turn_detection=turn,
             transcription_model=self.transcription_model,
             transcription_language=self.transcription_language,
-            noise_reduction=None if self.noise_reduction == "off" else NoiseReduction(self.noise_reduction),
+            noise_reduction=NoiseReduction.from_setting(self.noise_reduction),
             temperature=self.temperature,
             max_output_tokens=self.max_output_tokens,
             greeting=self.greeting,

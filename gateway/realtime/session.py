@@ -114,6 +114,11 @@ class NoiseReduction(StrEnum):
     NEAR_FIELD = "near_field"
     FAR_FIELD = "far_field"
 
+    @classmethod
+    def from_setting(cls, value: str) -> NoiseReduction | None:
+        """NOISE_REDUCTION's value: a profile, or None for "off" (the service's own default)."""
+        return None if value == "off" else cls(value)
+
 
 @dataclass(frozen=True, slots=True)
 class TurnDetection:
