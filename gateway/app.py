@@ -36,7 +36,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.profiles import ProfileStore
 from gateway.realtime.auth import TokenProvider
 from gateway.realtime.health import Health, UpstreamHealth
-from gateway.realtime.monitor import watch_upstream
+from gateway.realtime.monitor import report_change, watch_upstream
 from gateway.realtime.upstream import Upstream
 from gateway.telephony import acs, exotel
 from gateway.telephony.acs_client import AcsService
@@ -494,8 +494,10 @@ async def handle_readyz(request: web.Request) -> web.Response:
         return web.Response(status=503, text="draining\n")
     if state.upstream is None or state.health is None:
         return web.Response(status=503, text="starting\n")
-    health = state.health.health(time.monotonic())
-    ready = state.health.ready(time.monotonic())
+    now = time.monotonic()
+    report_change(state.upstream, state.health, state.metrics, state.first_verdict, now)
+    health = state.health.health(now)
+    ready = state.health.ready(now)
     shared = state.metrics.any_worker_healthy()
     if shared is not None and health is not Health.FATAL:
         # Several workers share a port and the kubelet's probe lands on any of them: answer the pod's

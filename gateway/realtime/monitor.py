@@ -18,7 +18,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.realtime.health import Health, HealthChange, UpstreamHealth
 from gateway.realtime.upstream import Upstream, UpstreamConnectError
 
-__all__ = ["TICK_S", "watch_upstream"]
+__all__ = ["TICK_S", "report_change", "watch_upstream"]
 
 log = structlog.get_logger(__name__)
 
@@ -35,12 +35,30 @@ async def watch_upstream(
     while True:
         if health.probe_due(time.monotonic()):
             await _probe(upstream, metrics)
-        change = health.change(time.monotonic())
-        if change is not None:
-            _report(change, upstream, metrics, health)
-            if change.after in (Health.HEALTHY, Health.FATAL) and not first_verdict.done():
-                first_verdict.set_result(change.after)
+        report_change(upstream, health, metrics, first_verdict, time.monotonic())
         await asyncio.sleep(TICK_S)
+
+
+def report_change(
+    upstream: Upstream,
+    health: UpstreamHealth,
+    metrics: GatewayMetrics,
+    first_verdict: asyncio.Future[Health] | None,
+    now_s: float,
+) -> None:
+    """Report the verdict's change since the last report, if any: the gauge, one log line, and start-up's
+    verdict once. The watcher calls it every tick, and /readyz before it answers, so that the gauge and
+    the logs never lag behind an answer (the verdict also changes by time alone, between ticks)."""
+    change = health.change(now_s)
+    if change is None:
+        return
+    _report(change, upstream, metrics, health)
+    if (
+        change.after in (Health.HEALTHY, Health.FATAL)
+        and first_verdict is not None
+        and not first_verdict.done()
+    ):
+        first_verdict.set_result(change.after)
 
 
 async def _probe(upstream: Upstream, metrics: GatewayMetrics) -> None:
